@@ -1,0 +1,69 @@
+# Tributary — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# mold links the large test/CLI binaries much faster; used only where installed, and the same
+# flags are used by every target so no target invalidates another's build cache.
+RUSTFLAGS ?= $(if $(shell command -v mold 2>/dev/null),-C link-arg=-fuse-ld=mold,)
+export RUSTFLAGS
+CACHE := $(CURDIR)/.cache
+VENV := $(CACHE)/venv
+PYTHON := $(VENV)/bin/python
+DEMO_DATA ?= data/demo
+DEMO_REGIONS ?= us-east-1,eu-west-1,ap-south-1
+DEMO_EVENTS ?= 2000
+
+.PHONY: help
+help: ## List targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: tools
+tools: ## Install build tools (mold linker) when root and missing
+	@if ! command -v mold >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq mold) >/dev/null 2>&1 || echo "note: could not install mold; using the default linker"; \
+	  else echo "note: mold not installed; using the default linker"; fi; \
+	fi
+
+.PHONY: test-deps
+test-deps: tools ## Install what the tests need (Python deltalake reader in .cache/venv)
+	@if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import deltalake, pyarrow' 2>/dev/null; then \
+	  python3 -m venv $(VENV) && $(PYTHON) -m pip install -q --disable-pip-version-check -r integration-tests/python/requirements.txt; \
+	fi
+
+.PHONY: build
+build: ## Build every crate (dev profile)
+	$(CARGO) build --workspace --bins
+
+.PHONY: run
+run: tools ## Build and run the embedded demo: 3 regions through every layer on local files
+	@$(MAKE) --no-print-directory _run
+
+.PHONY: _run
+_run: build
+	rm -rf $(DEMO_DATA)
+	./target/debug/tributary standalone --data $(DEMO_DATA) --regions $(DEMO_REGIONS) \
+	  --generate --events-per-source $(DEMO_EVENTS) --exit-when-idle --timeout-secs 900
+
+.PHONY: test
+test: test-deps ## Install what the tests need, then run the whole suite
+	@$(MAKE) --no-print-directory _test
+
+.PHONY: _test
+_test:
+	$(CARGO) build --workspace --bins
+	TRIBUTARY_PYTHON=$(PYTHON) $(CARGO) test --workspace --no-fail-fast -- --test-threads 2
+
+.PHONY: lint
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: clean-data
+clean-data: ## Remove generated demo data
+	rm -rf data

@@ -1,0 +1,458 @@
+//! bronze-ingest: landing files → one bronze Delta table per source, exactly once.
+//!
+//! Each batch of files gets a sequence number. Its file list is written to a manifest
+//! (`<bronze table>/_tributary/batches/<seq>.json`) before the commit, and the Delta commit
+//! carries `txn(app_id = <pipeline>/landing/<region>/<source>, version = seq)` with the data. On
+//! start the committed sequence is read from the table and the manifests up to it say which
+//! files are done; a manifest above it belongs to a batch that never committed and is redone.
+//! The quarantine table carries its own txn for the same sequence.
+
+pub mod builder;
+pub mod files;
+
+use crate::builder::{BronzeRows, QuarantineRows};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::{ObjectStore, Path};
+use object_store::ObjectStoreExt as _;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tributary_core::metrics::BatchCommitted;
+use tributary_core::stage::Stage;
+use tributary_core::{Config, Error, Result, fault};
+use tributary_delta::{Action, Table, schemas, txn};
+use tributary_proto::v1::{InputPosition, StageStatus, TableStatus};
+
+pub const STAGE: &str = "bronze";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    seq: i64,
+    source: String,
+    files: Vec<String>,
+}
+
+struct Flow {
+    source: String,
+    app_id: String,
+    table: Table,
+    /// Sequence recorded in the data table.
+    seq: i64,
+    /// Sequence recorded in the quarantine table for this source.
+    quarantine_seq: i64,
+    done: HashSet<String>,
+    /// File lists of committed batches, kept until quarantine has caught up.
+    manifests: HashMap<i64, Vec<String>>,
+}
+
+pub struct BronzeIngest {
+    cfg: Arc<Config>,
+    region: String,
+    landing: Arc<dyn ObjectStore>,
+    landing_uri: String,
+    flows: Vec<Flow>,
+    quarantine: Table,
+    next_flow: usize,
+}
+
+pub fn table_location(cfg: &Config, region: &str, source: &str) -> String {
+    cfg.region_table(region, &format!("bronze/{source}"))
+}
+pub fn quarantine_location(cfg: &Config, region: &str) -> String {
+    cfg.region_table(region, "bronze/_quarantine")
+}
+
+impl BronzeIngest {
+    pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
+        let landing_uri = cfg.landing(region);
+        let landing = files::landing_store(&landing_uri)?;
+        let quarantine = Table::open_or_create(
+            "bronze/_quarantine",
+            &quarantine_location(&cfg, region),
+            schemas::quarantine(),
+            schemas::QUARANTINE_PARTITIONS,
+        )
+        .await?;
+        let mut flows = Vec::new();
+        for source in &cfg.bronze.sources {
+            let table = Table::open_or_create(
+                &format!("bronze/{source}"),
+                &table_location(&cfg, region, source),
+                schemas::bronze(),
+                schemas::BRONZE_PARTITIONS,
+            )
+            .await?;
+            flows.push(Flow {
+                source: source.clone(),
+                app_id: format!("{}/landing/{region}/{source}", cfg.pipeline),
+                table,
+                seq: 0,
+                quarantine_seq: 0,
+                done: HashSet::new(),
+                manifests: HashMap::new(),
+            });
+        }
+        let mut me = Self {
+            cfg,
+            region: region.to_string(),
+            landing,
+            landing_uri,
+            flows,
+            quarantine,
+            next_flow: 0,
+        };
+        me.recover().await?;
+        Ok(me)
+    }
+
+    fn manifest_path(seq: i64) -> Path {
+        Path::from(format!("_tributary/batches/{seq:012}.json"))
+    }
+
+    async fn load_flow(flow: &mut Flow, quarantine: &Table) -> Result<()> {
+        flow.table.refresh().await?;
+        flow.seq = flow.table.txn_version(&flow.app_id).await?.unwrap_or(0);
+        flow.quarantine_seq = quarantine.txn_version(&flow.app_id).await?.unwrap_or(0);
+        flow.done.clear();
+        flow.manifests.clear();
+        let store = flow.table.table.object_store();
+        for s in 1..=flow.seq {
+            let bytes = store
+                .get(&Self::manifest_path(s))
+                .await
+                .map_err(|e| {
+                    Error::external(format!("batch manifest {s} of {}", flow.table.name))
+                        .with_source(e)
+                })?
+                .bytes()
+                .await
+                .map_err(|e| {
+                    Error::external(format!("batch manifest {s} of {}", flow.table.name))
+                        .with_source(e)
+                })?;
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::internal(format!("corrupt batch manifest {s} of {}", flow.table.name))
+                    .with_source(e)
+            })?;
+            flow.done.extend(m.files.iter().cloned());
+            if s > flow.quarantine_seq {
+                flow.manifests.insert(s, m.files);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes files into bronze and quarantine rows.
+    async fn decode_files(
+        &self,
+        source: &str,
+        paths: &[String],
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, u64)> {
+        let now = tributary_core::now_ms() * 1000;
+        let mut bronze = BronzeRows::new(source, now);
+        let mut quarantine = QuarantineRows::new(now);
+        let mut lines_in = 0u64;
+        for p in paths {
+            let location = Path::from(p.as_str());
+            let file_uri = tributary_core::config::join(&self.landing_uri, p);
+            let raw = self
+                .landing
+                .get(&location)
+                .await
+                .map_err(|e| {
+                    Error::external(format!("reading landing file {file_uri}")).with_source(e)
+                })?
+                .bytes()
+                .await
+                .map_err(|e| {
+                    Error::external(format!("reading landing file {file_uri}")).with_source(e)
+                })?;
+            match files::decompress(p, &raw) {
+                Ok(body) => {
+                    for (idx, line) in files::lines(&body) {
+                        lines_in += 1;
+                        match tributary_events::decode_event(
+                            line,
+                            source,
+                            self.cfg.bronze.max_event_bytes,
+                        ) {
+                            Ok(d) => bronze.push(d, &file_uri, idx as i64),
+                            Err(r) => quarantine.push(
+                                source,
+                                r.code(),
+                                None,
+                                &r.detail(),
+                                line,
+                                None,
+                                Some(&file_uri),
+                                Some(idx as i64),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                Err(e) => {
+                    lines_in += 1;
+                    quarantine.push(
+                        source,
+                        "corrupt_file",
+                        None,
+                        &e,
+                        &raw,
+                        None,
+                        Some(&file_uri),
+                        None,
+                        None,
+                    );
+                }
+            }
+        }
+        Ok((bronze.finish()?, quarantine.finish()?, lines_in))
+    }
+
+    /// Brings the quarantine table up to the data table's sequence for one flow.
+    async fn catch_up_quarantine(&mut self, i: usize) -> Result<()> {
+        let (source, app_id, from, to) = {
+            let f = &self.flows[i];
+            (f.source.clone(), f.app_id.clone(), f.quarantine_seq, f.seq)
+        };
+        if from >= to {
+            return Ok(());
+        }
+        let mut paths = Vec::new();
+        for s in (from + 1)..=to {
+            paths.extend(self.flows[i].manifests.get(&s).cloned().unwrap_or_default());
+        }
+        let (_, q, _) = self.decode_files(&source, &paths).await?;
+        self.quarantine.refresh().await?;
+        let adds = self.quarantine.write_files(&q).await?;
+        let rows: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
+        let meta = HashMap::from([(
+            "tributary.recovered_batches".to_string(),
+            serde_json::json!([from + 1, to]),
+        )]);
+        self.quarantine
+            .commit(
+                adds.into_iter().map(Action::Add).collect(),
+                vec![txn(&app_id, to)],
+                meta,
+                self.cfg.federator.max_commit_retries,
+            )
+            .await?;
+        tracing::warn!(
+            source,
+            from,
+            to,
+            rows,
+            "quarantine caught up with bronze after a restart"
+        );
+        let f = &mut self.flows[i];
+        f.quarantine_seq = to;
+        f.manifests.clear();
+        Ok(())
+    }
+
+    async fn run_flow(&mut self, i: usize) -> Result<u64> {
+        self.catch_up_quarantine(i).await?;
+        let source = self.flows[i].source.clone();
+        let listed = files::list_new(&self.landing, &source, &self.flows[i].done).await?;
+        let batch = files::take_batch(
+            listed,
+            self.cfg.bronze.max_files_per_batch,
+            self.cfg.bronze.max_bytes_per_batch,
+        );
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        // The table is the checkpoint: re-read it so a concurrent writer is noticed before work.
+        {
+            let f = &mut self.flows[i];
+            f.table.refresh().await?;
+            let committed = f.table.txn_version(&f.app_id).await?.unwrap_or(0);
+            if committed != f.seq {
+                return Err(Error::conflict(format!(
+                    "bronze/{source}: table records batch {committed} but this process expected {}; another writer is active",
+                    f.seq
+                )));
+            }
+        }
+        let seq = self.flows[i].seq + 1;
+        let paths: Vec<String> = batch.iter().map(|m| m.location.to_string()).collect();
+        let manifest = Manifest {
+            seq,
+            source: source.clone(),
+            files: paths.clone(),
+        };
+        self.flows[i]
+            .table
+            .table
+            .object_store()
+            .put(
+                &Self::manifest_path(seq),
+                serde_json::to_vec(&manifest).unwrap_or_default().into(),
+            )
+            .await
+            .map_err(|e| Error::external("writing batch manifest").with_source(e))?;
+
+        let (rows, q, lines_in) = self.decode_files(&source, &paths).await?;
+        let written: u64 = rows.iter().map(|b| b.num_rows() as u64).sum();
+        let quarantined: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
+        fault::point("bronze.before_write");
+        let app_id = self.flows[i].app_id.clone();
+        let adds = self.flows[i].table.write_files(&rows).await?;
+        fault::point("bronze.after_upload_before_commit");
+        let meta = HashMap::from([(
+            "tributary.batch".to_string(),
+            serde_json::json!({"seq": seq, "files": paths.len(), "lines": lines_in, "rows": written, "quarantined": quarantined}),
+        )]);
+        let version = self.flows[i]
+            .table
+            .commit(
+                adds.into_iter().map(Action::Add).collect(),
+                vec![txn(&app_id, seq)],
+                meta.clone(),
+                0,
+            )
+            .await?;
+        fault::point("bronze.after_data_commit");
+        {
+            let f = &mut self.flows[i];
+            f.seq = seq;
+            f.done.extend(paths.iter().cloned());
+            f.manifests.insert(seq, paths.clone());
+        }
+        // Quarantine: its own txn for the same sequence, committed even when empty so that a
+        // restart knows it has caught up.
+        self.quarantine.refresh().await?;
+        let qadds = self.quarantine.write_files(&q).await?;
+        self.quarantine
+            .commit(
+                qadds.into_iter().map(Action::Add).collect(),
+                vec![txn(&app_id, seq)],
+                meta,
+                self.cfg.federator.max_commit_retries,
+            )
+            .await?;
+        fault::point("bronze.after_quarantine_commit");
+        {
+            let f = &mut self.flows[i];
+            f.quarantine_seq = seq;
+            f.manifests.clear();
+        }
+        BatchCommitted {
+            stage: STAGE,
+            region: &self.region,
+            table: &format!("bronze/{source}"),
+            version,
+            input_rows: lines_in,
+            written,
+            quarantined,
+            duplicates: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            input_position: &format!("{app_id}={seq}"),
+        }
+        .emit();
+        Ok(lines_in.max(1))
+    }
+}
+
+#[tonic::async_trait]
+impl Stage for BronzeIngest {
+    fn stage(&self) -> &str {
+        STAGE
+    }
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn run_once(&mut self) -> Result<u64> {
+        // Round-robin over sources so one busy source cannot starve the others.
+        let n = self.flows.len();
+        let mut total = 0;
+        for k in 0..n {
+            let i = (self.next_flow + k) % n;
+            total += self.run_flow(i).await?;
+        }
+        self.next_flow = (self.next_flow + 1) % n.max(1);
+        Ok(total)
+    }
+
+    async fn recover(&mut self) -> Result<()> {
+        self.quarantine.refresh().await?;
+        for f in &mut self.flows {
+            Self::load_flow(f, &self.quarantine).await?;
+        }
+        for i in 0..self.flows.len() {
+            self.catch_up_quarantine(i).await?;
+        }
+        Ok(())
+    }
+
+    async fn status(&mut self) -> StageStatus {
+        let mut tables = Vec::new();
+        let mut positions = Vec::new();
+        for f in &self.flows {
+            tables.push(table_status(&f.table, Some("event_time")));
+            positions.push(InputPosition {
+                app_id: f.app_id.clone(),
+                output_table: f.table.name.clone(),
+                version: f.seq,
+            });
+            positions.push(InputPosition {
+                app_id: f.app_id.clone(),
+                output_table: self.quarantine.name.clone(),
+                version: f.quarantine_seq,
+            });
+        }
+        tables.push(table_status(&self.quarantine, None));
+        StageStatus {
+            stage: STAGE.into(),
+            region: self.region.clone(),
+            tables,
+            positions,
+            counters: status_counters(STAGE, &self.region),
+            last_error: String::new(),
+        }
+    }
+}
+
+/// Status of one table from its loaded snapshot.
+pub fn table_status(t: &Table, time_column: Option<&str>) -> TableStatus {
+    match t.stats(time_column) {
+        Ok(s) => TableStatus {
+            name: t.name.clone(),
+            uri: t.url.to_string(),
+            version: s.version,
+            last_commit_unix_ms: s.last_commit_unix_ms,
+            max_event_time_unix_ms: s.max_time_unix_ms,
+            row_count: s.row_count,
+            file_count: s.file_count,
+        },
+        Err(_) => TableStatus {
+            name: t.name.clone(),
+            uri: t.url.to_string(),
+            version: t.version(),
+            ..Default::default()
+        },
+    }
+}
+
+pub fn status_counters(stage: &str, region: &str) -> Vec<tributary_proto::v1::Counter> {
+    tributary_core::metrics::Metrics::global()
+        .status_counters(stage, region)
+        .into_iter()
+        .map(|(name, table, value)| tributary_proto::v1::Counter {
+            name,
+            labels: HashMap::from([("table".to_string(), table)]),
+            value,
+        })
+        .collect()
+}
+
+/// Runs the service for one region until `shutdown`.
+pub async fn run(cfg: Arc<Config>, region: &str, shutdown: tributary_core::Shutdown) -> Result<()> {
+    let stage = BronzeIngest::build(cfg.clone(), region).await?;
+    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown).await
+}

@@ -1,0 +1,488 @@
+//! central-federator: every configured region's silver and gold → the central tables.
+//!
+//! - `central/events`: the egress-approved rows (policy field from config, default
+//!   `egress_approved = true`) of every region's silver tables, appended with
+//!   `txn(<pipeline>/central/<region>/silver/<source>, silver version)`.
+//! - `central/event_counts_minute`, `central/billing_usage_hourly`: mirrors of each region's gold
+//!   tables, partitioned by (region, event_date). When a region's gold rewrites a date, the
+//!   federator replaces exactly that (region, date) partition with the content of the region's
+//!   gold snapshot, with `txn(<pipeline>/central/<region>/gold/<table>, gold version)`.
+//!
+//! Many regions' federators commit to the same central tables at once: their commits touch
+//! different app_ids and different files, so Delta's conflict checker lets them through, and
+//! races for the next version are retried with backoff and jitter. A region never waits for the
+//! centre: the federator only reads regional tables, and after a partition it catches up from
+//! the recorded positions.
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use gold_aggregate::window::GoldKind;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tributary_core::metrics::BatchCommitted;
+use tributary_core::stage::Stage;
+use tributary_core::{Config, Error, Result, fault};
+use tributary_delta::{Action, PositionMove, Table, schemas};
+use tributary_proto::v1::{InputPosition, StageStatus};
+
+pub const STAGE: &str = "federator";
+
+struct Input {
+    name: String,
+    app_id: String,
+    location: String,
+    table: Option<Table>,
+    pos: i64,
+}
+
+impl Input {
+    async fn open(&mut self) -> Result<bool> {
+        if self.table.is_none() {
+            self.table = Table::open_existing(&self.name, &self.location).await?;
+        }
+        Ok(self.table.is_some())
+    }
+}
+
+struct RegionFeed {
+    region: String,
+    silver: Vec<(String, Input)>,
+    gold: Vec<(GoldKind, Input)>,
+}
+
+pub struct CentralFederator {
+    cfg: Arc<Config>,
+    label: String,
+    feeds: Vec<RegionFeed>,
+    events: Table,
+    gold: Vec<(GoldKind, Table)>,
+}
+
+pub fn events_location(cfg: &Config) -> String {
+    cfg.central_table("events")
+}
+pub fn gold_location(cfg: &Config, kind: GoldKind) -> String {
+    cfg.central_table(kind.table_name())
+}
+
+impl CentralFederator {
+    /// Builds a federator for `regions` (each must be in the config).
+    pub async fn build(cfg: Arc<Config>, regions: &[String]) -> Result<Self> {
+        for r in regions {
+            if !cfg.regions.contains(r) {
+                return Err(Error::user(format!(
+                    "region {r:?} is not in the config's regions {:?}",
+                    cfg.regions
+                )));
+            }
+        }
+        let events = Table::open_or_create(
+            "central/events",
+            &events_location(&cfg),
+            schemas::central_events(),
+            schemas::CENTRAL_PARTITIONS,
+        )
+        .await?;
+        let mut gold = Vec::new();
+        for kind in [GoldKind::EventCounts, GoldKind::Billing] {
+            let t = Table::open_or_create(
+                &format!("central/{}", kind.table_name()),
+                &gold_location(&cfg, kind),
+                schemas::central_gold(kind.schema()),
+                schemas::CENTRAL_PARTITIONS,
+            )
+            .await?;
+            gold.push((kind, t));
+        }
+        let feeds = regions
+            .iter()
+            .map(|r| RegionFeed {
+                region: r.clone(),
+                silver: cfg
+                    .bronze
+                    .sources
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.clone(),
+                            Input {
+                                name: format!("{r}/silver/{s}"),
+                                app_id: format!("{}/central/{r}/silver/{s}", cfg.pipeline),
+                                location: silver_transform::table_location(&cfg, r, s),
+                                table: None,
+                                pos: -1,
+                            },
+                        )
+                    })
+                    .collect(),
+                gold: [GoldKind::EventCounts, GoldKind::Billing]
+                    .into_iter()
+                    .map(|k| {
+                        (
+                            k,
+                            Input {
+                                name: format!("{r}/gold/{}", k.table_name()),
+                                app_id: format!(
+                                    "{}/central/{r}/gold/{}",
+                                    cfg.pipeline,
+                                    k.table_name()
+                                ),
+                                location: gold_aggregate::table_location(&cfg, r, k),
+                                table: None,
+                                pos: -1,
+                            },
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let label = regions.join(",");
+        let mut me = Self {
+            cfg,
+            label,
+            feeds,
+            events,
+            gold,
+        };
+        me.recover().await?;
+        Ok(me)
+    }
+
+    fn egress_mask(&self, b: &RecordBatch) -> Result<Vec<bool>> {
+        let field = &self.cfg.federator.egress_field;
+        if let Some(c) = b
+            .column_by_name(field)
+            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+        {
+            return Ok((0..c.len()).map(|i| c.is_valid(i) && c.value(i)).collect());
+        }
+        // Policy on a payload field: only a JSON `true` approves egress.
+        let payload = b
+            .column_by_name("payload")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| Error::internal("silver batch without payload"))?;
+        Ok((0..payload.len())
+            .map(|i| {
+                serde_json::from_str::<serde_json::Value>(payload.value(i))
+                    .ok()
+                    .and_then(|v| v.get(field).and_then(|x| x.as_bool()))
+                    .unwrap_or(false)
+            })
+            .collect())
+    }
+
+    fn central_rows(
+        &self,
+        region: &str,
+        b: &RecordBatch,
+        version: i64,
+        now_us: i64,
+    ) -> Result<Option<RecordBatch>> {
+        let mask = BooleanArray::from(self.egress_mask(b)?);
+        let b = deltalake::arrow::compute::filter_record_batch(b, &mask)
+            .map_err(|e| Error::internal("egress filter").with_source(e))?;
+        let n = b.num_rows();
+        if n == 0 {
+            return Ok(None);
+        }
+        let schema = schemas::central_events();
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        for f in schema.fields() {
+            let c: ArrayRef = match f.name().as_str() {
+                "_origin_version" => Arc::new(Int64Array::from(vec![version; n])),
+                "_federated_at" => {
+                    Arc::new(TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC"))
+                }
+                "region" => Arc::new(StringArray::from(vec![region.to_string(); n])),
+                name => b
+                    .column_by_name(name)
+                    .cloned()
+                    .ok_or_else(|| Error::internal(format!("silver lacks {name}")))?,
+            };
+            cols.push(c);
+        }
+        RecordBatch::try_new(schema, cols)
+            .map(Some)
+            .map_err(|e| Error::internal("central events batch").with_source(e))
+    }
+
+    async fn federate_silver(&mut self, fi: usize, si: usize) -> Result<u64> {
+        let max_versions = self.cfg.federator.max_versions_per_batch as i64;
+        let attempts = self.cfg.federator.max_commit_retries as u32;
+        let region = self.feeds[fi].region.clone();
+        let (source, input) = &mut self.feeds[fi].silver[si];
+        let source = source.clone();
+        if !input.open().await? {
+            return Ok(0);
+        }
+        let t = input
+            .table
+            .as_ref()
+            .ok_or_else(|| Error::internal("input not open"))?;
+        let latest = t.latest_version().await?;
+        if latest <= input.pos {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let from = input.pos;
+        let up_to = latest.min(from + max_versions);
+        let app_id = input.app_id.clone();
+        let mut rows_in = 0u64;
+        let mut batches = Vec::new();
+        let now_us = tributary_core::now_ms() * 1000;
+        let changes = t.changes(from, up_to).await?;
+        let mut read = Vec::new();
+        for (v, adds) in changes {
+            for b in t.read_adds(&adds).await? {
+                read.push((v, b));
+            }
+        }
+        for (v, b) in &read {
+            rows_in += b.num_rows() as u64;
+            if let Some(c) = self.central_rows(&region, b, *v, now_us)? {
+                batches.push(c);
+            }
+        }
+        let written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        self.events.refresh().await?;
+        let committed = self.events.txn_version(&app_id).await?.unwrap_or(-1);
+        if committed != from {
+            return Err(Error::conflict(format!(
+                "central/events: {app_id} is at {committed}, expected {from}; another federator is active"
+            )));
+        }
+        let adds = self.events.write_files(&batches).await?;
+        fault::point("federator.before_commit");
+        let meta = HashMap::from([(
+            "tributary.federation".to_string(),
+            serde_json::json!({"region": region, "source": source, "from": from + 1, "to": up_to, "rows_in": rows_in, "egress_rows": written}),
+        )]);
+        let version = self
+            .events
+            .commit_contended(
+                adds.into_iter().map(Action::Add).collect(),
+                &[PositionMove {
+                    app_id: app_id.clone(),
+                    from,
+                    to: up_to,
+                }],
+                meta,
+                (STAGE, &region),
+                attempts,
+            )
+            .await?;
+        fault::point("federator.after_events_commit");
+        self.feeds[fi].silver[si].1.pos = up_to;
+        BatchCommitted {
+            stage: STAGE,
+            region: &region,
+            table: "central/events",
+            version,
+            input_rows: rows_in,
+            written,
+            quarantined: 0,
+            duplicates: rows_in - written,
+            seconds: started.elapsed().as_secs_f64(),
+            input_position: &format!("{app_id}={up_to}"),
+        }
+        .emit();
+        Ok(rows_in.max(1))
+    }
+
+    async fn federate_gold(&mut self, fi: usize, gi: usize) -> Result<u64> {
+        let attempts = self.cfg.federator.max_commit_retries as u32;
+        let region = self.feeds[fi].region.clone();
+        let (kind, input) = &mut self.feeds[fi].gold[gi];
+        let kind = *kind;
+        if !input.open().await? {
+            return Ok(0);
+        }
+        let t = input
+            .table
+            .as_mut()
+            .ok_or_else(|| Error::internal("input not open"))?;
+        t.refresh().await?;
+        let v = t.version();
+        if v <= input.pos {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let from = input.pos;
+        let app_id = input.app_id.clone();
+        let mut dates: BTreeSet<String> = BTreeSet::new();
+        for (_, adds) in t.changes(from, v).await? {
+            for a in adds {
+                if let Some(Some(d)) = a.partition_values.get("event_date") {
+                    dates.insert(d.clone());
+                }
+            }
+        }
+        let mut batches = Vec::new();
+        for f in t.files()? {
+            if let Some(Some(d)) = f.partition_values.get("event_date") {
+                if dates.contains(d) {
+                    batches.extend(
+                        t.read_file(&f.path, Some(f.size), &f.partition_values)
+                            .await?,
+                    );
+                }
+            }
+        }
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let (_, central) = self
+            .gold
+            .iter_mut()
+            .find(|(k, _)| *k == kind)
+            .ok_or_else(|| Error::internal("central gold table missing"))?;
+        central.refresh().await?;
+        let committed = central.txn_version(&app_id).await?.unwrap_or(-1);
+        if committed != from {
+            return Err(Error::conflict(format!(
+                "{}: {app_id} is at {committed}, expected {from}; another federator is active",
+                central.name
+            )));
+        }
+        let old: HashSet<String> = central
+            .files()?
+            .into_iter()
+            .filter(|f| {
+                f.partition_values.get("region").and_then(|x| x.as_deref()) == Some(region.as_str())
+                    && f.partition_values
+                        .get("event_date")
+                        .and_then(|x| x.clone())
+                        .is_some_and(|d| dates.contains(&d))
+            })
+            .map(|f| f.path)
+            .collect();
+        let adds = central.write_files(&batches).await?;
+        let mut actions = central.remove_actions(&old)?;
+        actions.extend(adds.into_iter().map(Action::Add));
+        let meta = HashMap::from([(
+            "tributary.federation".to_string(),
+            serde_json::json!({"region": region, "table": kind.table_name(), "from": from + 1, "to": v, "partitions": dates.len(), "rows": rows}),
+        )]);
+        let version = central
+            .commit_contended(
+                actions,
+                &[PositionMove {
+                    app_id: app_id.clone(),
+                    from,
+                    to: v,
+                }],
+                meta,
+                (STAGE, &region),
+                attempts,
+            )
+            .await?;
+        fault::point("federator.after_gold_commit");
+        let name = central.name.clone();
+        self.feeds[fi].gold[gi].1.pos = v;
+        BatchCommitted {
+            stage: STAGE,
+            region: &region,
+            table: &name,
+            version,
+            input_rows: rows,
+            written: rows,
+            quarantined: 0,
+            duplicates: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            input_position: &format!("{app_id}={v}"),
+        }
+        .emit();
+        Ok(rows.max(1))
+    }
+}
+
+#[tonic::async_trait]
+impl Stage for CentralFederator {
+    fn stage(&self) -> &str {
+        STAGE
+    }
+    fn region(&self) -> &str {
+        &self.label
+    }
+    async fn run_once(&mut self) -> Result<u64> {
+        let mut total = 0;
+        for fi in 0..self.feeds.len() {
+            for si in 0..self.feeds[fi].silver.len() {
+                total += self.federate_silver(fi, si).await?;
+            }
+            for gi in 0..self.feeds[fi].gold.len() {
+                total += self.federate_gold(fi, gi).await?;
+            }
+        }
+        Ok(total)
+    }
+    async fn recover(&mut self) -> Result<()> {
+        self.events.refresh().await?;
+        for (_, t) in &mut self.gold {
+            t.refresh().await?;
+        }
+        for feed in &mut self.feeds {
+            for (_, input) in &mut feed.silver {
+                input.pos = self.events.txn_version(&input.app_id).await?.unwrap_or(-1);
+            }
+            for (kind, input) in &mut feed.gold {
+                let t = &self
+                    .gold
+                    .iter()
+                    .find(|(k, _)| k == kind)
+                    .ok_or_else(|| Error::internal("central gold"))?
+                    .1;
+                input.pos = t.txn_version(&input.app_id).await?.unwrap_or(-1);
+            }
+        }
+        Ok(())
+    }
+    async fn status(&mut self) -> StageStatus {
+        let mut tables = vec![bronze_ingest::table_status(
+            &self.events,
+            Some("event_time"),
+        )];
+        for (_, t) in &self.gold {
+            tables.push(bronze_ingest::table_status(t, Some("window_start")));
+        }
+        let mut positions = Vec::new();
+        for feed in &self.feeds {
+            for (_, i) in &feed.silver {
+                positions.push(InputPosition {
+                    app_id: i.app_id.clone(),
+                    output_table: self.events.name.clone(),
+                    version: i.pos,
+                });
+            }
+            for (k, i) in &feed.gold {
+                positions.push(InputPosition {
+                    app_id: i.app_id.clone(),
+                    output_table: format!("central/{}", k.table_name()),
+                    version: i.pos,
+                });
+            }
+        }
+        let mut counters = Vec::new();
+        for feed in &self.feeds {
+            counters.extend(bronze_ingest::status_counters(STAGE, &feed.region));
+        }
+        StageStatus {
+            stage: STAGE.into(),
+            region: self.label.clone(),
+            tables,
+            positions,
+            counters,
+            last_error: String::new(),
+        }
+    }
+}
+
+/// Runs the federator for `regions` until `shutdown`.
+pub async fn run(
+    cfg: Arc<Config>,
+    regions: &[String],
+    shutdown: tributary_core::Shutdown,
+) -> Result<()> {
+    let stage = CentralFederator::build(cfg.clone(), regions).await?;
+    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown).await
+}

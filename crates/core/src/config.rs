@@ -1,0 +1,445 @@
+//! Typed configuration: defaults < TOML file < `TRIBUTARY__SECTION__KEY` environment variables.
+//!
+//! `Config::load` parses, `Config::validate` checks everything that can be checked without
+//! touching disk or network; only the services' `build` steps do I/O.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment override {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Pipeline name; prefixes every Delta txn app_id.
+    pub pipeline: String,
+    /// Root directory (or file:// URI) under which region and central tables live.
+    pub data_root: String,
+    /// Regions this deployment serves. Region services take the one given by `--region`.
+    pub regions: Vec<String>,
+    /// Landing zone root; `{region}` is replaced. Default `<data_root>/regions/{region}/landing`.
+    pub landing_root: Option<String>,
+    /// Central tables root. Default `<data_root>/central`.
+    pub central_root: Option<String>,
+    pub bronze: BronzeConfig,
+    pub silver: SilverConfig,
+    pub gold: GoldConfig,
+    pub federator: FederatorConfig,
+    pub server: ServerConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BronzeConfig {
+    /// Sources ingested; each has its landing directory `<landing>/<source>/`.
+    pub sources: Vec<String>,
+    pub max_files_per_batch: usize,
+    pub max_bytes_per_batch: u64,
+    /// Events larger than this are quarantined with reason `oversized`.
+    pub max_event_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SilverConfig {
+    /// Bronze versions read per silver commit at most.
+    pub max_versions_per_batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoldConfig {
+    pub max_versions_per_batch: usize,
+    /// Watermark = max committed event_time - allowed lateness.
+    pub allowed_lateness_secs: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederatorConfig {
+    /// Only rows whose boolean field of this name is true leave the region.
+    pub egress_field: String,
+    pub max_versions_per_batch: usize,
+    /// Commit attempts when other regions commit to the same central table at once.
+    pub max_commit_retries: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address (status, health, reflection). Empty disables the server.
+    pub grpc_addr: String,
+    /// Admin HTTP listen address (/metrics, /healthz). Empty disables it.
+    pub admin_addr: String,
+    pub poll_interval_ms: u64,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `pretty` or `json`.
+    pub log_format: String,
+    /// tracing EnvFilter directive; RUST_LOG wins when set.
+    pub log_filter: String,
+    /// OTLP/gRPC endpoint for traces; OTEL_EXPORTER_OTLP_ENDPOINT wins when set. Empty = off.
+    pub otlp_endpoint: String,
+}
+
+pub const SOURCES: &[&str] = &["audit", "job", "billing", "cluster_metrics"];
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pipeline: "tributary".into(),
+            data_root: "./data".into(),
+            regions: vec!["us-east-1".into()],
+            landing_root: None,
+            central_root: None,
+            bronze: BronzeConfig::default(),
+            silver: SilverConfig::default(),
+            gold: GoldConfig::default(),
+            federator: FederatorConfig::default(),
+            server: ServerConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+impl Default for BronzeConfig {
+    fn default() -> Self {
+        Self {
+            sources: SOURCES.iter().map(|s| s.to_string()).collect(),
+            max_files_per_batch: 64,
+            max_bytes_per_batch: 128 * 1024 * 1024,
+            max_event_bytes: 1024 * 1024,
+        }
+    }
+}
+impl Default for SilverConfig {
+    fn default() -> Self {
+        Self {
+            max_versions_per_batch: 64,
+        }
+    }
+}
+impl Default for GoldConfig {
+    fn default() -> Self {
+        Self {
+            max_versions_per_batch: 64,
+            allowed_lateness_secs: 600,
+        }
+    }
+}
+impl Default for FederatorConfig {
+    fn default() -> Self {
+        Self {
+            egress_field: "egress_approved".into(),
+            max_versions_per_batch: 64,
+            max_commit_retries: 100,
+        }
+    }
+}
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: String::new(),
+            admin_addr: String::new(),
+            poll_interval_ms: 500,
+            tls: None,
+        }
+    }
+}
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: "pretty".into(),
+            log_filter: "info,buoyant_kernel=warn,deltalake_core=warn,deltalake=warn".into(),
+            otlp_endpoint: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (if any), then `TRIBUTARY__*` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut value = toml::Table::new();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            value = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        apply_env(&mut value, &env)?;
+        Self::from_table(
+            value,
+            path.map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<defaults>".into()),
+        )
+    }
+
+    /// Parses a TOML document (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let value = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Parse {
+                path: "<string>".into(),
+                message: e.to_string(),
+            })?;
+        Self::from_table(value, "<string>".into())
+    }
+
+    fn from_table(value: toml::Table, origin: String) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin,
+                message: e.to_string(),
+            })?;
+        cfg.validate()
+    }
+
+    /// Pure validation; returns the validated config.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.pipeline.is_empty()
+            || !self
+                .pipeline
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad(format!(
+                "pipeline name {:?} must be non-empty [A-Za-z0-9_-]",
+                self.pipeline
+            ));
+        }
+        if self.data_root.is_empty() {
+            return bad("data_root must not be empty".into());
+        }
+        if self.regions.is_empty() {
+            return bad("regions must list at least one region".into());
+        }
+        for r in &self.regions {
+            if r.is_empty()
+                || !r
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(format!("region name {r:?} must be non-empty [A-Za-z0-9_-]"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.regions {
+            if !seen.insert(r) {
+                return bad(format!("region {r:?} is listed twice"));
+            }
+        }
+        for s in &self.bronze.sources {
+            if !SOURCES.contains(&s.as_str()) {
+                return bad(format!(
+                    "unknown source {s:?}; known sources: {}",
+                    SOURCES.join(", ")
+                ));
+            }
+        }
+        if self.bronze.max_files_per_batch == 0 || self.bronze.max_bytes_per_batch == 0 {
+            return bad(
+                "bronze.max_files_per_batch and bronze.max_bytes_per_batch must be > 0".into(),
+            );
+        }
+        if self.bronze.max_event_bytes < 64 {
+            return bad("bronze.max_event_bytes must be at least 64".into());
+        }
+        if self.silver.max_versions_per_batch == 0
+            || self.gold.max_versions_per_batch == 0
+            || self.federator.max_versions_per_batch == 0
+        {
+            return bad("max_versions_per_batch must be > 0".into());
+        }
+        if self.gold.allowed_lateness_secs < 0 {
+            return bad("gold.allowed_lateness_secs must be >= 0".into());
+        }
+        if self.federator.egress_field.is_empty() {
+            return bad("federator.egress_field must not be empty".into());
+        }
+        if self.server.poll_interval_ms == 0 {
+            return bad("server.poll_interval_ms must be > 0".into());
+        }
+        for (name, addr) in [
+            ("grpc_addr", &self.server.grpc_addr),
+            ("admin_addr", &self.server.admin_addr),
+        ] {
+            if !addr.is_empty() && addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "server.{name} {addr:?} is not a socket address like 127.0.0.1:50051"
+                ));
+            }
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "pretty" | "json") {
+            return bad(format!(
+                "telemetry.log_format {:?} must be pretty or json",
+                self.telemetry.log_format
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Root URI/path of one region's tables.
+    pub fn region_root(&self, region: &str) -> String {
+        join(&self.data_root, &format!("regions/{region}"))
+    }
+    pub fn landing(&self, region: &str) -> String {
+        match &self.landing_root {
+            Some(l) => l.replace("{region}", region),
+            None => join(&self.region_root(region), "landing"),
+        }
+    }
+    pub fn central_root(&self) -> String {
+        self.central_root
+            .clone()
+            .unwrap_or_else(|| join(&self.data_root, "central"))
+    }
+    /// Location of a region table, e.g. `bronze/billing`.
+    pub fn region_table(&self, region: &str, name: &str) -> String {
+        join(&self.region_root(region), name)
+    }
+    pub fn central_table(&self, name: &str) -> String {
+        join(&self.central_root(), name)
+    }
+}
+
+/// Joins a relative path onto a root that may be a path or a URI.
+pub fn join(root: &str, rel: &str) -> String {
+    format!(
+        "{}/{}",
+        root.trim_end_matches('/'),
+        rel.trim_start_matches('/')
+    )
+}
+
+/// Applies `TRIBUTARY__A__B=value` overrides: keys lowercased, values parsed as TOML when they
+/// parse (numbers, booleans, arrays), else taken as strings.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix("TRIBUTARY__") else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Env {
+                var: k.clone(),
+                message: "empty key segment".into(),
+            });
+        }
+        let parsed = format!("x = {v}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("x"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
+        let mut cur = &mut *table;
+        for seg in &path[..path.len() - 1] {
+            let entry = cur
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: k.clone(),
+                        message: format!("{seg} is not a section"),
+                    });
+                }
+            };
+        }
+        cur.insert(path[path.len() - 1].clone(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_name() {
+        let err = Config::from_toml_str("pipeline = \"p\"\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Config::from_toml_str("regions = []").is_err());
+        assert!(Config::from_toml_str("[server]\ngrpc_addr = \"nope\"").is_err());
+        assert!(Config::from_toml_str("[bronze]\nsources = [\"nosuch\"]").is_err());
+        assert!(Config::from_toml_str("pipeline = \"a/b\"").is_err());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut t: toml::Table = "pipeline = \"p\"\n[gold]\nallowed_lateness_secs = 5"
+            .parse()
+            .unwrap();
+        apply_env(
+            &mut t,
+            &[
+                ("TRIBUTARY__GOLD__ALLOWED_LATENESS_SECS".into(), "42".into()),
+                ("TRIBUTARY__DATA_ROOT".into(), "/tmp/x".into()),
+                ("OTHER".into(), "1".into()),
+            ],
+        )
+        .unwrap();
+        let c = Config::from_table(t, "t".into()).unwrap();
+        assert_eq!(c.gold.allowed_lateness_secs, 42);
+        assert_eq!(c.data_root, "/tmp/x");
+        assert_eq!(c.pipeline, "p");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().and_then(|e| e.to_str()) == Some("toml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no example configs found in {}", dir.display());
+    }
+}

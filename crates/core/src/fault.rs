@@ -1,0 +1,84 @@
+//! Named fault-injection points for crash tests.
+//!
+//! `TRIBUTARY_FAULT=<point>[:<n>]` makes the process SIGKILL itself the n-th time (default: first)
+//! execution reaches `fault::point("<point>")`. Several points may be given, comma separated.
+//! Without the variable a point costs one relaxed atomic load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Every point compiled into the services, so tests and docs can enumerate them.
+pub const POINTS: &[&str] = &[
+    "bronze.before_write",
+    "bronze.after_upload_before_commit",
+    "bronze.after_data_commit",
+    "bronze.after_quarantine_commit",
+    "silver.before_commit",
+    "silver.after_data_commit",
+    "silver.after_quarantine_commit",
+    "gold.before_commit",
+    "gold.after_commit",
+    "federator.before_commit",
+    "federator.after_events_commit",
+    "federator.after_gold_commit",
+];
+
+struct Plan {
+    targets: HashMap<String, u64>,
+    hits: Mutex<HashMap<String, u64>>,
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
+static TOTAL_HITS: AtomicU64 = AtomicU64::new(0);
+
+fn plan() -> &'static Option<Plan> {
+    PLAN.get_or_init(|| {
+        let spec = std::env::var("TRIBUTARY_FAULT").ok()?;
+        let mut targets = HashMap::new();
+        for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, n) = match part.split_once(':') {
+                Some((name, n)) => (name, n.parse::<u64>().unwrap_or(1).max(1)),
+                None => (part, 1),
+            };
+            targets.insert(name.to_string(), n);
+        }
+        if targets.is_empty() {
+            ENABLED.store(false, Ordering::Relaxed);
+            return None;
+        }
+        Some(Plan {
+            targets,
+            hits: Mutex::new(HashMap::new()),
+        })
+    })
+}
+
+/// Marks a named crash point. Kills the process with SIGKILL when the plan says so.
+pub fn point(name: &str) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(plan) = plan() else {
+        ENABLED.store(false, Ordering::Relaxed);
+        return;
+    };
+    let Some(target) = plan.targets.get(name) else {
+        return;
+    };
+    let hit = {
+        let mut hits = plan.hits.lock().unwrap_or_else(|p| p.into_inner());
+        let h = hits.entry(name.to_string()).or_insert(0);
+        *h += 1;
+        *h
+    };
+    TOTAL_HITS.fetch_add(1, Ordering::Relaxed);
+    if hit == *target {
+        eprintln!("tributary: fault injection: SIGKILL at {name} (hit {hit})");
+        // SAFETY: raising a signal on our own process has no memory-safety preconditions.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
+}

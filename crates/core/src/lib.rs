@@ -1,0 +1,27 @@
+//! Shared pieces of every Tributary service: configuration, errors, telemetry, metrics,
+//! fault injection, shutdown and the gRPC/admin server scaffolding.
+
+pub mod config;
+pub mod error;
+pub mod fault;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod stage;
+pub mod status;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError};
+pub use error::{Error, ErrorKind, Result};
+pub use shutdown::Shutdown;
+
+/// Build version reported by status RPCs.
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

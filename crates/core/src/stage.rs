@@ -1,0 +1,222 @@
+//! The loop every stage runs: process what is available, publish status, sleep, repeat; on a
+//! failed batch, log it, back off and resume from what the output tables say.
+
+use crate::Shutdown;
+use crate::metrics::batch_failed;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tributary_proto::v1::StageStatus;
+
+/// One unit of a pipeline (a bronze flow set, a silver transform, ...).
+#[tonic::async_trait]
+pub trait Stage: Send + 'static {
+    /// Stage name for logs and metrics, e.g. `bronze`.
+    fn stage(&self) -> &str;
+    fn region(&self) -> &str;
+    /// Processes what is available now (bounded work). Returns input units processed; 0 = idle.
+    async fn run_once(&mut self) -> crate::Result<u64>;
+    /// Drops in-memory state and reloads it from the output tables (after an error).
+    async fn recover(&mut self) -> crate::Result<()>;
+    /// Current status (positions from the tables, versions, counters).
+    async fn status(&mut self) -> StageStatus;
+}
+
+/// Shared progress bookkeeping, so a supervisor can tell when every stage is idle.
+#[derive(Default)]
+pub struct Progress {
+    work: AtomicU64,
+    stages: RwLock<Vec<Arc<StageProgress>>>,
+}
+
+#[derive(Default)]
+pub struct StageProgress {
+    pub name: String,
+    /// Value of the work counter when this stage last started a pass that found nothing.
+    idle_at: AtomicU64,
+    idle_valid: std::sync::atomic::AtomicBool,
+    pub units: AtomicU64,
+    pub busy_micros: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl Progress {
+    pub fn register(&self, name: String) -> Arc<StageProgress> {
+        let p = Arc::new(StageProgress {
+            name,
+            ..Default::default()
+        });
+        self.stages
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p.clone());
+        p
+    }
+    /// True when, since the last work anywhere, every stage has completed a pass that found
+    /// nothing to do.
+    pub fn all_idle(&self) -> bool {
+        let now = self.work.load(Ordering::SeqCst);
+        let stages = self.stages.read().unwrap_or_else(|e| e.into_inner());
+        !stages.is_empty()
+            && stages.iter().all(|s| {
+                s.idle_valid.load(Ordering::SeqCst) && s.idle_at.load(Ordering::SeqCst) == now
+            })
+    }
+    pub fn stages(&self) -> Vec<Arc<StageProgress>> {
+        self.stages
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Runs `stage` until shutdown, publishing its status into `status` after every pass.
+pub async fn run_loop(
+    mut stage: Box<dyn Stage>,
+    poll: Duration,
+    shutdown: Shutdown,
+    progress: Arc<Progress>,
+    status: Arc<RwLock<StageStatus>>,
+) {
+    let me = progress.register(format!("{}/{}", stage.stage(), stage.region()));
+    let mut backoff = Duration::from_millis(100);
+    let mut need_recover = false;
+    while !shutdown.is_triggered() {
+        if need_recover {
+            if let Err(e) = stage.recover().await {
+                batch_failed(stage.stage(), stage.region(), "recover", &e);
+                me.failures.fetch_add(1, Ordering::Relaxed);
+                if shutdown.sleep(backoff).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            need_recover = false;
+        }
+        let counter_before = progress.work.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let result = stage.run_once().await;
+        me.busy_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let mut st = stage.status().await;
+        match result {
+            Ok(0) => {
+                me.idle_at.store(counter_before, Ordering::SeqCst);
+                me.idle_valid.store(true, Ordering::SeqCst);
+                backoff = Duration::from_millis(100);
+                *status.write().unwrap_or_else(|e| e.into_inner()) = st;
+                if shutdown.sleep(poll).await {
+                    break;
+                }
+            }
+            Ok(n) => {
+                me.units.fetch_add(n, Ordering::Relaxed);
+                progress.work.fetch_add(1, Ordering::SeqCst);
+                me.idle_valid.store(false, Ordering::SeqCst);
+                backoff = Duration::from_millis(100);
+                *status.write().unwrap_or_else(|e| e.into_inner()) = st;
+            }
+            Err(e) => {
+                batch_failed(stage.stage(), stage.region(), "batch", &e);
+                me.failures.fetch_add(1, Ordering::Relaxed);
+                me.idle_valid.store(false, Ordering::SeqCst);
+                st.last_error = e.to_string();
+                *status.write().unwrap_or_else(|e| e.into_inner()) = st;
+                need_recover = true;
+                if shutdown.sleep(backoff).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Status provider over the snapshots published by `run_loop`.
+pub struct SharedStatus(pub Vec<Arc<RwLock<StageStatus>>>);
+
+#[tonic::async_trait]
+impl crate::status::StatusProvider for SharedStatus {
+    async fn stages(&self, include_table_stats: bool) -> Vec<StageStatus> {
+        self.0
+            .iter()
+            .map(|s| {
+                let mut st = s.read().unwrap_or_else(|e| e.into_inner()).clone();
+                if !include_table_stats {
+                    for t in &mut st.tables {
+                        t.row_count = 0;
+                        t.max_event_time_unix_ms = 0;
+                    }
+                }
+                st
+            })
+            .collect()
+    }
+}
+
+/// Runs `stages` as one service: status gRPC + admin HTTP when configured, a loop per stage,
+/// until `shutdown`.
+pub async fn serve_stages(
+    service: &str,
+    cfg: &crate::Config,
+    stages: Vec<Box<dyn Stage>>,
+    shutdown: Shutdown,
+) -> crate::Result<()> {
+    let progress = Arc::new(Progress::default());
+    let mut statuses = Vec::new();
+    let mut tasks = Vec::new();
+    for s in stages {
+        let st = Arc::new(RwLock::new(StageStatus {
+            stage: s.stage().into(),
+            region: s.region().into(),
+            ..Default::default()
+        }));
+        statuses.push(st.clone());
+        tasks.push(tokio::spawn(run_loop(
+            s,
+            Duration::from_millis(cfg.server.poll_interval_ms),
+            shutdown.clone(),
+            progress.clone(),
+            st,
+        )));
+    }
+    let mut servers = Vec::new();
+    if !cfg.server.grpc_addr.is_empty() {
+        let svc = crate::status::StatusService {
+            service: service.into(),
+            pipeline: cfg.pipeline.clone(),
+            started_unix_ms: crate::now_ms(),
+            provider: Arc::new(SharedStatus(statuses)),
+        };
+        servers.push(
+            crate::server::serve_grpc(&cfg.server, svc, shutdown.clone())
+                .await?
+                .1,
+        );
+    }
+    if !cfg.server.admin_addr.is_empty() {
+        servers.push(
+            crate::server::serve_admin(&cfg.server.admin_addr, shutdown.clone())
+                .await?
+                .1,
+        );
+    }
+    if shutdown.wants_exit_when_idle() {
+        while !shutdown.is_triggered() {
+            if progress.all_idle() {
+                tracing::info!(service, "available-now: every stage is idle, stopping");
+                shutdown.trigger();
+                break;
+            }
+            shutdown.sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    for s in servers {
+        let _ = s.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,543 @@
+use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
+#[allow(deprecated)]
+use deltalake::parquet::arrow::async_reader::{
+    ParquetObjectReader, ParquetRecordBatchStreamBuilder,
+};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
+use futures::TryStreamExt;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tributary_core::{Error, ErrorKind, Result};
+use url::Url;
+
+fn delta_err(context: impl Into<String>, e: DeltaTableError) -> Error {
+    let kind = match &e {
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_),
+        } => ErrorKind::Conflict,
+        DeltaTableError::Transaction {
+            source: TransactionError::MaxCommitAttempts(_),
+        } => ErrorKind::Conflict,
+        DeltaTableError::VersionAlreadyExists(_) => ErrorKind::Conflict,
+        DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. } => ErrorKind::External,
+        _ => ErrorKind::External,
+    };
+    Error::new(kind, context).with_source(e)
+}
+
+/// Turns a local path or URI into a table URL. Local paths are made absolute and created.
+pub fn location_url(location: &str) -> Result<Url> {
+    if location.contains("://") {
+        return Url::parse(location)
+            .map_err(|e| Error::user(format!("invalid table URI {location:?}")).with_source(e));
+    }
+    let path = std::path::Path::new(location);
+    std::fs::create_dir_all(path)?;
+    let abs = std::fs::canonicalize(path)?;
+    Url::from_directory_path(&abs)
+        .map_err(|_| Error::user(format!("invalid table path {location:?}")))
+}
+
+/// A file of the table's current snapshot.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    pub path: String,
+    pub size: i64,
+    pub partition_values: HashMap<String, Option<String>>,
+    pub num_records: Option<i64>,
+    pub stats: Option<String>,
+}
+
+/// Row counts and freshness read from the Delta log (no data files opened).
+#[derive(Debug, Clone, Default)]
+pub struct TableStats {
+    pub version: i64,
+    pub last_commit_unix_ms: i64,
+    pub row_count: i64,
+    pub file_count: i64,
+    pub max_time_unix_ms: i64,
+}
+
+/// One Delta table, the unit a stage reads from or commits to.
+pub struct Table {
+    pub name: String,
+    pub url: Url,
+    pub table: DeltaTable,
+    schema: SchemaRef,
+    partition_columns: Vec<String>,
+}
+
+impl Table {
+    /// Opens the table at `location`, creating it with `schema` when it does not exist yet.
+    /// Safe when several processes race to create the same table.
+    pub async fn open_or_create(
+        name: &str,
+        location: &str,
+        schema: SchemaRef,
+        partition_columns: &[&str],
+    ) -> Result<Self> {
+        let url = location_url(location)?;
+        let partition_columns: Vec<String> =
+            partition_columns.iter().map(|s| s.to_string()).collect();
+        // A local directory without a log is created directly (probing it would log kernel errors).
+        let local_missing = url.scheme() == "file"
+            && url
+                .to_file_path()
+                .map(|p| !p.join("_delta_log").exists())
+                .unwrap_or(false);
+        for attempt in 0..20 {
+            let opened = if local_missing && attempt == 0 {
+                Err(DeltaTableError::NotATable(String::new()))
+            } else {
+                deltalake::open_table(url.clone()).await
+            };
+            match opened {
+                Ok(table) => {
+                    return Ok(Self {
+                        name: name.into(),
+                        url,
+                        table,
+                        schema,
+                        partition_columns,
+                    });
+                }
+                Err(DeltaTableError::NotATable(_))
+                | Err(DeltaTableError::InvalidTableLocation(_)) => {}
+                Err(e) if attempt < 19 => {
+                    tracing::debug!(table = name, error = %e, "open failed, retrying");
+                }
+                Err(e) => return Err(delta_err(format!("opening table {name} at {url}"), e)),
+            }
+            let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
+                Error::internal(format!("schema of {name} is not a Delta schema")).with_source(e)
+            })?;
+            let create = deltalake::operations::create::CreateBuilder::new()
+                .with_location(url.as_str())
+                .with_table_name(name)
+                .with_columns(kernel.fields().cloned())
+                .with_partition_columns(partition_columns.clone())
+                .with_save_mode(SaveMode::Ignore)
+                .await;
+            match create {
+                Ok(table) => {
+                    tracing::info!(table = name, url = %url, "created Delta table");
+                    return Ok(Self {
+                        name: name.into(),
+                        url,
+                        table,
+                        schema,
+                        partition_columns,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(table = name, error = %e, "create lost a race, reopening");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 + 10 * attempt)).await;
+                }
+            }
+        }
+        Err(Error::external(format!(
+            "could not open or create table {name} at {url}"
+        )))
+    }
+
+    /// Opens an existing table; `Ok(None)` when there is no table at `location` yet.
+    pub async fn open_existing(name: &str, location: &str) -> Result<Option<Self>> {
+        let url = if location.contains("://") {
+            location_url(location)?
+        } else {
+            let p = std::path::Path::new(location);
+            if !p.join("_delta_log").exists() {
+                return Ok(None);
+            }
+            location_url(location)?
+        };
+        match deltalake::open_table(url.clone()).await {
+            Ok(table) => {
+                let snapshot = table.snapshot().map_err(|e| delta_err("snapshot", e))?;
+                let schema = snapshot.snapshot().arrow_schema();
+                let partition_columns = snapshot.metadata().partition_columns().to_vec();
+                Ok(Some(Self {
+                    name: name.into(),
+                    url,
+                    table,
+                    schema,
+                    partition_columns,
+                }))
+            }
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(delta_err(format!("opening table {name} at {url}"), e)),
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn partition_columns(&self) -> &[String] {
+        &self.partition_columns
+    }
+
+    /// The loaded snapshot's version.
+    pub fn version(&self) -> i64 {
+        self.table.version().map(|v| v as i64).unwrap_or(-1)
+    }
+
+    /// Loads every commit made since the snapshot was read.
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.table
+            .update_incremental(None)
+            .await
+            .map_err(|e| delta_err(format!("refreshing table {}", self.name), e))
+    }
+
+    /// The `txn` version recorded for `app_id` in the loaded snapshot.
+    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| delta_err("snapshot", e))?;
+        snapshot
+            .transaction_version(self.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| delta_err(format!("reading txn {app_id} of {}", self.name), e))
+    }
+
+    /// Writes batches as Parquet files (one per partition value) without committing them.
+    pub async fn write_files(&self, batches: &[RecordBatch]) -> Result<Vec<Add>> {
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(vec![]);
+        }
+        let mut writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(|e| delta_err(format!("writer for {}", self.name), e))?;
+        for b in batches.iter().filter(|b| b.num_rows() > 0) {
+            writer
+                .write(b.clone())
+                .await
+                .map_err(|e| delta_err(format!("writing files of {}", self.name), e))?;
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| delta_err(format!("flushing files of {}", self.name), e))
+    }
+
+    /// Commits `actions` with the `txn` actions that record the input positions, atomically, on
+    /// top of the loaded snapshot. A concurrent commit carrying one of the same app_ids makes this
+    /// fail with `ErrorKind::Conflict` (the caller reloads and re-decides); concurrent commits
+    /// of other writers are retried inside, up to `max_retries`.
+    pub async fn commit(
+        &mut self,
+        actions: Vec<Action>,
+        txns: Vec<Transaction>,
+        app_metadata: HashMap<String, Value>,
+        max_retries: usize,
+    ) -> Result<i64> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: if self.partition_columns.is_empty() {
+                None
+            } else {
+                Some(self.partition_columns.clone())
+            },
+            predicate: None,
+        };
+        let mut all = actions;
+        all.extend(txns.into_iter().map(Action::Txn));
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| delta_err("snapshot", e))?;
+        let props = CommitProperties::default()
+            .with_metadata(app_metadata)
+            .with_max_retries(max_retries);
+        let finalized = CommitBuilder::from(props)
+            .with_actions(all)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(|e| delta_err(format!("committing to {}", self.name), e))?;
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot());
+        Ok(version as i64)
+    }
+
+    /// The latest version in the log (without loading it).
+    pub async fn latest_version(&self) -> Result<i64> {
+        self.table
+            .get_latest_version()
+            .await
+            .map(|v| v as i64)
+            .map_err(|e| delta_err(format!("latest version of {}", self.name), e))
+    }
+
+    /// The data-changing `add` actions of each version in `(after, up_to]`, in order.
+    pub async fn changes(&self, after: i64, up_to: i64) -> Result<Vec<(i64, Vec<Add>)>> {
+        let log_store = self.table.log_store();
+        let mut out = Vec::new();
+        for v in (after + 1)..=up_to {
+            let bytes = log_store
+                .read_commit_entry(v as u64)
+                .await
+                .map_err(|e| delta_err(format!("reading version {v} of {}", self.name), e))?
+                .ok_or_else(|| {
+                    Error::user(format!(
+                        "version {v} of {} is no longer in the Delta log (log retention); a backfill is needed",
+                        self.name
+                    ))
+                })?;
+            let actions = deltalake::logstore::get_actions(v as u64, &bytes)
+                .map_err(|e| delta_err(format!("parsing version {v} of {}", self.name), e))?;
+            let adds = actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Add(add) if add.data_change => Some(add),
+                    _ => None,
+                })
+                .collect();
+            out.push((v, adds));
+        }
+        Ok(out)
+    }
+
+    /// Files of the loaded snapshot.
+    pub fn files(&self) -> Result<Vec<FileRef>> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| delta_err("snapshot", e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|f| FileRef {
+                path: f.path().to_string(),
+                size: f.size(),
+                partition_values: f.partition_values_map(),
+                num_records: f.num_records().map(|n| n as i64),
+                stats: f.stats(),
+            })
+            .collect())
+    }
+
+    /// `remove` actions (dataChange=true) for the given files of the current snapshot.
+    pub fn remove_actions(&self, paths: &std::collections::HashSet<String>) -> Result<Vec<Action>> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| delta_err("snapshot", e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter(|f| paths.contains(f.path().as_ref()))
+            .map(|f| Action::Remove(f.remove_action(true)))
+            .collect())
+    }
+
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        self.table.log_store().object_store(None)
+    }
+
+    /// Reads one data file, restoring partition columns, conformed to the table schema.
+    #[allow(deprecated)]
+    pub async fn read_file(
+        &self,
+        path: &str,
+        size: Option<i64>,
+        partition_values: &HashMap<String, Option<String>>,
+    ) -> Result<Vec<RecordBatch>> {
+        let location = Path::from_url_path(path).map_err(|e| {
+            Error::internal(format!("bad file path {path:?} in {}", self.name)).with_source(e)
+        })?;
+        let mut reader = ParquetObjectReader::new(self.store(), location);
+        if let Some(size) = size.filter(|s| *s > 0) {
+            reader = reader.with_file_size(size as u64);
+        }
+        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| {
+                Error::external(format!("opening {path} of {}", self.name)).with_source(e)
+            })?
+            .build()
+            .map_err(|e| {
+                Error::external(format!("reading {path} of {}", self.name)).with_source(e)
+            })?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| {
+            Error::external(format!("reading {path} of {}", self.name)).with_source(e)
+        })?;
+        batches
+            .into_iter()
+            .map(|b| self.conform(b, partition_values))
+            .collect()
+    }
+
+    fn conform(
+        &self,
+        batch: RecordBatch,
+        partition_values: &HashMap<String, Option<String>>,
+    ) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for field in self.schema.fields() {
+            let col = if let Some(c) = batch.column_by_name(field.name()) {
+                if c.data_type() == field.data_type() {
+                    c.clone()
+                } else {
+                    deltalake::arrow::compute::cast(c, field.data_type()).map_err(|e| {
+                        Error::internal(format!("column {} of {}", field.name(), self.name))
+                            .with_source(e)
+                    })?
+                }
+            } else if let Some(v) = partition_values.get(field.name()) {
+                let arr: ArrayRef = Arc::new(StringArray::from(vec![v.clone(); n]));
+                if arr.data_type() == field.data_type() {
+                    arr
+                } else {
+                    deltalake::arrow::compute::cast(&arr, field.data_type()).map_err(|e| {
+                        Error::internal(format!("partition {} of {}", field.name(), self.name))
+                            .with_source(e)
+                    })?
+                }
+            } else {
+                new_null_array(field.data_type(), n)
+            };
+            cols.push(col);
+        }
+        RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| {
+            Error::internal(format!("conforming a batch of {}", self.name)).with_source(e)
+        })
+    }
+
+    /// Reads the files named by `add` actions.
+    pub async fn read_adds(&self, adds: &[Add]) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for add in adds {
+            out.extend(
+                self.read_file(&add.path, Some(add.size), &add.partition_values)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Reads every row of the loaded snapshot.
+    pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for f in self.files()? {
+            out.extend(
+                self.read_file(&f.path, Some(f.size), &f.partition_values)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Row count, file count, last commit time and max of `time_column`, from the log alone.
+    pub fn stats(&self, time_column: Option<&str>) -> Result<TableStats> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| delta_err("snapshot", e))?;
+        let version = snapshot.version();
+        let mut s = TableStats {
+            version: version as i64,
+            last_commit_unix_ms: snapshot.version_timestamp(version).unwrap_or(0),
+            ..Default::default()
+        };
+        for f in snapshot.log_data().iter() {
+            s.file_count += 1;
+            s.row_count += f.num_records().unwrap_or(0) as i64;
+            if let (Some(col), Some(stats)) = (time_column, f.stats()) {
+                if let Some(ms) = max_time_from_stats(&stats, col) {
+                    s.max_time_unix_ms = s.max_time_unix_ms.max(ms);
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Extracts `maxValues.<col>` from a file's JSON statistics as Unix milliseconds.
+pub fn max_time_from_stats(stats: &str, col: &str) -> Option<i64> {
+    let v: Value = serde_json::from_str(stats).ok()?;
+    let s = v.get("maxValues")?.get(col)?.as_str()?;
+    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    // Statistics are truncated to milliseconds; the true max is within the next millisecond.
+    Some(t.timestamp_millis())
+}
+
+/// Builds a `txn` action.
+pub fn txn(app_id: impl Into<String>, version: i64) -> Transaction {
+    Transaction::new_with_last_update(app_id.into(), version, Some(tributary_core::now_ms()))
+}
+
+/// An input position a commit moves: `app_id` from `from` to `to`.
+#[derive(Debug, Clone)]
+pub struct PositionMove {
+    pub app_id: String,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl Table {
+    /// Commits with backoff and jitter when other writers (other regions' federators) keep
+    /// winning the race for the next version. Between attempts the table is reloaded and every
+    /// position is checked: if this writer's own earlier attempt already landed (all `to`
+    /// recorded) the commit is done; if another writer moved a position, this one is a zombie and
+    /// gets `ErrorKind::Conflict` without committing.
+    pub async fn commit_contended(
+        &mut self,
+        actions: Vec<Action>,
+        moves: &[PositionMove],
+        app_metadata: HashMap<String, Value>,
+        labels: (&str, &str),
+        max_attempts: u32,
+    ) -> Result<i64> {
+        let txns: Vec<Transaction> = moves.iter().map(|m| txn(&m.app_id, m.to)).collect();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self
+                .commit(actions.clone(), txns.clone(), app_metadata.clone(), 3)
+                .await
+            {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind == ErrorKind::Conflict && attempt < max_attempts => {
+                    tributary_core::metrics::commit_conflict(
+                        labels.0,
+                        labels.1,
+                        &self.name,
+                        attempt,
+                        &e.to_string(),
+                    );
+                    let base = 5u64 << attempt.min(8);
+                    let jitter = (tributary_core::now_ms() as u64
+                        ^ (attempt as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                        % base.max(1);
+                    tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
+                    self.refresh().await?;
+                    let mut landed = 0;
+                    for m in moves {
+                        let now = self.txn_version(&m.app_id).await?.unwrap_or(-1);
+                        if now == m.to {
+                            landed += 1;
+                        } else if now != m.from {
+                            return Err(Error::conflict(format!(
+                                "{}: {} moved to {now} by another writer (expected {}); not committing",
+                                self.name, m.app_id, m.from
+                            )));
+                        }
+                    }
+                    if landed == moves.len() && !moves.is_empty() {
+                        return Ok(self.version());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

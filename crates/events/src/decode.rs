@@ -1,0 +1,252 @@
+//! The bronze decoder: one NDJSON line → typed envelope + the rest of the event, or a reason.
+//!
+//! Numbers are never re-encoded: the payload keeps each field's exact JSON text, so a decimal
+//! like `"dbu": 0.1000001` stays exact all the way to gold.
+
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// Why a line cannot become a bronze row. Each maps to a quarantine reason code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    InvalidUtf8 { valid_up_to: usize },
+    MalformedJson(String),
+    NotAnObject,
+    Oversized { bytes: usize, limit: usize },
+    Empty,
+}
+
+impl Reject {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::InvalidUtf8 { .. } => "invalid_utf8",
+            Reject::MalformedJson(_) => "malformed_json",
+            Reject::NotAnObject => "not_an_object",
+            Reject::Oversized { .. } => "oversized",
+            Reject::Empty => "empty",
+        }
+    }
+    pub fn detail(&self) -> String {
+        match self {
+            Reject::InvalidUtf8 { valid_up_to } => {
+                format!("invalid UTF-8 after byte {valid_up_to}")
+            }
+            Reject::MalformedJson(e) => format!("malformed JSON: {e}"),
+            Reject::NotAnObject => "event is valid JSON but not an object".into(),
+            Reject::Oversized { bytes, limit } => {
+                format!("event of {bytes} bytes exceeds the {limit}-byte limit")
+            }
+            Reject::Empty => "empty line".into(),
+        }
+    }
+}
+
+/// A decoded event: the envelope typed, everything else kept as exact JSON text.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decoded {
+    pub event_id: Option<String>,
+    /// Microseconds since the Unix epoch.
+    pub event_time: Option<i64>,
+    pub region: Option<String>,
+    pub workspace_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub egress_approved: Option<bool>,
+    /// JSON object of the non-envelope fields, each with its original text.
+    pub payload: String,
+    /// JSON object of envelope fields that did not fit (wrong type, case clash, other source).
+    pub rescued: Option<String>,
+}
+
+const ENVELOPE: &[&str] = &[
+    "event_id",
+    "event_time",
+    "source",
+    "region",
+    "workspace_id",
+    "customer_id",
+    "egress_approved",
+];
+
+fn push_field(out: &mut String, key: &str, raw: &RawValue) {
+    if out.len() > 1 {
+        out.push(',');
+    }
+    out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"?\"".into()));
+    out.push(':');
+    out.push_str(raw.get());
+}
+
+fn as_string(raw: &RawValue) -> Result<Option<String>, ()> {
+    match raw.get() {
+        "null" => Ok(None),
+        t if t.starts_with('"') => serde_json::from_str::<String>(t).map(Some).map_err(|_| ()),
+        _ => Err(()),
+    }
+}
+
+/// Decodes one line (without its newline). `source` is the source the landing path or topic
+/// names; an event claiming another source keeps the path's and has its claim rescued.
+pub fn decode_event(line: &[u8], source: &str, max_bytes: usize) -> Result<Decoded, Reject> {
+    if line.len() > max_bytes {
+        return Err(Reject::Oversized {
+            bytes: line.len(),
+            limit: max_bytes,
+        });
+    }
+    let text = std::str::from_utf8(line).map_err(|e| Reject::InvalidUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(Reject::Empty);
+    }
+    if !trimmed.starts_with('{') {
+        // Distinguish valid-but-not-object from garbage for a clearer reason.
+        return match serde_json::from_str::<&RawValue>(trimmed) {
+            Ok(_) => Err(Reject::NotAnObject),
+            Err(e) => Err(Reject::MalformedJson(e.to_string())),
+        };
+    }
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(trimmed).map_err(|e| Reject::MalformedJson(e.to_string()))?;
+    let mut d = Decoded::default();
+    let mut payload = String::from("{");
+    let mut rescued = String::from("{");
+    for (key, raw) in &fields {
+        match key.as_str() {
+            "event_id" => match as_string(raw) {
+                Ok(v) => d.event_id = v,
+                Err(()) => push_field(&mut rescued, key, raw),
+            },
+            "event_time" => {
+                if raw.get() != "null" {
+                    match crate::parse_event_time(raw) {
+                        Some(t) => d.event_time = Some(t),
+                        None => push_field(&mut rescued, key, raw),
+                    }
+                }
+            }
+            "source" => match as_string(raw) {
+                Ok(Some(s)) if s == source => {}
+                Ok(None) => {}
+                _ => push_field(&mut rescued, key, raw),
+            },
+            "region" => match as_string(raw) {
+                Ok(v) => d.region = v,
+                Err(()) => push_field(&mut rescued, key, raw),
+            },
+            "workspace_id" => match as_string(raw) {
+                Ok(v) => d.workspace_id = v,
+                Err(()) => push_field(&mut rescued, key, raw),
+            },
+            "customer_id" => match as_string(raw) {
+                Ok(v) => d.customer_id = v,
+                Err(()) => push_field(&mut rescued, key, raw),
+            },
+            "egress_approved" => match raw.get() {
+                "true" => d.egress_approved = Some(true),
+                "false" => d.egress_approved = Some(false),
+                "null" => {}
+                _ => push_field(&mut rescued, key, raw),
+            },
+            other => {
+                if ENVELOPE.iter().any(|e| e.eq_ignore_ascii_case(other)) {
+                    // Case clash with an envelope field: never silently merged.
+                    push_field(&mut rescued, key, raw);
+                } else {
+                    push_field(&mut payload, key, raw);
+                }
+            }
+        }
+    }
+    payload.push('}');
+    rescued.push('}');
+    d.payload = payload;
+    d.rescued = if rescued.len() > 2 {
+        Some(rescued)
+    } else {
+        None
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_envelope_and_keeps_exact_numbers() {
+        let line = br#"{"event_id":"e1","event_time":"2026-11-01T00:00:00Z","source":"billing","region":"r1","workspace_id":"w","customer_id":"c","egress_approved":true,"dbu":0.1000000000000000055511151231257827,"sku":"X"}"#;
+        let d = decode_event(line, "billing", 1 << 20).unwrap();
+        assert_eq!(d.event_id.as_deref(), Some("e1"));
+        assert_eq!(d.event_time, Some(1_761_955_200_000_000));
+        assert_eq!(d.egress_approved, Some(true));
+        assert_eq!(
+            d.payload,
+            r#"{"dbu":0.1000000000000000055511151231257827,"sku":"X"}"#
+        );
+        assert_eq!(d.rescued, None);
+    }
+
+    #[test]
+    fn epoch_millis_event_time() {
+        let d = decode_event(
+            br#"{"event_id":"e","event_time":1761955200123}"#,
+            "job",
+            1024,
+        )
+        .unwrap();
+        assert_eq!(d.event_time, Some(1_761_955_200_123_000));
+    }
+
+    #[test]
+    fn wrong_types_and_case_clashes_are_rescued_not_coerced() {
+        let d = decode_event(
+            br#"{"event_id":42,"Event_Id":"x","event_time":"yesterday","source":"audit"}"#,
+            "job",
+            1024,
+        )
+        .unwrap();
+        assert_eq!(d.event_id, None);
+        assert_eq!(d.event_time, None);
+        let r: serde_json::Value = serde_json::from_str(d.rescued.as_deref().unwrap()).unwrap();
+        assert_eq!(r["event_id"], 42);
+        assert_eq!(r["Event_Id"], "x");
+        assert_eq!(r["event_time"], "yesterday");
+        assert_eq!(r["source"], "audit");
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        assert_eq!(
+            decode_event(b"{\"a\":", "job", 1024).unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            decode_event(b"[1,2]", "job", 1024).unwrap_err().code(),
+            "not_an_object"
+        );
+        assert_eq!(
+            decode_event(b"{\"a\":\"\xff\"}", "job", 1024)
+                .unwrap_err()
+                .code(),
+            "invalid_utf8"
+        );
+        assert_eq!(
+            decode_event(&[b'{'; 100], "job", 64).unwrap_err().code(),
+            "oversized"
+        );
+        assert_eq!(decode_event(b"   ", "job", 64).unwrap_err().code(), "empty");
+        assert_eq!(
+            decode_event(b"nope", "job", 64).unwrap_err().code(),
+            "malformed_json"
+        );
+    }
+
+    #[test]
+    fn null_event_id_is_kept_for_silver_to_judge() {
+        let d = decode_event(br#"{"event_id":null,"event_time":1}"#, "job", 1024).unwrap();
+        assert_eq!(d.event_id, None);
+        assert!(d.rescued.is_none());
+    }
+}

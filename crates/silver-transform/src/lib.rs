@@ -1,0 +1,329 @@
+//! silver-transform: bronze → silver, per source. Reads bronze incrementally by Delta version
+//! (data-changing `add` actions only), validates (null keys, bad event_time, missing required
+//! typed fields → quarantine with a reason), deduplicates by (`source`, `event_id`) exactly —
+//! within a batch, across batches and across restarts — and commits silver with
+//! `txn(<pipeline>/silver/<region>/bronze/<source>, bronze version)`. The quarantine table
+//! carries its own txn for the same version.
+//!
+//! The dedup state is the silver table itself: on start the event_ids already in silver are
+//! loaded, so it always agrees with the committed position. (Bounded-memory dedup over a 30-day
+//! horizon is a later issue.)
+
+pub mod transform;
+
+use deltalake::arrow::array::{Array, RecordBatch, StringArray};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tributary_core::metrics::BatchCommitted;
+use tributary_core::stage::Stage;
+use tributary_core::{Config, Error, Result, fault};
+use tributary_delta::quarantine::QuarantineRows;
+use tributary_delta::{Action, Table, schemas, txn};
+use tributary_proto::v1::{InputPosition, StageStatus};
+
+pub const STAGE: &str = "silver";
+
+struct Flow {
+    source: String,
+    app_id: String,
+    input: Option<Table>,
+    input_location: String,
+    output: Table,
+    pos: i64,
+    quarantine_pos: i64,
+    seen: HashSet<String>,
+}
+
+pub struct SilverTransform {
+    cfg: Arc<Config>,
+    region: String,
+    flows: Vec<Flow>,
+    quarantine: Table,
+}
+
+pub fn table_location(cfg: &Config, region: &str, source: &str) -> String {
+    cfg.region_table(region, &format!("silver/{source}"))
+}
+pub fn quarantine_location(cfg: &Config, region: &str) -> String {
+    cfg.region_table(region, "silver/_quarantine")
+}
+
+impl SilverTransform {
+    pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
+        let quarantine = Table::open_or_create(
+            "silver/_quarantine",
+            &quarantine_location(&cfg, region),
+            schemas::quarantine(),
+            schemas::QUARANTINE_PARTITIONS,
+        )
+        .await?;
+        let mut flows = Vec::new();
+        for source in &cfg.bronze.sources {
+            let output = Table::open_or_create(
+                &format!("silver/{source}"),
+                &table_location(&cfg, region, source),
+                schemas::silver(source),
+                schemas::SILVER_PARTITIONS,
+            )
+            .await?;
+            flows.push(Flow {
+                source: source.clone(),
+                app_id: format!("{}/silver/{region}/bronze/{source}", cfg.pipeline),
+                input: None,
+                input_location: bronze_ingest::table_location(&cfg, region, source),
+                output,
+                pos: -1,
+                quarantine_pos: -1,
+                seen: HashSet::new(),
+            });
+        }
+        let mut me = Self {
+            cfg,
+            region: region.into(),
+            flows,
+            quarantine,
+        };
+        me.recover().await?;
+        Ok(me)
+    }
+
+    async fn load_flow(flow: &mut Flow, quarantine: &Table) -> Result<()> {
+        flow.output.refresh().await?;
+        flow.pos = flow.output.txn_version(&flow.app_id).await?.unwrap_or(-1);
+        flow.quarantine_pos = quarantine.txn_version(&flow.app_id).await?.unwrap_or(-1);
+        flow.seen.clear();
+        for b in flow.output.read_all().await? {
+            let ids = b
+                .column_by_name("event_id")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                .ok_or_else(|| Error::internal("silver table has no string event_id column"))?;
+            for i in 0..ids.len() {
+                if ids.is_valid(i) {
+                    flow.seen.insert(ids.value(i).to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads bronze versions `(after, up_to]` of one flow.
+    async fn read_input(
+        &mut self,
+        i: usize,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<(i64, RecordBatch)>> {
+        let input = self.flows[i]
+            .input
+            .as_ref()
+            .ok_or_else(|| Error::internal("input not open"))?;
+        let mut out = Vec::new();
+        for (v, adds) in input.changes(after, up_to).await? {
+            for b in input.read_adds(&adds).await? {
+                out.push((v, b));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ensure_input(&mut self, i: usize) -> Result<bool> {
+        if self.flows[i].input.is_none() {
+            let name = format!("bronze/{}", self.flows[i].source);
+            self.flows[i].input =
+                Table::open_existing(&name, &self.flows[i].input_location).await?;
+        }
+        Ok(self.flows[i].input.is_some())
+    }
+
+    /// After a crash between the silver and quarantine commits: quarantine decisions are a pure
+    /// function of the bronze rows, so they are recomputed for the missing versions.
+    async fn catch_up_quarantine(&mut self, i: usize) -> Result<()> {
+        let (from, to) = (self.flows[i].quarantine_pos, self.flows[i].pos);
+        if from >= to || !self.ensure_input(i).await? {
+            return Ok(());
+        }
+        let input = self.read_input(i, from, to).await?;
+        let mut q = QuarantineRows::new(tributary_core::now_ms() * 1000);
+        for (v, b) in &input {
+            transform::validate(&self.flows[i].source, &self.region, b, *v, &mut q)?;
+        }
+        let rows = q.len();
+        self.quarantine.refresh().await?;
+        let adds = self.quarantine.write_files(&q.finish()?).await?;
+        let app_id = self.flows[i].app_id.clone();
+        self.quarantine
+            .commit(
+                adds.into_iter().map(Action::Add).collect(),
+                vec![txn(&app_id, to)],
+                HashMap::new(),
+                self.cfg.federator.max_commit_retries,
+            )
+            .await?;
+        tracing::warn!(source = %self.flows[i].source, from, to, rows, "silver quarantine caught up after a restart");
+        self.flows[i].quarantine_pos = to;
+        Ok(())
+    }
+
+    async fn run_flow(&mut self, i: usize) -> Result<u64> {
+        if !self.ensure_input(i).await? {
+            return Ok(0);
+        }
+        self.catch_up_quarantine(i).await?;
+        let latest = match self.flows[i].input.as_ref() {
+            Some(t) => t.latest_version().await?,
+            None => return Ok(0),
+        };
+        let pos = self.flows[i].pos;
+        if latest <= pos {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let up_to = latest.min(pos + self.cfg.silver.max_versions_per_batch as i64);
+        {
+            let f = &mut self.flows[i];
+            f.output.refresh().await?;
+            let committed = f.output.txn_version(&f.app_id).await?.unwrap_or(-1);
+            if committed != f.pos {
+                return Err(Error::conflict(format!(
+                    "silver/{}: table records bronze version {committed} but this process expected {}; another writer is active",
+                    f.source, f.pos
+                )));
+            }
+        }
+        let input = self.read_input(i, pos, up_to).await?;
+        let source = self.flows[i].source.clone();
+        let now_us = tributary_core::now_ms() * 1000;
+        let mut q = QuarantineRows::new(now_us);
+        let mut out = transform::SilverRows::new(&source, &self.region);
+        let mut batch_ids: HashSet<String> = HashSet::new();
+        let mut input_rows = 0u64;
+        let mut duplicates = 0u64;
+        for (v, b) in &input {
+            input_rows += b.num_rows() as u64;
+            let valid = transform::validate(&source, &self.region, b, *v, &mut q)?;
+            for row in valid {
+                if self.flows[i].seen.contains(&row.event_id)
+                    || !batch_ids.insert(row.event_id.clone())
+                {
+                    duplicates += 1;
+                    continue;
+                }
+                out.push(row);
+            }
+        }
+        let written = out.len() as u64;
+        let quarantined = q.len() as u64;
+        if input_rows != written + quarantined + duplicates {
+            return Err(Error::internal(format!(
+                "silver/{source}: reconciliation failed: {input_rows} in != {written} written + {quarantined} quarantined + {duplicates} duplicates"
+            )));
+        }
+        let app_id = self.flows[i].app_id.clone();
+        let meta = HashMap::from([(
+            "tributary.reconciliation".to_string(),
+            serde_json::json!({"input_from": pos + 1, "input_to": up_to, "input_rows": input_rows, "written": written,
+                               "quarantined": quarantined, "duplicates": duplicates}),
+        )]);
+        let batches = out.finish()?;
+        let adds = self.flows[i].output.write_files(&batches).await?;
+        fault::point("silver.before_commit");
+        let version = self.flows[i]
+            .output
+            .commit(
+                adds.into_iter().map(Action::Add).collect(),
+                vec![txn(&app_id, up_to)],
+                meta.clone(),
+                0,
+            )
+            .await?;
+        fault::point("silver.after_data_commit");
+        self.flows[i].pos = up_to;
+        self.flows[i].seen.extend(batch_ids);
+        self.quarantine.refresh().await?;
+        let qadds = self.quarantine.write_files(&q.finish()?).await?;
+        self.quarantine
+            .commit(
+                qadds.into_iter().map(Action::Add).collect(),
+                vec![txn(&app_id, up_to)],
+                meta,
+                self.cfg.federator.max_commit_retries,
+            )
+            .await?;
+        fault::point("silver.after_quarantine_commit");
+        self.flows[i].quarantine_pos = up_to;
+        BatchCommitted {
+            stage: STAGE,
+            region: &self.region,
+            table: &format!("silver/{source}"),
+            version,
+            input_rows,
+            written,
+            quarantined,
+            duplicates,
+            seconds: started.elapsed().as_secs_f64(),
+            input_position: &format!("{app_id}={up_to}"),
+        }
+        .emit();
+        Ok(input_rows.max(1))
+    }
+}
+
+#[tonic::async_trait]
+impl Stage for SilverTransform {
+    fn stage(&self) -> &str {
+        STAGE
+    }
+    fn region(&self) -> &str {
+        &self.region
+    }
+    async fn run_once(&mut self) -> Result<u64> {
+        let mut total = 0;
+        for i in 0..self.flows.len() {
+            total += self.run_flow(i).await?;
+        }
+        Ok(total)
+    }
+    async fn recover(&mut self) -> Result<()> {
+        self.quarantine.refresh().await?;
+        for f in &mut self.flows {
+            Self::load_flow(f, &self.quarantine).await?;
+        }
+        for i in 0..self.flows.len() {
+            self.catch_up_quarantine(i).await?;
+        }
+        Ok(())
+    }
+    async fn status(&mut self) -> StageStatus {
+        let mut tables = Vec::new();
+        let mut positions = Vec::new();
+        for f in &self.flows {
+            tables.push(bronze_ingest::table_status(&f.output, Some("event_time")));
+            positions.push(InputPosition {
+                app_id: f.app_id.clone(),
+                output_table: f.output.name.clone(),
+                version: f.pos,
+            });
+            positions.push(InputPosition {
+                app_id: f.app_id.clone(),
+                output_table: self.quarantine.name.clone(),
+                version: f.quarantine_pos,
+            });
+        }
+        tables.push(bronze_ingest::table_status(&self.quarantine, None));
+        StageStatus {
+            stage: STAGE.into(),
+            region: self.region.clone(),
+            tables,
+            positions,
+            counters: bronze_ingest::status_counters(STAGE, &self.region),
+            last_error: String::new(),
+        }
+    }
+}
+
+/// Runs the service for one region until `shutdown`.
+pub async fn run(cfg: Arc<Config>, region: &str, shutdown: tributary_core::Shutdown) -> Result<()> {
+    let stage = SilverTransform::build(cfg.clone(), region).await?;
+    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown).await
+}

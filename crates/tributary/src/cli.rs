@@ -1,0 +1,425 @@
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tributary_core::{Config, Shutdown};
+use tributary_events::generator::GenConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "Telemetry lakehouse pipeline: bronze → silver → gold → central on Delta Lake"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// TOML config file (defaults < file < TRIBUTARY__SECTION__KEY environment variables).
+    #[arg(long, short = 'c', env = "TRIBUTARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Overrides `data_root`.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Overrides `regions` (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub regions: Option<Vec<String>>,
+    /// Overrides `server.grpc_addr`.
+    #[arg(long)]
+    pub grpc_addr: Option<String>,
+    /// Overrides `server.admin_addr`.
+    #[arg(long)]
+    pub admin_addr: Option<String>,
+    /// `continuous` (default) keeps polling; `available-now` processes what is there and exits.
+    #[arg(long, default_value = "continuous", value_parser = ["continuous", "available-now"])]
+    pub trigger: String,
+}
+
+impl Common {
+    pub fn load(&self) -> Result<Config, String> {
+        let mut cfg = Config::load(self.config.as_deref()).map_err(|e| e.to_string())?;
+        if let Some(d) = &self.data {
+            cfg.data_root = d.clone();
+        }
+        if let Some(r) = &self.regions {
+            cfg.regions = r.clone();
+        }
+        if let Some(a) = &self.grpc_addr {
+            cfg.server.grpc_addr = a.clone();
+        }
+        if let Some(a) = &self.admin_addr {
+            cfg.server.admin_addr = a.clone();
+        }
+        cfg.validate().map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct GenArgs {
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// New events per region and source (duplicates come on top).
+    #[arg(long, default_value_t = 2000)]
+    pub events_per_source: u64,
+    #[arg(long, default_value_t = 8)]
+    pub files_per_source: u64,
+    #[arg(long, default_value_t = 3.0)]
+    pub dup_pct: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub late_pct: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub out_of_order_pct: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub malformed_pct: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub null_id_pct: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub unknown_field_pct: f64,
+    /// Target events/s (all regions and sources together); unlimited when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[arg(long, default_value = "part")]
+    pub file_prefix: String,
+}
+
+impl GenArgs {
+    pub fn to_config(&self, cfg: &Config) -> GenConfig {
+        GenConfig {
+            seed: self.seed,
+            regions: cfg.regions.clone(),
+            sources: cfg.bronze.sources.clone(),
+            events_per_source: self.events_per_source,
+            files_per_source: self.files_per_source,
+            dup_pct: self.dup_pct,
+            late_pct: self.late_pct,
+            out_of_order_pct: self.out_of_order_pct,
+            malformed_pct: self.malformed_pct,
+            null_id_pct: self.null_id_pct,
+            unknown_field_pct: self.unknown_field_pct,
+            rate: self.rate,
+            file_prefix: self.file_prefix.clone(),
+            ..GenConfig::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write deterministic telemetry into every region's landing zone, plus ground truth.
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        gen_args: GenArgs,
+    },
+    /// Run every stage of every region in one process on local files (no broker).
+    Standalone {
+        #[command(flatten)]
+        common: Common,
+        /// Generate traffic into the landing zones first.
+        #[arg(long)]
+        generate: bool,
+        #[command(flatten)]
+        gen_args: GenArgs,
+        /// Exit once every stage has nothing left to do (same as --trigger available-now).
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// Stages to run (comma separated): bronze, silver, gold, federator.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "bronze,silver,gold,federator"
+        )]
+        stages: Vec<String>,
+        /// Give up (exit code 2) after this many seconds.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+    },
+    /// bronze-ingest for one region: landing files → bronze tables.
+    BronzeIngest {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        region: String,
+    },
+    /// silver-transform for one region: bronze → silver (dedup, validation).
+    SilverTransform {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        region: String,
+    },
+    /// gold-aggregate for one region: silver → gold windows.
+    GoldAggregate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        region: String,
+    },
+    /// central-federator: regions' silver and gold → central tables.
+    CentralFederator {
+        #[command(flatten)]
+        common: Common,
+        /// Regions to federate (repeatable / comma separated); default: all configured.
+        #[arg(long = "region", value_delimiter = ',')]
+        region: Vec<String>,
+    },
+    /// Print a service's PipelineStatus.
+    Status {
+        /// e.g. http://127.0.0.1:50051
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Read row counts and max event_time from the Delta logs too.
+        #[arg(long)]
+        stats: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the reconciliation table of a data directory (generated → bronze → … → central).
+    Report {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print order-independent fingerprints of every table's logical content.
+    Fingerprint {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Generate { common, gen_args } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            match crate::standalone::generate(&cfg, &gen_args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Standalone {
+            common,
+            generate,
+            gen_args,
+            exit_when_idle,
+            stages,
+            timeout_secs,
+        } => {
+            let exit_when_idle = exit_when_idle || common.trigger == "available-now";
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let _guard = tributary_core::telemetry::init("tributary-standalone", &cfg.telemetry);
+            if generate {
+                if let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
+                    return fail(e);
+                }
+            }
+            runtime().block_on(crate::standalone::run(
+                Arc::new(cfg),
+                &stages,
+                exit_when_idle,
+                timeout_secs,
+            ))
+        }
+        Cmd::BronzeIngest { common, region } => {
+            service(common, "bronze-ingest", move |cfg, sd| async move {
+                bronze_ingest::run(cfg, &region, sd).await
+            })
+        }
+        Cmd::SilverTransform { common, region } => {
+            service(common, "silver-transform", move |cfg, sd| async move {
+                silver_transform::run(cfg, &region, sd).await
+            })
+        }
+        Cmd::GoldAggregate { common, region } => {
+            service(common, "gold-aggregate", move |cfg, sd| async move {
+                gold_aggregate::run(cfg, &region, sd).await
+            })
+        }
+        Cmd::CentralFederator { common, region } => {
+            service(common, "central-federator", move |cfg, sd| async move {
+                let regions = if region.is_empty() {
+                    cfg.regions.clone()
+                } else {
+                    region
+                };
+                central_federator::run(cfg, &regions, sd).await
+            })
+        }
+        Cmd::Status { addr, stats, json } => runtime().block_on(status(addr, stats, json)),
+        Cmd::Report { common, json } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            runtime().block_on(async move {
+                match crate::report::Report::collect(&cfg).await {
+                    Ok(r) => {
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                        } else {
+                            r.print();
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            })
+        }
+        Cmd::Fingerprint { common } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            runtime().block_on(async move {
+                match crate::report::fingerprints(&cfg).await {
+                    Ok(fps) => {
+                        for (t, fp) in fps {
+                            println!("{t}\t{fp}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            })
+        }
+    }
+}
+
+fn service<F, Fut>(common: Common, name: &'static str, f: F) -> ExitCode
+where
+    F: FnOnce(Arc<Config>, Shutdown) -> Fut,
+    Fut: std::future::Future<Output = tributary_core::Result<()>>,
+{
+    let cfg = match common.load() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let _guard = tributary_core::telemetry::init(name, &cfg.telemetry);
+    let available_now = common.trigger == "available-now";
+    runtime().block_on(async move {
+        let sd = Shutdown::new();
+        sd.install_signal_handlers();
+        if available_now {
+            sd.exit_when_idle();
+        }
+        match f(Arc::new(cfg), sd).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        }
+    })
+}
+
+async fn status(addr: String, stats: bool, json: bool) -> ExitCode {
+    use tributary_proto::v1::{GetStatusRequest, pipeline_status_client::PipelineStatusClient};
+    let endpoint = match tonic::transport::Endpoint::from_shared(addr.clone()) {
+        Ok(e) => e.connect_timeout(std::time::Duration::from_secs(5)),
+        Err(e) => return fail(format!("invalid address {addr}: {e}")),
+    };
+    let mut client = match endpoint.connect().await {
+        Ok(c) => PipelineStatusClient::new(c),
+        Err(e) => return fail(format!("cannot connect to {addr}: {e}")),
+    };
+    let resp = match client
+        .get_status(GetStatusRequest {
+            include_table_stats: stats,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            return fail(format!(
+                "GetStatus failed: {} ({:?})",
+                e.message(),
+                e.code()
+            ));
+        }
+    };
+    if json {
+        let v = serde_json::json!({
+            "service": resp.service, "pipeline": resp.pipeline, "build_version": resp.build_version,
+            "started_unix_ms": resp.started_unix_ms,
+            "stages": resp.stages.iter().map(|s| serde_json::json!({
+                "stage": s.stage, "region": s.region, "last_error": s.last_error,
+                "tables": s.tables.iter().map(|t| serde_json::json!({"name": t.name, "uri": t.uri, "version": t.version,
+                    "last_commit_unix_ms": t.last_commit_unix_ms, "max_event_time_unix_ms": t.max_event_time_unix_ms,
+                    "row_count": t.row_count, "file_count": t.file_count})).collect::<Vec<_>>(),
+                "positions": s.positions.iter().map(|p| serde_json::json!({"app_id": p.app_id, "output_table": p.output_table, "version": p.version})).collect::<Vec<_>>(),
+                "counters": s.counters.iter().map(|c| serde_json::json!({"name": c.name, "labels": c.labels, "value": c.value})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "service {} (pipeline {}, build {})",
+        resp.service, resp.pipeline, resp.build_version
+    );
+    for s in &resp.stages {
+        println!(
+            "\n[{} / {}]{}",
+            s.stage,
+            s.region,
+            if s.last_error.is_empty() {
+                String::new()
+            } else {
+                format!("  last error: {}", s.last_error)
+            }
+        );
+        println!(
+            "  {:<36} {:>8} {:>10} {:>8} {:>25}",
+            "table", "version", "rows", "files", "max event_time"
+        );
+        for t in &s.tables {
+            let max = chrono::DateTime::from_timestamp_millis(t.max_event_time_unix_ms)
+                .filter(|_| t.max_event_time_unix_ms > 0)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "  {:<36} {:>8} {:>10} {:>8} {:>25}",
+                t.name, t.version, t.row_count, t.file_count, max
+            );
+        }
+        println!("  input positions:");
+        for p in &s.positions {
+            println!(
+                "    {:<60} -> {:<28} {}",
+                p.app_id, p.output_table, p.version
+            );
+        }
+        if !s.counters.is_empty() {
+            println!("  counters:");
+            for c in &s.counters {
+                println!(
+                    "    {:<22} {:<34} {}",
+                    c.name,
+                    c.labels.get("table").cloned().unwrap_or_default(),
+                    c.value
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,312 @@
+//! The reconciliation table: generated → bronze (+ quarantine) → silver (+ quarantine,
+//! duplicates) → gold → central, per region and source; and table fingerprints.
+
+use deltalake::arrow::array::{Array, Decimal128Array, Int64Array, StringArray};
+use gold_aggregate::window::GoldKind;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use tributary_core::{Config, Result};
+use tributary_delta::{Table, schemas};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    pub region: String,
+    pub source: String,
+    pub generated: Option<u64>,
+    pub bronze: u64,
+    pub bronze_quarantined: u64,
+    pub silver_quarantined: u64,
+    pub duplicates_removed: u64,
+    pub silver: u64,
+    pub gold_events: u64,
+    pub central: u64,
+    pub expected_silver: Option<u64>,
+    pub expected_central: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    /// region -> (gold DBU, central DBU) as exact decimal text.
+    pub billing_dbu: BTreeMap<String, (String, String)>,
+    pub all_match: Option<bool>,
+}
+
+async fn rows_by_partition(location: &str, partition: &str) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    if let Some(t) = Table::open_existing("q", location).await? {
+        for f in t.files()? {
+            let key = f
+                .partition_values
+                .get(partition)
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            *out.entry(key).or_insert(0) += f.num_records.unwrap_or(0) as u64;
+        }
+    }
+    Ok(out)
+}
+
+async fn row_count(location: &str) -> Result<u64> {
+    Ok(match Table::open_existing("t", location).await? {
+        Some(t) => t.stats(None)?.row_count as u64,
+        None => 0,
+    })
+}
+
+fn dec(v: i128) -> String {
+    rust_decimal::Decimal::from_i128_with_scale(v, tributary_events::contract::DECIMAL_SCALE)
+        .normalize()
+        .to_string()
+}
+
+fn sum_dbu(batches: &[deltalake::arrow::array::RecordBatch], region: Option<&str>) -> i128 {
+    let mut total = 0i128;
+    for b in batches {
+        let (Some(d), Some(r)) = (
+            b.column_by_name("dbu")
+                .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>()),
+            b.column_by_name("region")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if region.is_none_or(|x| r.value(i) == x) {
+                total += d.value(i);
+            }
+        }
+    }
+    total
+}
+
+impl Report {
+    pub async fn collect(cfg: &Config) -> Result<Self> {
+        let truth = tributary_events::truth::Truth::load(&crate::standalone::truth_path(cfg)).ok();
+        let central_events =
+            Table::open_existing("central/events", &central_federator::events_location(cfg))
+                .await?;
+        let central_batches = match &central_events {
+            Some(t) => t.read_all().await?,
+            None => vec![],
+        };
+        let mut central_counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for b in &central_batches {
+            let (Some(r), Some(s)) = (
+                b.column_by_name("region")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+                b.column_by_name("source")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+            ) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                *central_counts
+                    .entry((r.value(i).to_string(), s.value(i).to_string()))
+                    .or_insert(0) += 1;
+            }
+        }
+        let central_billing = match Table::open_existing(
+            "central/billing",
+            &central_federator::gold_location(cfg, GoldKind::Billing),
+        )
+        .await?
+        {
+            Some(t) => t.read_all().await?,
+            None => vec![],
+        };
+        let mut report = Report::default();
+        let mut all_match = truth.is_some();
+        for region in &cfg.regions {
+            let bq = rows_by_partition(&bronze_ingest::quarantine_location(cfg, region), "source")
+                .await?;
+            let sq = rows_by_partition(
+                &silver_transform::quarantine_location(cfg, region),
+                "source",
+            )
+            .await?;
+            let mut gold_by_source: BTreeMap<String, u64> = BTreeMap::new();
+            if let Some(t) = Table::open_existing(
+                "gold",
+                &gold_aggregate::table_location(cfg, region, GoldKind::EventCounts),
+            )
+            .await?
+            {
+                for b in t.read_all().await? {
+                    let (Some(s), Some(n)) = (
+                        b.column_by_name("source")
+                            .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+                        b.column_by_name("event_count")
+                            .and_then(|c| c.as_any().downcast_ref::<Int64Array>()),
+                    ) else {
+                        continue;
+                    };
+                    for i in 0..b.num_rows() {
+                        *gold_by_source.entry(s.value(i).to_string()).or_insert(0) +=
+                            n.value(i) as u64;
+                    }
+                }
+            }
+            let gold_billing = match Table::open_existing(
+                "gold",
+                &gold_aggregate::table_location(cfg, region, GoldKind::Billing),
+            )
+            .await?
+            {
+                Some(t) => t.read_all().await?,
+                None => vec![],
+            };
+            report.billing_dbu.insert(
+                region.clone(),
+                (
+                    dec(sum_dbu(&gold_billing, None)),
+                    dec(sum_dbu(&central_billing, Some(region))),
+                ),
+            );
+            for source in &cfg.bronze.sources {
+                let bronze = row_count(&bronze_ingest::table_location(cfg, region, source)).await?;
+                let silver =
+                    row_count(&silver_transform::table_location(cfg, region, source)).await?;
+                let silver_q = sq.get(source).copied().unwrap_or(0);
+                let t = truth
+                    .as_ref()
+                    .and_then(|t| t.regions.get(region))
+                    .and_then(|m| m.get(source));
+                let row = Row {
+                    region: region.clone(),
+                    source: source.clone(),
+                    generated: t.map(|t| t.lines),
+                    bronze,
+                    bronze_quarantined: bq.get(source).copied().unwrap_or(0),
+                    silver_quarantined: silver_q,
+                    duplicates_removed: bronze.saturating_sub(silver + silver_q),
+                    silver,
+                    gold_events: gold_by_source.get(source).copied().unwrap_or(0),
+                    central: central_counts
+                        .get(&(region.clone(), source.clone()))
+                        .copied()
+                        .unwrap_or(0),
+                    expected_silver: t.map(|t| t.unique_valid),
+                    expected_central: t.map(|t| t.egress_unique),
+                };
+                if let Some(t) = t {
+                    all_match &= row.generated == Some(row.bronze + row.bronze_quarantined)
+                        && row.bronze_quarantined == t.malformed
+                        && row.silver == t.unique_valid
+                        && row.gold_events == t.unique_valid
+                        && row.central == t.egress_unique;
+                }
+                report.rows.push(row);
+            }
+        }
+        report.all_match = truth.map(|_| all_match);
+        Ok(report)
+    }
+
+    pub fn print(&self) {
+        println!(
+            "\nreconciliation (generated = bronze + bronze quarantine; bronze = silver + silver quarantine + duplicates):"
+        );
+        println!(
+            "  {:<12} {:<16} {:>9} {:>9} {:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "region",
+            "source",
+            "generated",
+            "bronze",
+            "b.quar",
+            "s.quar",
+            "dups",
+            "silver",
+            "(truth)",
+            "gold",
+            "central",
+            "(truth)"
+        );
+        let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        for r in &self.rows {
+            println!(
+                "  {:<12} {:<16} {:>9} {:>9} {:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                r.region,
+                r.source,
+                opt(r.generated),
+                r.bronze,
+                r.bronze_quarantined,
+                r.silver_quarantined,
+                r.duplicates_removed,
+                r.silver,
+                opt(r.expected_silver),
+                r.gold_events,
+                r.central,
+                opt(r.expected_central)
+            );
+        }
+        println!("  billing DBU per region (gold = central):");
+        for (region, (g, c)) in &self.billing_dbu {
+            println!(
+                "    {region:<12} gold {g:>22}   central {c:>22}   {}",
+                if g == c { "ok" } else { "MISMATCH" }
+            );
+        }
+        match self.all_match {
+            Some(true) => println!("  every layer matches the generator's ground truth exactly"),
+            Some(false) => println!("  MISMATCH against the generator's ground truth"),
+            None => println!("  (no ground truth file; nothing to compare against)"),
+        }
+    }
+}
+
+/// Fingerprints of every table of the pipeline (logical columns only).
+pub async fn fingerprints(cfg: &Config) -> Result<Vec<(String, String)>> {
+    let mut locations: Vec<(String, String)> = Vec::new();
+    for region in &cfg.regions {
+        for source in &cfg.bronze.sources {
+            locations.push((
+                format!("{region}/bronze/{source}"),
+                bronze_ingest::table_location(cfg, region, source),
+            ));
+            locations.push((
+                format!("{region}/silver/{source}"),
+                silver_transform::table_location(cfg, region, source),
+            ));
+        }
+        locations.push((
+            format!("{region}/bronze/_quarantine"),
+            bronze_ingest::quarantine_location(cfg, region),
+        ));
+        locations.push((
+            format!("{region}/silver/_quarantine"),
+            silver_transform::quarantine_location(cfg, region),
+        ));
+        for k in [GoldKind::EventCounts, GoldKind::Billing] {
+            locations.push((
+                format!("{region}/gold/{}", k.table_name()),
+                gold_aggregate::table_location(cfg, region, k),
+            ));
+        }
+    }
+    locations.push((
+        "central/events".into(),
+        central_federator::events_location(cfg),
+    ));
+    for k in [GoldKind::EventCounts, GoldKind::Billing] {
+        locations.push((
+            format!("central/{}", k.table_name()),
+            central_federator::gold_location(cfg, k),
+        ));
+    }
+    let mut out = Vec::new();
+    for (name, loc) in locations {
+        let fp = match Table::open_existing(&name, &loc).await? {
+            Some(t) => {
+                let batches = t.read_all().await?;
+                let cols = schemas::logical_columns(&t.schema());
+                let cols: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
+                tributary_delta::fingerprint::fingerprint(&batches, &cols)?.to_string()
+            }
+            None => "absent".into(),
+        };
+        out.push((name, fp));
+    }
+    Ok(out)
+}

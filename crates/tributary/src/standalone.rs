@@ -1,0 +1,214 @@
+//! `tributary standalone`: every stage of every region in one process, the same stage code as
+//! the separate services, talking only through the Delta tables.
+
+use crate::cli::GenArgs;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tributary_core::stage::{Progress, SharedStatus, Stage, run_loop};
+use tributary_core::{Config, Shutdown};
+use tributary_proto::v1::StageStatus;
+
+pub fn truth_path(cfg: &Config) -> std::path::PathBuf {
+    std::path::Path::new(&cfg.data_root)
+        .join("truth")
+        .join("truth.json")
+}
+
+pub fn generate(cfg: &Config, args: &GenArgs) -> Result<(), String> {
+    if cfg.data_root.contains("://") {
+        return Err("generate writes local files: data_root must be a local path".into());
+    }
+    let gc = args.to_config(cfg);
+    let started = Instant::now();
+    let landing = |r: &str| std::path::PathBuf::from(cfg.landing(r));
+    let out = tributary_events::generator::generate(&gc, &landing, Some(&truth_path(cfg)))
+        .map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "generated {} lines ({} files, {:.1} MB) for {} regions x {} sources in {:.2}s ({:.0} events/s); truth: {}",
+        out.lines_written,
+        out.files_written,
+        out.bytes_written as f64 / 1e6,
+        gc.regions.len(),
+        gc.sources.len(),
+        secs,
+        out.lines_written as f64 / secs.max(1e-9),
+        truth_path(cfg).display()
+    );
+    Ok(())
+}
+
+async fn build_stages(
+    cfg: &Arc<Config>,
+    which: &[String],
+) -> tributary_core::Result<Vec<Box<dyn Stage>>> {
+    for w in which {
+        if !["bronze", "silver", "gold", "federator"].contains(&w.as_str()) {
+            return Err(tributary_core::Error::user(format!(
+                "unknown stage {w:?}; stages: bronze, silver, gold, federator"
+            )));
+        }
+    }
+    let on = |s: &str| which.iter().any(|w| w == s);
+    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    for region in &cfg.regions {
+        if on("bronze") {
+            stages.push(Box::new(
+                bronze_ingest::BronzeIngest::build(cfg.clone(), region).await?,
+            ));
+        }
+        if on("silver") {
+            stages.push(Box::new(
+                silver_transform::SilverTransform::build(cfg.clone(), region).await?,
+            ));
+        }
+        if on("gold") {
+            stages.push(Box::new(
+                gold_aggregate::GoldAggregate::build(cfg.clone(), region).await?,
+            ));
+        }
+        if on("federator") {
+            // One federator per region, as in production: they commit to the central tables at once.
+            stages.push(Box::new(
+                central_federator::CentralFederator::build(
+                    cfg.clone(),
+                    std::slice::from_ref(region),
+                )
+                .await?,
+            ));
+        }
+    }
+    Ok(stages)
+}
+
+pub async fn run(
+    cfg: Arc<Config>,
+    which: &[String],
+    exit_when_idle: bool,
+    timeout_secs: Option<u64>,
+) -> ExitCode {
+    let shutdown = Shutdown::new();
+    shutdown.install_signal_handlers();
+    let started = Instant::now();
+    let stages = match build_stages(&cfg, which).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let progress = Arc::new(Progress::default());
+    let mut statuses = Vec::new();
+    let mut tasks = Vec::new();
+    for s in stages {
+        let st = Arc::new(RwLock::new(StageStatus {
+            stage: s.stage().into(),
+            region: s.region().into(),
+            ..Default::default()
+        }));
+        statuses.push(st.clone());
+        tasks.push(tokio::spawn(run_loop(
+            s,
+            Duration::from_millis(cfg.server.poll_interval_ms.min(200)),
+            shutdown.clone(),
+            progress.clone(),
+            st,
+        )));
+    }
+    if !cfg.server.grpc_addr.is_empty() {
+        let svc = tributary_core::status::StatusService {
+            service: "standalone".into(),
+            pipeline: cfg.pipeline.clone(),
+            started_unix_ms: tributary_core::now_ms(),
+            provider: Arc::new(SharedStatus(statuses.clone())),
+        };
+        if let Err(e) = tributary_core::server::serve_grpc(&cfg.server, svc, shutdown.clone()).await
+        {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if !cfg.server.admin_addr.is_empty() {
+        if let Err(e) =
+            tributary_core::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await
+        {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut timed_out = false;
+    loop {
+        if shutdown.sleep(Duration::from_millis(100)).await {
+            break;
+        }
+        if exit_when_idle && progress.all_idle() {
+            // Confirm: still idle a moment later.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if progress.all_idle() {
+                shutdown.trigger();
+                break;
+            }
+        }
+        if let Some(t) = timeout_secs {
+            if started.elapsed() > Duration::from_secs(t) {
+                eprintln!("error: standalone did not become idle within {t}s");
+                timed_out = true;
+                shutdown.trigger();
+                break;
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "\npipeline idle after {wall:.2}s; per stage (units = input rows; all regions together):"
+    );
+    println!(
+        "  {:<12} {:>12} {:>10} {:>14} {:>14} {:>9}",
+        "stage", "rows", "busy s", "rows/busy s", "rows/wall s", "failures"
+    );
+    let mut agg: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+    for p in progress.stages() {
+        let kind = p.name.split('/').next().unwrap_or("").to_string();
+        let e = agg.entry(kind).or_default();
+        e.0 += p.units.load(Ordering::Relaxed);
+        e.1 += p.busy_micros.load(Ordering::Relaxed);
+        e.2 += p.failures.load(Ordering::Relaxed);
+    }
+    for k in ["bronze", "silver", "gold", "federator"] {
+        if let Some((units, busy, fails)) = agg.get(k) {
+            let busy_s = *busy as f64 / 1e6;
+            println!(
+                "  {:<12} {:>12} {:>10.2} {:>14.0} {:>14.0} {:>9}",
+                k,
+                units,
+                busy_s,
+                *units as f64 / busy_s.max(1e-9),
+                *units as f64 / wall.max(1e-9),
+                fails
+            );
+        }
+    }
+    for s in &statuses {
+        let st = s.read().unwrap_or_else(|e| e.into_inner());
+        if !st.last_error.is_empty() {
+            println!(
+                "  last error in {}/{}: {}",
+                st.stage, st.region, st.last_error
+            );
+        }
+    }
+    match crate::report::Report::collect(&cfg).await {
+        Ok(r) => r.print(),
+        Err(e) => eprintln!("error: building the reconciliation report: {e}"),
+    }
+    if timed_out {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
