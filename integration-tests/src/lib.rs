@@ -1,1 +1,500 @@
+//! Harness for the end-to-end suites: runs the real `tributary` binary against real Delta tables
+//! in temporary directories and checks every layer against the generator's ground truth.
 
+use anyhow::{Context, Result, bail, ensure};
+use deltalake::arrow::array::{
+    Array, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use gold_aggregate::window::GoldKind;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use tributary_core::Config;
+use tributary_delta::Table;
+use tributary_events::truth::Truth;
+
+/// The `tributary` binary (built by `make test` before the suite runs).
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TRIBUTARY_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("debug/tributary");
+    assert!(
+        p.exists(),
+        "{} not found: build it first (`cargo build --bins`; `make test` does)",
+        p.display()
+    );
+    p
+}
+
+/// A pipeline in a temporary directory.
+pub struct Pipeline {
+    _dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub regions: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+pub struct GenSpec {
+    pub events_per_source: u64,
+    pub files_per_source: u64,
+    pub seed: u64,
+}
+
+impl Pipeline {
+    pub fn new(regions: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-it-")
+            .tempdir()
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        Self {
+            _dir: dir,
+            data,
+            regions: regions.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+        }
+    }
+
+    pub fn with_env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--regions")
+            .arg(self.regions.join(","))
+            .env("RUST_LOG", "warn")
+            .env_remove("TRIBUTARY_FAULT");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn generate(&self, g: &GenSpec) -> Result<Truth> {
+        let out = self
+            .command(&[
+                "generate",
+                "--events-per-source",
+                &g.events_per_source.to_string(),
+                "--files-per-source",
+                &g.files_per_source.to_string(),
+                "--seed",
+                &g.seed.to_string(),
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "generate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Truth::load(&self.truth_path())
+    }
+
+    pub fn truth_path(&self) -> PathBuf {
+        self.data.join("truth/truth.json")
+    }
+
+    /// Runs `standalone --exit-when-idle` with extra args/env; returns the output.
+    pub fn standalone(&self, extra: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+        let mut args = vec!["standalone", "--exit-when-idle", "--timeout-secs", "300"];
+        args.extend_from_slice(extra);
+        let mut c = self.command(&args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Ok(c.stdout(Stdio::piped()).stderr(Stdio::piped()).output()?)
+    }
+
+    pub fn run_to_completion(&self, extra: &[&str]) -> Result<Output> {
+        let out = self.standalone(extra, &[])?;
+        ensure!(
+            out.status.success(),
+            "standalone failed ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            tail(&out.stderr, 4000)
+        );
+        Ok(out)
+    }
+
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.data_root = self.data.display().to_string();
+        c.regions = self.regions.clone();
+        c
+    }
+
+    /// `tributary fingerprint`: table -> fingerprint of its logical content.
+    pub fn fingerprints(&self) -> Result<BTreeMap<String, String>> {
+        let out = self.command(&["fingerprint"]).output()?;
+        ensure!(
+            out.status.success(),
+            "fingerprint failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?
+            .lines()
+            .filter_map(|l| {
+                l.split_once('\t')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+            .collect())
+    }
+}
+
+pub fn tail(b: &[u8], n: usize) -> String {
+    let s = String::from_utf8_lossy(b);
+    let start = s.len().saturating_sub(n);
+    let mut i = start;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    s[i..].to_string()
+}
+
+fn strs(b: &RecordBatch, name: &str) -> Result<StringArray> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+        .with_context(|| format!("column {name}"))
+}
+fn i64s(b: &RecordBatch, name: &str) -> Result<Int64Array> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+        .with_context(|| format!("column {name}"))
+}
+fn times(b: &RecordBatch, name: &str) -> Result<TimestampMicrosecondArray> {
+    b.column_by_name(name)
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .cloned()
+        })
+        .with_context(|| format!("column {name}"))
+}
+fn decs(b: &RecordBatch, name: &str) -> Result<Decimal128Array> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>().cloned())
+        .with_context(|| format!("column {name}"))
+}
+
+pub async fn read(location: &str) -> Result<Vec<RecordBatch>> {
+    let t = Table::open_existing("t", location)
+        .await?
+        .with_context(|| format!("no table at {location}"))?;
+    Ok(t.read_all().await?)
+}
+
+fn ms_rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+fn dec_text(v: i128) -> String {
+    rust_decimal::Decimal::from_i128_with_scale(v, tributary_events::contract::DECIMAL_SCALE)
+        .normalize()
+        .to_string()
+}
+
+fn ids_file(truth_dir: &Path, region: &str, name: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(truth_dir.join("ids").join(region).join(name))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+fn counts_by(batches: &[RecordBatch], col: &str) -> Result<BTreeMap<String, u64>> {
+    let mut m = BTreeMap::new();
+    for b in batches {
+        let c = strs(b, col)?;
+        for i in 0..c.len() {
+            *m.entry(c.value(i).to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(m)
+}
+
+/// (region|source|workspace|minute -> count) from a gold/central event-count table.
+fn gold_counts(batches: &[RecordBatch], region: &str) -> Result<BTreeMap<String, u64>> {
+    let mut m = BTreeMap::new();
+    for b in batches {
+        let (r, s, w, t, n) = (
+            strs(b, "region")?,
+            strs(b, "source")?,
+            strs(b, "workspace_id")?,
+            times(b, "window_start")?,
+            i64s(b, "event_count")?,
+        );
+        for i in 0..b.num_rows() {
+            if r.value(i) != region {
+                continue;
+            }
+            let k = format!(
+                "{}|{}|{}|{}",
+                r.value(i),
+                s.value(i),
+                w.value(i),
+                ms_rfc3339(t.value(i))
+            );
+            ensure!(
+                m.insert(k.clone(), n.value(i) as u64).is_none(),
+                "duplicate gold row {k}"
+            );
+        }
+    }
+    Ok(m)
+}
+
+/// (region|customer|sku|hour -> (exact dbu text, events)) from a billing table.
+fn gold_billing(batches: &[RecordBatch], region: &str) -> Result<BTreeMap<String, (String, u64)>> {
+    let mut m = BTreeMap::new();
+    for b in batches {
+        let (r, c, k, t, d, n) = (
+            strs(b, "region")?,
+            strs(b, "customer_id")?,
+            strs(b, "sku")?,
+            times(b, "window_start")?,
+            decs(b, "dbu")?,
+            i64s(b, "event_count")?,
+        );
+        for i in 0..b.num_rows() {
+            if r.value(i) != region {
+                continue;
+            }
+            let key = format!(
+                "{}|{}|{}|{}",
+                r.value(i),
+                c.value(i),
+                k.value(i),
+                ms_rfc3339(t.value(i))
+            );
+            ensure!(
+                m.insert(key.clone(), (dec_text(d.value(i)), n.value(i) as u64))
+                    .is_none(),
+                "duplicate billing row {key}"
+            );
+        }
+    }
+    Ok(m)
+}
+
+fn sorted_ids(batches: &[RecordBatch], filter: Option<(&str, &str)>) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for b in batches {
+        let ids = strs(b, "event_id")?;
+        let f = match filter {
+            Some((col, _)) => Some(strs(b, col)?),
+            None => None,
+        };
+        for i in 0..ids.len() {
+            if let (Some(f), Some((_, want))) = (&f, filter) {
+                if f.value(i) != want {
+                    continue;
+                }
+            }
+            v.push(ids.value(i).to_string());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Checks every layer of every region, and the central tables, against the ground truth.
+pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path) -> Result<()> {
+    let central_events = read(&central_federator::events_location(cfg)).await?;
+    let central_counts = read(&central_federator::gold_location(
+        cfg,
+        GoldKind::EventCounts,
+    ))
+    .await?;
+    let central_billing = read(&central_federator::gold_location(cfg, GoldKind::Billing)).await?;
+    for region in &cfg.regions {
+        let rt = truth
+            .regions
+            .get(region)
+            .with_context(|| format!("truth has no region {region}"))?;
+        let bq = counts_by(
+            &read(&bronze_ingest::quarantine_location(cfg, region)).await?,
+            "source",
+        )?;
+        let sq = counts_by(
+            &read(&silver_transform::quarantine_location(cfg, region)).await?,
+            "source",
+        )?;
+        for (source, t) in rt {
+            let bronze: u64 = read(&bronze_ingest::table_location(cfg, region, source))
+                .await?
+                .iter()
+                .map(|b| b.num_rows() as u64)
+                .sum();
+            ensure!(
+                bronze == t.bronze_rows(),
+                "{region}/bronze/{source}: {bronze} rows, truth {}",
+                t.bronze_rows()
+            );
+            let q = bq.get(source).copied().unwrap_or(0);
+            ensure!(
+                q == t.malformed,
+                "{region}/bronze quarantine {source}: {q}, truth {}",
+                t.malformed
+            );
+            let silver = read(&silver_transform::table_location(cfg, region, source)).await?;
+            let ids = sorted_ids(&silver, None)?;
+            let want = ids_file(truth_dir, region, &format!("{source}.txt"))?;
+            ensure!(
+                ids.len() == want.len(),
+                "{region}/silver/{source}: {} rows, truth {} unique valid",
+                ids.len(),
+                want.len()
+            );
+            ensure!(
+                ids == want,
+                "{region}/silver/{source}: event_ids differ from the unique valid set"
+            );
+            let q = sq.get(source).copied().unwrap_or(0);
+            ensure!(
+                q == t.null_id,
+                "{region}/silver quarantine {source}: {q}, truth {} null ids",
+                t.null_id
+            );
+            let central = sorted_ids(&central_events, Some(("region", region)))?;
+            let _ = central;
+            let mut c_ids = Vec::new();
+            for b in &central_events {
+                let (r, s, id) = (strs(b, "region")?, strs(b, "source")?, strs(b, "event_id")?);
+                for i in 0..b.num_rows() {
+                    if r.value(i) == region && s.value(i) == source {
+                        c_ids.push(id.value(i).to_string());
+                    }
+                }
+            }
+            c_ids.sort();
+            let want = ids_file(truth_dir, region, &format!("{source}.egress.txt"))?;
+            ensure!(
+                c_ids.len() == want.len(),
+                "central/events {region}/{source}: {} rows, truth {} egress-approved",
+                c_ids.len(),
+                want.len()
+            );
+            ensure!(
+                c_ids == want,
+                "central/events {region}/{source}: ids differ from the egress-approved set"
+            );
+        }
+        // Gold counts: exactly the truth's per-minute counts.
+        let gold = gold_counts(
+            &read(&gold_aggregate::table_location(
+                cfg,
+                region,
+                GoldKind::EventCounts,
+            ))
+            .await?,
+            region,
+        )?;
+        let want: BTreeMap<String, u64> = truth
+            .event_counts_minute
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{region}|")))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if gold != want {
+            let diff: Vec<_> = gold
+                .iter()
+                .filter(|(k, v)| want.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            bail!(
+                "{region}/gold/event_counts_minute differs from truth ({} vs {} rows), e.g. {diff:?}",
+                gold.len(),
+                want.len()
+            );
+        }
+        ensure!(
+            gold_counts(&central_counts, region)? == gold,
+            "central/event_counts_minute for {region} differs from the region's gold"
+        );
+        // Gold billing: exact decimal sums.
+        let billing = gold_billing(
+            &read(&gold_aggregate::table_location(
+                cfg,
+                region,
+                GoldKind::Billing,
+            ))
+            .await?,
+            region,
+        )?;
+        let want: BTreeMap<String, (String, u64)> = truth
+            .billing_hourly
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{region}|")))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    (
+                        v.clone(),
+                        truth.billing_hourly_events.get(k).copied().unwrap_or(0),
+                    ),
+                )
+            })
+            .collect();
+        if billing != want {
+            let diff: Vec<_> = billing
+                .iter()
+                .filter(|(k, v)| want.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            bail!(
+                "{region}/gold/billing_usage_hourly differs from truth ({} vs {} rows), e.g. {diff:?}",
+                billing.len(),
+                want.len()
+            );
+        }
+        ensure!(
+            gold_billing(&central_billing, region)? == billing,
+            "central/billing_usage_hourly for {region} differs from the region's gold"
+        );
+    }
+    let regions: BTreeSet<String> = counts_by(&central_events, "region")?.into_keys().collect();
+    ensure!(
+        regions.iter().all(|r| cfg.regions.contains(r)),
+        "central holds rows of unknown regions: {regions:?}"
+    );
+    Ok(())
+}
+
+/// Free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits for a child with a deadline; kills it when the deadline passes.
+pub fn wait_with_deadline(
+    child: &mut std::process::Child,
+    secs: u64,
+) -> Result<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process did not finish within {secs}s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

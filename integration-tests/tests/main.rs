@@ -1,1 +1,6 @@
+//! One integration-test binary (link time is our scarcest resource); each module a suite.
 
+mod e2e;
+mod federation;
+mod restart;
+mod status_api;

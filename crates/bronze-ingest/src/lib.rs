@@ -155,7 +155,9 @@ impl BronzeIngest {
         let mut lines_in = 0u64;
         for p in paths {
             let location = Path::from(p.as_str());
-            let file_uri = tributary_core::config::join(&self.landing_uri, p);
+            // Lineage is the path inside the landing zone (`<source>/<file>`), so two pipelines fed
+            // the same files (DR) hold the same logical rows whatever their landing roots.
+            let file_uri = p.clone();
             let raw = self
                 .landing
                 .get(&location)
@@ -305,7 +307,7 @@ impl BronzeIngest {
         fault::point("bronze.after_upload_before_commit");
         let meta = HashMap::from([(
             "tributary.batch".to_string(),
-            serde_json::json!({"seq": seq, "files": paths.len(), "lines": lines_in, "rows": written, "quarantined": quarantined}),
+            serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": paths.len(), "lines": lines_in, "rows": written, "quarantined": quarantined}),
         )]);
         let version = self.flows[i]
             .table

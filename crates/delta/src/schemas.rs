@@ -143,6 +143,7 @@ pub const CENTRAL_PARTITIONS: &[&str] = &["region", "event_date"];
 /// processing-time and physical lineage columns.
 pub fn logical_columns(schema: &Schema) -> Vec<String> {
     const SKIP: &[&str] = &[
+        "_lineage",
         "_ingested_at",
         "_quarantined_at",
         "_federated_at",

@@ -179,7 +179,7 @@ mod tests {
         let line = br#"{"event_id":"e1","event_time":"2026-11-01T00:00:00Z","source":"billing","region":"r1","workspace_id":"w","customer_id":"c","egress_approved":true,"dbu":0.1000000000000000055511151231257827,"sku":"X"}"#;
         let d = decode_event(line, "billing", 1 << 20).unwrap();
         assert_eq!(d.event_id.as_deref(), Some("e1"));
-        assert_eq!(d.event_time, Some(1_761_955_200_000_000));
+        assert_eq!(d.event_time, Some(1_793_491_200_000_000));
         assert_eq!(d.egress_approved, Some(true));
         assert_eq!(
             d.payload,
