@@ -3,4 +3,5 @@
 mod e2e;
 mod federation;
 mod restart;
+mod security;
 mod status_api;

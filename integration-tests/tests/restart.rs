@@ -21,6 +21,7 @@ fn spec() -> GenSpec {
 fn pipeline() -> Pipeline {
     Pipeline::new(REGIONS)
         .with_env("TRIBUTARY__BRONZE__MAX_FILES_PER_BATCH", "2")
+        .with_env("TRIBUTARY__BRONZE__INDEX_EVERY_BATCHES", "2")
         .with_env("TRIBUTARY__SILVER__MAX_VERSIONS_PER_BATCH", "2")
         .with_env("TRIBUTARY__GOLD__MAX_VERSIONS_PER_BATCH", "2")
         .with_env("TRIBUTARY__FEDERATOR__MAX_VERSIONS_PER_BATCH", "2")

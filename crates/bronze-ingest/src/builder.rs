@@ -1,7 +1,8 @@
 //! Columnar builders for bronze rows.
 
 use deltalake::arrow::array::{
-    ArrayRef, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use std::sync::Arc;
 use tributary_core::{Error, Result};
@@ -9,6 +10,39 @@ use tributary_delta::schemas;
 use tributary_events::Decoded;
 
 pub use tributary_delta::quarantine::QuarantineRows;
+
+/// Where a bronze row came from.
+#[derive(Debug, Clone)]
+pub enum Lineage<'a> {
+    File {
+        path: &'a str,
+        line: i64,
+    },
+    Kafka {
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+        timestamp_us: Option<i64>,
+    },
+}
+
+impl Lineage<'_> {
+    /// JSON form kept in quarantine rows.
+    pub fn json(&self) -> String {
+        match self {
+            Lineage::File { path, line } => {
+                serde_json::json!({"file": path, "line": line}).to_string()
+            }
+            Lineage::Kafka {
+                topic,
+                partition,
+                offset,
+                ..
+            } => serde_json::json!({"topic": topic, "partition": partition, "offset": offset})
+                .to_string(),
+        }
+    }
+}
 
 pub struct BronzeRows {
     source: String,
@@ -24,6 +58,10 @@ pub struct BronzeRows {
     rescued: StringBuilder,
     file: StringBuilder,
     line: Int64Builder,
+    k_topic: StringBuilder,
+    k_partition: Int32Builder,
+    k_offset: Int64Builder,
+    k_ts: TimestampMicrosecondBuilder,
     ingested: TimestampMicrosecondBuilder,
     date: StringBuilder,
     len: usize,
@@ -45,13 +83,24 @@ impl BronzeRows {
             rescued: StringBuilder::new(),
             file: StringBuilder::new(),
             line: Int64Builder::new(),
+            k_topic: StringBuilder::new(),
+            k_partition: Int32Builder::new(),
+            k_offset: Int64Builder::new(),
+            k_ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             ingested: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             date: StringBuilder::new(),
             len: 0,
         }
     }
 
-    pub fn push(&mut self, d: Decoded, file: &str, line: i64) {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, d: Decoded, lineage: &Lineage<'_>) {
         self.event_id.append_option(d.event_id.as_deref());
         self.event_time.append_option(d.event_time);
         self.src.append_value(&self.source);
@@ -61,8 +110,29 @@ impl BronzeRows {
         self.egress.append_option(d.egress_approved);
         self.payload.append_value(&d.payload);
         self.rescued.append_option(d.rescued.as_deref());
-        self.file.append_value(file);
-        self.line.append_value(line);
+        match lineage {
+            Lineage::File { path, line } => {
+                self.file.append_value(path);
+                self.line.append_value(*line);
+                self.k_topic.append_null();
+                self.k_partition.append_null();
+                self.k_offset.append_null();
+                self.k_ts.append_null();
+            }
+            Lineage::Kafka {
+                topic,
+                partition,
+                offset,
+                timestamp_us,
+            } => {
+                self.file.append_null();
+                self.line.append_null();
+                self.k_topic.append_value(topic);
+                self.k_partition.append_value(*partition);
+                self.k_offset.append_value(*offset);
+                self.k_ts.append_option(*timestamp_us);
+            }
+        }
         self.ingested.append_value(self.now_us);
         self.date
             .append_option(d.event_time.map(tributary_events::date_of_micros));
@@ -85,6 +155,10 @@ impl BronzeRows {
             Arc::new(self.rescued.finish()),
             Arc::new(self.file.finish()),
             Arc::new(self.line.finish()),
+            Arc::new(self.k_topic.finish()),
+            Arc::new(self.k_partition.finish()),
+            Arc::new(self.k_offset.finish()),
+            Arc::new(self.k_ts.finish()),
             Arc::new(self.ingested.finish()),
             Arc::new(self.date.finish()),
         ];

@@ -9,8 +9,9 @@
 
 pub mod builder;
 pub mod files;
+pub mod kafka;
 
-use crate::builder::{BronzeRows, QuarantineRows};
+use crate::builder::{BronzeRows, Lineage, QuarantineRows};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::{ObjectStore, Path};
 use object_store::ObjectStoreExt as _;
@@ -110,6 +111,28 @@ impl BronzeIngest {
         Path::from(format!("_tributary/batches/{seq:012}.json"))
     }
 
+    fn index_path(seq: i64) -> Path {
+        Path::from(format!("_tributary/batches/index-{seq:012}.json"))
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+        what: &str,
+    ) -> Result<T> {
+        let bytes = store
+            .get(path)
+            .await
+            .map_err(|e| Error::external(format!("reading {what}")).with_source(e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::external(format!("reading {what}")).with_source(e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("corrupt {what}")).with_source(e))
+    }
+
+    /// Rebuilds the set of ingested files from the table: the newest index snapshot at or below
+    /// the committed sequence, then the manifests after it.
     async fn load_flow(flow: &mut Flow, quarantine: &Table) -> Result<()> {
         flow.table.refresh().await?;
         flow.seq = flow.table.txn_version(&flow.app_id).await?.unwrap_or(0);
@@ -117,29 +140,83 @@ impl BronzeIngest {
         flow.done.clear();
         flow.manifests.clear();
         let store = flow.table.table.object_store();
-        for s in 1..=flow.seq {
-            let bytes = store
-                .get(&Self::manifest_path(s))
+        let listed: Vec<deltalake::ObjectMeta> =
+            futures::TryStreamExt::try_collect(store.list(Some(&Path::from("_tributary/batches"))))
                 .await
                 .map_err(|e| {
-                    Error::external(format!("batch manifest {s} of {}", flow.table.name))
-                        .with_source(e)
-                })?
-                .bytes()
-                .await
-                .map_err(|e| {
-                    Error::external(format!("batch manifest {s} of {}", flow.table.name))
+                    Error::external(format!("listing batch manifests of {}", flow.table.name))
                         .with_source(e)
                 })?;
-            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::internal(format!("corrupt batch manifest {s} of {}", flow.table.name))
-                    .with_source(e)
-            })?;
+        let index_seq = listed
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_prefix("index-")?
+                    .strip_suffix(".json")?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .filter(|s| *s <= flow.seq)
+            .max()
+            .unwrap_or(0);
+        if index_seq > 0 {
+            let idx: Manifest = Self::read_json(
+                &store,
+                &Self::index_path(index_seq),
+                &format!("batch index {index_seq} of {}", flow.table.name),
+            )
+            .await?;
+            flow.done.extend(idx.files);
+        }
+        for s in (index_seq + 1)..=flow.seq {
+            let m: Manifest = Self::read_json(
+                &store,
+                &Self::manifest_path(s),
+                &format!("batch manifest {s} of {}", flow.table.name),
+            )
+            .await?;
             flow.done.extend(m.files.iter().cloned());
             if s > flow.quarantine_seq {
                 flow.manifests.insert(s, m.files);
             }
         }
+        // Batches at or below the index that quarantine has not caught up with (rare: a crash
+        // right after an index write) still need their own manifests.
+        for s in (flow.quarantine_seq + 1)..=index_seq.min(flow.seq) {
+            let m: Manifest = Self::read_json(
+                &store,
+                &Self::manifest_path(s),
+                &format!("batch manifest {s} of {}", flow.table.name),
+            )
+            .await?;
+            flow.manifests.insert(s, m.files);
+        }
+        Ok(())
+    }
+
+    /// Every `bronze.index_every_batches` committed batches, snapshot the ingested-file set so a
+    /// restart reads one index plus at most that many manifests.
+    async fn maybe_write_index(flow: &Flow, every: i64) -> Result<()> {
+        if flow.seq % every.max(1) != 0 {
+            return Ok(());
+        }
+        let mut files: Vec<String> = flow.done.iter().cloned().collect();
+        files.sort();
+        let idx = Manifest {
+            seq: flow.seq,
+            source: flow.source.clone(),
+            files,
+        };
+        flow.table
+            .table
+            .object_store()
+            .put(
+                &Self::index_path(flow.seq),
+                serde_json::to_vec(&idx).unwrap_or_default().into(),
+            )
+            .await
+            .map_err(|e| Error::external("writing batch index").with_source(e))?;
         Ok(())
     }
 
@@ -179,7 +256,13 @@ impl BronzeIngest {
                             source,
                             self.cfg.bronze.max_event_bytes,
                         ) {
-                            Ok(d) => bronze.push(d, &file_uri, idx as i64),
+                            Ok(d) => bronze.push(
+                                d,
+                                &Lineage::File {
+                                    path: &file_uri,
+                                    line: idx as i64,
+                                },
+                            ),
                             Err(r) => quarantine.push(
                                 source,
                                 r.code(),
@@ -319,6 +402,9 @@ impl BronzeIngest {
             )
             .await?;
         fault::point("bronze.after_data_commit");
+        self.flows[i]
+            .table
+            .notice(STAGE, &self.region, version, written, 0);
         {
             let f = &mut self.flows[i];
             f.seq = seq;
@@ -343,6 +429,7 @@ impl BronzeIngest {
             f.quarantine_seq = seq;
             f.manifests.clear();
         }
+        Self::maybe_write_index(&self.flows[i], self.cfg.bronze.index_every_batches).await?;
         BatchCommitted {
             stage: STAGE,
             region: &self.region,
@@ -454,7 +541,12 @@ pub fn status_counters(stage: &str, region: &str) -> Vec<tributary_proto::v1::Co
 }
 
 /// Runs the service for one region until `shutdown`.
-pub async fn run(cfg: Arc<Config>, region: &str, shutdown: tributary_core::Shutdown) -> Result<()> {
+pub async fn run(
+    cfg: Arc<Config>,
+    region: &str,
+    shutdown: tributary_core::Shutdown,
+    notices: Option<tributary_core::stage::NoticeHook>,
+) -> Result<()> {
     let stage = BronzeIngest::build(cfg.clone(), region).await?;
-    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown).await
+    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown, notices).await
 }

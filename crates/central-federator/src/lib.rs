@@ -274,6 +274,7 @@ impl CentralFederator {
             )
             .await?;
         fault::point("federator.after_events_commit");
+        self.events.notice(STAGE, &region, version, written, 0);
         self.feeds[fi].silver[si].1.pos = up_to;
         BatchCommitted {
             stage: STAGE,
@@ -377,6 +378,7 @@ impl CentralFederator {
             )
             .await?;
         fault::point("federator.after_gold_commit");
+        central.notice(STAGE, &region, version, rows, 0);
         let name = central.name.clone();
         self.feeds[fi].gold[gi].1.pos = v;
         BatchCommitted {
@@ -437,6 +439,19 @@ impl Stage for CentralFederator {
         }
         Ok(())
     }
+    fn inputs(&self) -> Vec<String> {
+        self.feeds
+            .iter()
+            .flat_map(|f| {
+                f.silver
+                    .iter()
+                    .map(|(_, i)| &i.location)
+                    .chain(f.gold.iter().map(|(_, i)| &i.location))
+            })
+            .filter_map(|l| tributary_delta::location_url(l).ok())
+            .map(|u| u.to_string())
+            .collect()
+    }
     async fn status(&mut self) -> StageStatus {
         let mut tables = vec![bronze_ingest::table_status(
             &self.events,
@@ -482,7 +497,8 @@ pub async fn run(
     cfg: Arc<Config>,
     regions: &[String],
     shutdown: tributary_core::Shutdown,
+    notices: Option<tributary_core::stage::NoticeHook>,
 ) -> Result<()> {
     let stage = CentralFederator::build(cfg.clone(), regions).await?;
-    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown).await
+    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown, notices).await
 }

@@ -38,6 +38,7 @@ pub struct Config {
     pub silver: SilverConfig,
     pub gold: GoldConfig,
     pub federator: FederatorConfig,
+    pub kafka: KafkaConfig,
     pub server: ServerConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -51,6 +52,9 @@ pub struct BronzeConfig {
     pub max_bytes_per_batch: u64,
     /// Events larger than this are quarantined with reason `oversized`.
     pub max_event_bytes: usize,
+    /// Every this many batches the set of ingested files is snapshotted, so a restart reads one
+    /// index plus at most this many batch manifests.
+    pub index_every_batches: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,6 +80,70 @@ pub struct FederatorConfig {
     pub max_versions_per_batch: usize,
     /// Commit attempts when other regions commit to the same central table at once.
     pub max_commit_retries: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, e.g. `127.0.0.1:9092`. Empty: no Kafka (files only, no commit notices).
+    pub brokers: String,
+    /// Consumer group of bronze-ingest.
+    pub group_id: String,
+    /// Topic per source; a source missing here uses `<topic_prefix><source>`.
+    pub topics: std::collections::BTreeMap<String, String>,
+    pub topic_prefix: String,
+    /// Commit notices: every stage publishes one per commit; downstream stages wake on them.
+    pub commits_topic: String,
+    pub publish_notices: bool,
+    /// Bronze batch: flush at this many records, bytes or milliseconds, whichever comes first.
+    pub max_batch_records: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_wait_ms: u64,
+    /// plaintext | ssl | sasl_plaintext | sasl_ssl
+    pub security_protocol: String,
+    /// PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 (with a sasl_* protocol)
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// Name of the environment variable holding the SASL password (never the password itself).
+    pub sasl_password_env: String,
+    pub ssl_ca_location: String,
+    pub ssl_certificate_location: String,
+    pub ssl_key_location: String,
+    /// Further librdkafka properties passed through as they are (no secrets here: use *_env).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            group_id: "tributary-bronze".into(),
+            topics: Default::default(),
+            topic_prefix: "tributary.".into(),
+            commits_topic: "tributary.commits".into(),
+            publish_notices: true,
+            max_batch_records: 50_000,
+            max_batch_bytes: 64 * 1024 * 1024,
+            max_batch_wait_ms: 1000,
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password_env: "TRIBUTARY_KAFKA_SASL_PASSWORD".into(),
+            ssl_ca_location: String::new(),
+            ssl_certificate_location: String::new(),
+            ssl_key_location: String::new(),
+            properties: Default::default(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn topic_for(&self, source: &str) -> String {
+        self.topics
+            .get(source)
+            .cloned()
+            .unwrap_or_else(|| format!("{}{source}", self.topic_prefix))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -123,6 +191,7 @@ impl Default for Config {
             silver: SilverConfig::default(),
             gold: GoldConfig::default(),
             federator: FederatorConfig::default(),
+            kafka: KafkaConfig::default(),
             server: ServerConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
@@ -135,6 +204,7 @@ impl Default for BronzeConfig {
             max_files_per_batch: 64,
             max_bytes_per_batch: 128 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
+            index_every_batches: 32,
         }
     }
 }
@@ -276,6 +346,9 @@ impl Config {
                 "bronze.max_files_per_batch and bronze.max_bytes_per_batch must be > 0".into(),
             );
         }
+        if self.bronze.index_every_batches < 1 {
+            return bad("bronze.index_every_batches must be >= 1".into());
+        }
         if self.bronze.max_event_bytes < 64 {
             return bad("bronze.max_event_bytes must be at least 64".into());
         }
@@ -290,6 +363,44 @@ impl Config {
         }
         if self.federator.egress_field.is_empty() {
             return bad("federator.egress_field must not be empty".into());
+        }
+        let k = &self.kafka;
+        if !matches!(
+            k.security_protocol.as_str(),
+            "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+        ) {
+            return bad(format!(
+                "kafka.security_protocol {:?} must be plaintext, ssl, sasl_plaintext or sasl_ssl",
+                k.security_protocol
+            ));
+        }
+        if k.security_protocol.starts_with("sasl")
+            && !matches!(
+                k.sasl_mechanism.as_str(),
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
+            )
+        {
+            return bad(format!(
+                "kafka.sasl_mechanism {:?} must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                k.sasl_mechanism
+            ));
+        }
+        for key in k.properties.keys() {
+            if key.contains("password") || key.contains("secret") || key.contains("sasl.jaas") {
+                return bad(format!(
+                    "kafka.properties.{key}: secrets come from the environment (kafka.sasl_password_env), not the config file"
+                ));
+            }
+        }
+        if k.max_batch_records == 0 || k.max_batch_bytes == 0 || k.max_batch_wait_ms == 0 {
+            return bad(
+                "kafka.max_batch_records, max_batch_bytes and max_batch_wait_ms must be > 0".into(),
+            );
+        }
+        for s in k.topics.keys() {
+            if !SOURCES.contains(&s.as_str()) {
+                return bad(format!("kafka.topics: unknown source {s:?}"));
+            }
         }
         if self.server.poll_interval_ms == 0 {
             return bad("server.poll_interval_ms must be > 0".into());

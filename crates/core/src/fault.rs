@@ -22,6 +22,9 @@ pub const POINTS: &[&str] = &[
     "federator.before_commit",
     "federator.after_events_commit",
     "federator.after_gold_commit",
+    "kafka.before_upload",
+    "kafka.after_upload_before_commit",
+    "kafka.after_commit_before_offset_commit",
 ];
 
 struct Plan {

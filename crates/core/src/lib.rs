@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod metrics;
+pub mod notices;
 pub mod server;
 pub mod shutdown;
 pub mod stage;
@@ -24,4 +25,11 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Installs rustls' process-wide crypto provider (ring). Several providers are compiled into the
+/// binary through dependencies, so rustls cannot pick one by itself; call once at start-up,
+/// before any TLS server or client is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

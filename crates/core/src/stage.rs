@@ -20,7 +20,20 @@ pub trait Stage: Send + 'static {
     async fn recover(&mut self) -> crate::Result<()>;
     /// Current status (positions from the tables, versions, counters).
     async fn status(&mut self) -> StageStatus;
+    /// URIs of the Delta tables this stage reads; a commit notice for one wakes the stage.
+    fn inputs(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
+
+/// Wires commit notices to stages: given table URI -> wakers, start delivering wake-ups.
+pub type NoticeHook = Box<
+    dyn FnOnce(
+            std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>>,
+            Shutdown,
+        ) -> crate::Result<()>
+        + Send,
+>;
 
 /// Shared progress bookkeeping, so a supervisor can tell when every stage is idle.
 #[derive(Default)]
@@ -77,6 +90,7 @@ pub async fn run_loop(
     shutdown: Shutdown,
     progress: Arc<Progress>,
     status: Arc<RwLock<StageStatus>>,
+    wake: Arc<tokio::sync::Notify>,
 ) {
     let me = progress.register(format!("{}/{}", stage.stage(), stage.region()));
     let mut backoff = Duration::from_millis(100);
@@ -106,8 +120,13 @@ pub async fn run_loop(
                 me.idle_valid.store(true, Ordering::SeqCst);
                 backoff = Duration::from_millis(100);
                 *status.write().unwrap_or_else(|e| e.into_inner()) = st;
-                if shutdown.sleep(poll).await {
-                    break;
+                // Sleep until the poll interval passes or a commit notice for an input arrives.
+                let woken = tokio::select! {
+                    stop = shutdown.sleep(poll) => if stop { break } else { false },
+                    _ = wake.notified() => true,
+                };
+                if woken {
+                    tracing::debug!(stage = stage.stage(), "woken by a commit notice");
                 }
             }
             Ok(n) => {
@@ -162,10 +181,13 @@ pub async fn serve_stages(
     cfg: &crate::Config,
     stages: Vec<Box<dyn Stage>>,
     shutdown: Shutdown,
+    notices: Option<NoticeHook>,
 ) -> crate::Result<()> {
     let progress = Arc::new(Progress::default());
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
+    let mut interest: std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>> =
+        Default::default();
     for s in stages {
         let st = Arc::new(RwLock::new(StageStatus {
             stage: s.stage().into(),
@@ -173,13 +195,23 @@ pub async fn serve_stages(
             ..Default::default()
         }));
         statuses.push(st.clone());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        for input in s.inputs() {
+            interest.entry(input).or_default().push(wake.clone());
+        }
         tasks.push(tokio::spawn(run_loop(
             s,
             Duration::from_millis(cfg.server.poll_interval_ms),
             shutdown.clone(),
             progress.clone(),
             st,
+            wake,
         )));
+    }
+    if let Some(hook) = notices {
+        if !interest.is_empty() {
+            hook(interest, shutdown.clone())?;
+        }
     }
     let mut servers = Vec::new();
     if !cfg.server.grpc_addr.is_empty() {

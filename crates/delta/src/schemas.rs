@@ -29,8 +29,12 @@ pub fn bronze() -> SchemaRef {
     f.extend([
         Field::new("payload", DataType::Utf8, false),
         Field::new("_rescued_data", DataType::Utf8, true),
-        Field::new("_source_file", DataType::Utf8, false),
-        Field::new("_source_line", DataType::Int64, false),
+        Field::new("_source_file", DataType::Utf8, true),
+        Field::new("_source_line", DataType::Int64, true),
+        Field::new("_kafka_topic", DataType::Utf8, true),
+        Field::new("_kafka_partition", DataType::Int32, true),
+        Field::new("_kafka_offset", DataType::Int64, true),
+        Field::new("_kafka_timestamp", ts(), true),
         Field::new("_ingested_at", ts(), false),
         Field::new("event_date", DataType::Utf8, true),
     ]);
@@ -72,8 +76,11 @@ pub fn silver(source: &str) -> SchemaRef {
     f.extend([
         Field::new("payload", DataType::Utf8, false),
         Field::new("_rescued_data", DataType::Utf8, true),
-        Field::new("_source_file", DataType::Utf8, false),
-        Field::new("_source_line", DataType::Int64, false),
+        Field::new("_source_file", DataType::Utf8, true),
+        Field::new("_source_line", DataType::Int64, true),
+        Field::new("_kafka_topic", DataType::Utf8, true),
+        Field::new("_kafka_partition", DataType::Int32, true),
+        Field::new("_kafka_offset", DataType::Int64, true),
         Field::new("_bronze_version", DataType::Int64, false),
         Field::new("_ingested_at", ts(), false),
         Field::new("event_date", DataType::Utf8, false),
@@ -145,6 +152,7 @@ pub fn logical_columns(schema: &Schema) -> Vec<String> {
     const SKIP: &[&str] = &[
         "_lineage",
         "_ingested_at",
+        "_kafka_timestamp",
         "_quarantined_at",
         "_federated_at",
         "updated_at",

@@ -475,6 +475,29 @@ pub fn txn(app_id: impl Into<String>, version: i64) -> Transaction {
     Transaction::new_with_last_update(app_id.into(), version, Some(tributary_core::now_ms()))
 }
 
+impl Table {
+    /// Announces a commit of this table to downstream stages (no-op without a notice sink).
+    pub fn notice(
+        &self,
+        stage: &str,
+        region: &str,
+        version: i64,
+        rows: u64,
+        max_event_time_ms: i64,
+    ) {
+        tributary_core::notices::publish(tributary_core::notices::CommitNotice {
+            table: self.url.to_string(),
+            name: self.name.clone(),
+            version,
+            rows,
+            max_event_time_ms,
+            stage: stage.into(),
+            region: region.into(),
+            committed_at_ms: tributary_core::now_ms(),
+        });
+    }
+}
+
 /// An input position a commit moves: `app_id` from `from` to `to`.
 #[derive(Debug, Clone)]
 pub struct PositionMove {

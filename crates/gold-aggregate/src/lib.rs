@@ -207,6 +207,13 @@ impl GoldAggregate {
         fault::point("gold.before_commit");
         let version = flow.output.commit(actions, txns, meta, 0).await?;
         fault::point("gold.after_commit");
+        flow.output.notice(
+            STAGE,
+            &region,
+            version,
+            written,
+            state.max_event_time_us().unwrap_or(0) / 1000,
+        );
         for (ii, up_to) in &plan {
             flow.inputs[*ii].pos = *up_to;
         }
@@ -283,6 +290,14 @@ impl Stage for GoldAggregate {
         }
         Ok(())
     }
+    fn inputs(&self) -> Vec<String> {
+        self.flows
+            .iter()
+            .flat_map(|f| f.inputs.iter())
+            .filter_map(|i| tributary_delta::location_url(&i.location).ok())
+            .map(|u| u.to_string())
+            .collect()
+    }
     async fn status(&mut self) -> StageStatus {
         let mut tables = Vec::new();
         let mut positions = Vec::new();
@@ -315,7 +330,12 @@ pub fn billing_sums(
 }
 
 /// Runs the service for one region until `shutdown`.
-pub async fn run(cfg: Arc<Config>, region: &str, shutdown: tributary_core::Shutdown) -> Result<()> {
+pub async fn run(
+    cfg: Arc<Config>,
+    region: &str,
+    shutdown: tributary_core::Shutdown,
+    notices: Option<tributary_core::stage::NoticeHook>,
+) -> Result<()> {
     let stage = GoldAggregate::build(cfg.clone(), region).await?;
-    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown).await
+    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown, notices).await
 }

@@ -213,6 +213,7 @@ impl SilverTransform {
             }
         }
         let written = out.len() as u64;
+        let max_event_ms = out.max_event_time_us() / 1000;
         let quarantined = q.len() as u64;
         if input_rows != written + quarantined + duplicates {
             return Err(Error::internal(format!(
@@ -238,6 +239,9 @@ impl SilverTransform {
             )
             .await?;
         fault::point("silver.after_data_commit");
+        self.flows[i]
+            .output
+            .notice(STAGE, &self.region, version, written, max_event_ms);
         self.flows[i].pos = up_to;
         self.flows[i].seen.extend(batch_ids);
         self.quarantine.refresh().await?;
@@ -294,6 +298,13 @@ impl Stage for SilverTransform {
         }
         Ok(())
     }
+    fn inputs(&self) -> Vec<String> {
+        self.flows
+            .iter()
+            .filter_map(|f| tributary_delta::location_url(&f.input_location).ok())
+            .map(|u| u.to_string())
+            .collect()
+    }
     async fn status(&mut self) -> StageStatus {
         let mut tables = Vec::new();
         let mut positions = Vec::new();
@@ -323,7 +334,12 @@ impl Stage for SilverTransform {
 }
 
 /// Runs the service for one region until `shutdown`.
-pub async fn run(cfg: Arc<Config>, region: &str, shutdown: tributary_core::Shutdown) -> Result<()> {
+pub async fn run(
+    cfg: Arc<Config>,
+    region: &str,
+    shutdown: tributary_core::Shutdown,
+    notices: Option<tributary_core::stage::NoticeHook>,
+) -> Result<()> {
     let stage = SilverTransform::build(cfg.clone(), region).await?;
-    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown).await
+    tributary_core::stage::serve_stages(STAGE, &cfg, vec![Box::new(stage)], shutdown, notices).await
 }

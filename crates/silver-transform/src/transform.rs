@@ -1,8 +1,8 @@
 //! Pure row logic of silver: validation with reasons, typed field extraction, row building.
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Array,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder,
 };
 use serde_json::value::RawValue;
@@ -33,8 +33,11 @@ pub struct SilverRow {
     pub typed: Vec<Typed>,
     pub payload: String,
     pub rescued: Option<String>,
-    pub file: String,
-    pub line: i64,
+    pub file: Option<String>,
+    pub line: Option<i64>,
+    pub k_topic: Option<String>,
+    pub k_partition: Option<i32>,
+    pub k_offset: Option<i64>,
     pub bronze_version: i64,
     pub ingested_at: i64,
 }
@@ -141,13 +144,36 @@ pub fn validate(
     let rescued: &StringArray = col(b, "_rescued_data")?;
     let files: &StringArray = col(b, "_source_file")?;
     let lines: &Int64Array = col(b, "_source_line")?;
+    let k_topics: &StringArray = col(b, "_kafka_topic")?;
+    let k_parts: &Int32Array = col(b, "_kafka_partition")?;
+    let k_offsets: &Int64Array = col(b, "_kafka_offset")?;
     let ingested: &TimestampMicrosecondArray = col(b, "_ingested_at")?;
     let fields = source_fields(source);
     let mut out = Vec::with_capacity(b.num_rows());
     for i in 0..b.num_rows() {
-        let file = files.value(i);
-        let line = lines.value(i);
-        let lineage = format!("{{\"bronze_version\":{bronze_version}}}");
+        let file = opt_str(files, i);
+        let line = if lines.is_valid(i) {
+            Some(lines.value(i))
+        } else {
+            None
+        };
+        let k_topic = opt_str(k_topics, i);
+        let k_partition = if k_parts.is_valid(i) {
+            Some(k_parts.value(i))
+        } else {
+            None
+        };
+        let k_offset = if k_offsets.is_valid(i) {
+            Some(k_offsets.value(i))
+        } else {
+            None
+        };
+        let lineage = match (k_topic, k_partition, k_offset) {
+            (Some(t), Some(p), Some(o)) => {
+                serde_json::json!({"bronze_version": bronze_version, "topic": t, "partition": p, "offset": o}).to_string()
+            }
+            _ => format!("{{\"bronze_version\":{bronze_version}}}"),
+        };
         let raw_row = || {
             let mut m = serde_json::Map::new();
             m.insert("event_id".into(), opt_str(ids, i).into());
@@ -185,8 +211,8 @@ pub fn validate(
                 "event_id is null or not a string",
                 &raw_row(),
                 None,
-                Some(file),
-                Some(line),
+                file,
+                line,
                 Some(&lineage),
             );
             continue;
@@ -199,8 +225,8 @@ pub fn validate(
                 "event_time is missing or not RFC 3339 / epoch ms",
                 &raw_row(),
                 Some(event_id),
-                Some(file),
-                Some(line),
+                file,
+                line,
                 Some(&lineage),
             );
             continue;
@@ -215,8 +241,8 @@ pub fn validate(
                     &format!("payload is not a JSON object: {e}"),
                     &raw_row(),
                     Some(event_id),
-                    Some(file),
-                    Some(line),
+                    file,
+                    line,
                     Some(&lineage),
                 );
                 continue;
@@ -286,8 +312,8 @@ pub fn validate(
                 &detail,
                 &raw_row(),
                 Some(event_id),
-                Some(file),
-                Some(line),
+                file,
+                line,
                 Some(&lineage),
             );
             continue;
@@ -320,8 +346,11 @@ pub fn validate(
             typed,
             payload: payload.value(i).to_string(),
             rescued: rescued_out,
-            file: file.to_string(),
+            file: file.map(str::to_string),
             line,
+            k_topic: k_topic.map(str::to_string),
+            k_partition,
+            k_offset,
             bronze_version,
             ingested_at: ingested.value(i),
         });
@@ -347,6 +376,9 @@ impl SilverRows {
     }
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+    pub fn max_event_time_us(&self) -> i64 {
+        self.rows.iter().map(|r| r.event_time).max().unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
@@ -440,10 +472,17 @@ impl SilverRows {
         }
         cols.push(str_col(&|r| Some(r.payload.as_str())));
         cols.push(str_col(&|r| r.rescued.as_deref()));
-        cols.push(str_col(&|r| Some(r.file.as_str())));
-        cols.push(Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|r| r.line),
-        )));
+        cols.push(str_col(&|r| r.file.as_deref()));
+        cols.push(Arc::new(
+            rows.iter().map(|r| r.line).collect::<Int64Array>(),
+        ));
+        cols.push(str_col(&|r| r.k_topic.as_deref()));
+        cols.push(Arc::new(
+            rows.iter().map(|r| r.k_partition).collect::<Int32Array>(),
+        ));
+        cols.push(Arc::new(
+            rows.iter().map(|r| r.k_offset).collect::<Int64Array>(),
+        ));
         cols.push(Arc::new(Int64Array::from_iter_values(
             rows.iter().map(|r| r.bronze_version),
         )));

@@ -33,6 +33,9 @@ pub struct Common {
     /// Overrides `server.admin_addr`.
     #[arg(long)]
     pub admin_addr: Option<String>,
+    /// Overrides `kafka.brokers` (enables commit notices, and Kafka ingest with --from kafka).
+    #[arg(long)]
+    pub brokers: Option<String>,
     /// `continuous` (default) keeps polling; `available-now` processes what is there and exits.
     #[arg(long, default_value = "continuous", value_parser = ["continuous", "available-now"])]
     pub trigger: String,
@@ -52,6 +55,9 @@ impl Common {
         }
         if let Some(a) = &self.admin_addr {
             cfg.server.admin_addr = a.clone();
+        }
+        if let Some(b) = &self.brokers {
+            cfg.kafka.brokers = b.clone();
         }
         cfg.validate().map_err(|e| e.to_string())
     }
@@ -106,6 +112,48 @@ impl GenArgs {
     }
 }
 
+/// TLS for gRPC clients; mTLS when a client certificate is given.
+#[derive(Args, Clone, Default)]
+pub struct ClientTls {
+    /// PEM CA certificate that signed the server's certificate (enables TLS).
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate for mTLS.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Server name to verify (default: the address's host).
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+}
+
+impl ClientTls {
+    pub fn apply(
+        &self,
+        mut ep: tonic::transport::Endpoint,
+    ) -> Result<tonic::transport::Endpoint, String> {
+        let Some(ca) = &self.ca_cert else {
+            return Ok(ep);
+        };
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        if let Some(d) = &self.tls_domain {
+            tls = tls.domain_name(d.clone());
+        }
+        if let (Some(c), Some(k)) = (&self.client_cert, &self.client_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
+        }
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| format!("invalid TLS settings: {e}"))?;
+        Ok(ep)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Write deterministic telemetry into every region's landing zone, plus ground truth.
@@ -114,6 +162,12 @@ enum Cmd {
         common: Common,
         #[command(flatten)]
         gen_args: GenArgs,
+        /// Also produce the generated traffic to the source topics (keyed by event_id).
+        #[arg(long)]
+        kafka: bool,
+        /// Partitions of topics created by --kafka.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
     },
     /// Run every stage of every region in one process on local files (no broker).
     Standalone {
@@ -144,6 +198,9 @@ enum Cmd {
         common: Common,
         #[arg(long)]
         region: String,
+        /// Where events come from: landing `files` or Kafka topics (consumer group).
+        #[arg(long, default_value = "files", value_parser = ["files", "kafka"])]
+        from: String,
     },
     /// silver-transform for one region: bronze → silver (dedup, validation).
     SilverTransform {
@@ -169,9 +226,11 @@ enum Cmd {
     },
     /// Print a service's PipelineStatus.
     Status {
-        /// e.g. http://127.0.0.1:50051
+        /// e.g. http://127.0.0.1:50051, or https://host:port with --ca-cert for TLS.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         addr: String,
+        #[command(flatten)]
+        tls: ClientTls,
         /// Read row counts and max event_time from the Delta logs too.
         #[arg(long)]
         stats: bool,
@@ -207,15 +266,27 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Generate { common, gen_args } => {
+        Cmd::Generate {
+            common,
+            gen_args,
+            kafka,
+            partitions,
+        } => {
             let cfg = match common.load() {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            match crate::standalone::generate(&cfg, &gen_args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(e),
+            if let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
+                return fail(e);
             }
+            if kafka {
+                let _guard = tributary_core::telemetry::init("tributary-generate", &cfg.telemetry);
+                return match runtime().block_on(crate::standalone::produce(&cfg, partitions)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                };
+            }
+            ExitCode::SUCCESS
         }
         Cmd::Standalone {
             common,
@@ -243,32 +314,43 @@ pub fn main() -> ExitCode {
                 timeout_secs,
             ))
         }
-        Cmd::BronzeIngest { common, region } => {
-            service(common, "bronze-ingest", move |cfg, sd| async move {
-                bronze_ingest::run(cfg, &region, sd).await
-            })
-        }
+        Cmd::BronzeIngest {
+            common,
+            region,
+            from,
+        } => service(common, "bronze-ingest", move |cfg, sd, n| async move {
+            if from == "kafka" {
+                bronze_ingest::kafka::run(cfg, &region, sd, n).await
+            } else {
+                bronze_ingest::run(cfg, &region, sd, n).await
+            }
+        }),
         Cmd::SilverTransform { common, region } => {
-            service(common, "silver-transform", move |cfg, sd| async move {
-                silver_transform::run(cfg, &region, sd).await
+            service(common, "silver-transform", move |cfg, sd, n| async move {
+                silver_transform::run(cfg, &region, sd, n).await
             })
         }
         Cmd::GoldAggregate { common, region } => {
-            service(common, "gold-aggregate", move |cfg, sd| async move {
-                gold_aggregate::run(cfg, &region, sd).await
+            service(common, "gold-aggregate", move |cfg, sd, n| async move {
+                gold_aggregate::run(cfg, &region, sd, n).await
             })
         }
         Cmd::CentralFederator { common, region } => {
-            service(common, "central-federator", move |cfg, sd| async move {
+            service(common, "central-federator", move |cfg, sd, n| async move {
                 let regions = if region.is_empty() {
                     cfg.regions.clone()
                 } else {
                     region
                 };
-                central_federator::run(cfg, &regions, sd).await
+                central_federator::run(cfg, &regions, sd, n).await
             })
         }
-        Cmd::Status { addr, stats, json } => runtime().block_on(status(addr, stats, json)),
+        Cmd::Status {
+            addr,
+            tls,
+            stats,
+            json,
+        } => runtime().block_on(status(addr, tls, stats, json)),
         Cmd::Report { common, json } => {
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -308,9 +390,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Commit notices over Kafka when brokers are configured: publish after every commit, wake on
+/// the inputs' notices.
+fn notice_hook(cfg: &Config) -> Result<Option<tributary_core::stage::NoticeHook>, String> {
+    if cfg.kafka.brokers.is_empty() || !cfg.kafka.publish_notices {
+        return Ok(None);
+    }
+    tributary_kafka::KafkaNotices::install(&cfg.kafka).map_err(|e| e.to_string())?;
+    let k = cfg.kafka.clone();
+    Ok(Some(Box::new(move |interest, sd| {
+        tributary_kafka::spawn_listener(&k, interest, sd).map(|_| ())
+    })))
+}
+
 fn service<F, Fut>(common: Common, name: &'static str, f: F) -> ExitCode
 where
-    F: FnOnce(Arc<Config>, Shutdown) -> Fut,
+    F: FnOnce(Arc<Config>, Shutdown, Option<tributary_core::stage::NoticeHook>) -> Fut,
     Fut: std::future::Future<Output = tributary_core::Result<()>>,
 {
     let cfg = match common.load() {
@@ -325,18 +420,26 @@ where
         if available_now {
             sd.exit_when_idle();
         }
-        match f(Arc::new(cfg), sd).await {
+        let hook = match notice_hook(&cfg) {
+            Ok(h) => h,
+            Err(e) => return fail(e),
+        };
+        match f(Arc::new(cfg), sd, hook).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }
     })
 }
 
-async fn status(addr: String, stats: bool, json: bool) -> ExitCode {
+async fn status(addr: String, tls: ClientTls, stats: bool, json: bool) -> ExitCode {
     use tributary_proto::v1::{GetStatusRequest, pipeline_status_client::PipelineStatusClient};
     let endpoint = match tonic::transport::Endpoint::from_shared(addr.clone()) {
         Ok(e) => e.connect_timeout(std::time::Duration::from_secs(5)),
         Err(e) => return fail(format!("invalid address {addr}: {e}")),
+    };
+    let endpoint = match tls.apply(endpoint) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
     };
     let mut client = match endpoint.connect().await {
         Ok(c) => PipelineStatusClient::new(c),

@@ -6,5 +6,6 @@ mod report;
 mod standalone;
 
 fn main() -> std::process::ExitCode {
+    tributary_core::install_crypto_provider();
     cli::main()
 }

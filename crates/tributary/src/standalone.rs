@@ -40,6 +40,37 @@ pub fn generate(cfg: &Config, args: &GenArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Produces the generated landing files of every region to the source topics.
+pub async fn produce(cfg: &Config, partitions: i32) -> Result<(), String> {
+    let k = &cfg.kafka;
+    let mut topics: Vec<(String, i32)> = vec![(k.commits_topic.clone(), 1)];
+    for region in &cfg.regions {
+        for s in &cfg.bronze.sources {
+            topics.push((k.topic_for(s).replace("{region}", region), partitions));
+        }
+    }
+    tributary_kafka::ensure_topics(k, &topics)
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut total = 0;
+    for region in &cfg.regions {
+        for s in &cfg.bronze.sources {
+            let dir = std::path::PathBuf::from(cfg.landing(region)).join(s);
+            let topic = k.topic_for(s).replace("{region}", region);
+            total += tributary_kafka::produce_files(k, &dir, s, &topic)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "produced {total} messages to Kafka in {secs:.2}s ({:.0} msg/s)",
+        total as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
 async fn build_stages(
     cfg: &Arc<Config>,
     which: &[String],
@@ -115,6 +146,7 @@ pub async fn run(
             shutdown.clone(),
             progress.clone(),
             st,
+            Arc::new(tokio::sync::Notify::new()),
         )));
     }
     if !cfg.server.grpc_addr.is_empty() {

@@ -1,0 +1,645 @@
+//! Kafka → bronze, exactly once, as a member of a consumer group.
+//!
+//! - Each commit to a bronze table carries one `txn` per partition (`<pipeline>/<topic>/<partition>`,
+//!   version = last offset in the commit) with the data; the quarantine table carries its own.
+//! - On every assignment the positions are read from the tables, never from memory or from the
+//!   group's committed offsets; messages at or below a table's position are skipped (a replay
+//!   after a crash between the Delta commit and the offset commit), and the consumer seeks to
+//!   the position when the broker hands it a later offset.
+//! - Before committing, the txn versions are re-read: if another member moved them (this member
+//!   is a zombie that lost the partition) the batch is dropped, not committed. A concurrent commit
+//!   of the same app_id is rejected by Delta's conflict checker.
+//! - After the Delta commits succeed, the same offsets (+1) are committed to the consumer group,
+//!   so lag tools see the real lag.
+//! - Batches flush at `kafka.max_batch_records` / `max_batch_bytes` / `max_batch_wait_ms`; the
+//!   consumer does not poll while a batch is flushed and the fetcher is paused, so memory is
+//!   bounded by the batch size plus librdkafka's bounded prefetch queue.
+
+use crate::builder::{BronzeRows, Lineage, QuarantineRows};
+use crate::{STAGE, status_counters, table_status};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tributary_core::metrics::BatchCommitted;
+use tributary_core::notices::CommitNotice;
+use tributary_core::stage::Stage;
+use tributary_core::{Config, Error, Result, fault};
+use tributary_delta::{Action, PositionMove, Table, schemas};
+use tributary_proto::v1::{InputPosition, StageStatus};
+
+type Tp = (String, i32);
+
+#[derive(Debug)]
+enum Event {
+    Assign(Vec<Tp>),
+    Revoke(Vec<Tp>),
+}
+
+fn tps(list: &TopicPartitionList) -> Vec<Tp> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+/// Records rebalances; the ingest loop applies them before touching any message.
+pub struct Ctx {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = r {
+            tracing::info!(partitions = ?tps(list), "partitions revoked");
+            self.events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Event::Revoke(tps(list)));
+        }
+    }
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = ?tps(list), "partitions assigned");
+                self.events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Event::Assign(tps(list)));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+struct PartState {
+    data_pos: i64,
+    q_pos: i64,
+    buffered_to: i64,
+    seeked: bool,
+}
+
+struct Buffered {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp_us: Option<i64>,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+}
+
+struct TopicOut {
+    source: String,
+    table: Table,
+}
+
+pub struct KafkaIngest {
+    cfg: Arc<Config>,
+    region: String,
+    consumer: StreamConsumer<Ctx>,
+    events: Arc<Mutex<Vec<Event>>>,
+    topics: HashMap<String, TopicOut>,
+    quarantine: Table,
+    assigned: BTreeMap<Tp, PartState>,
+    buffer: Vec<Buffered>,
+    buffer_bytes: usize,
+    skipped_replays: u64,
+}
+
+pub fn app_id(pipeline: &str, topic: &str, partition: i32) -> String {
+    format!("{pipeline}/{topic}/{partition}")
+}
+
+impl KafkaIngest {
+    pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
+        let k = &cfg.kafka;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut client = tributary_kafka::client_config(k)?;
+        if !k.properties.contains_key("session.timeout.ms") {
+            client.set("session.timeout.ms", "10000");
+        }
+        let consumer: StreamConsumer<Ctx> = client
+            .set("group.id", &k.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("queued.max.messages.kbytes", "65536")
+            .create_with_context(Ctx {
+                events: events.clone(),
+            })
+            .map_err(|e| Error::external("creating the Kafka consumer").with_source(e))?;
+        let quarantine = Table::open_or_create(
+            "bronze/_quarantine",
+            &crate::quarantine_location(&cfg, region),
+            schemas::quarantine(),
+            schemas::QUARANTINE_PARTITIONS,
+        )
+        .await?;
+        let mut topics = HashMap::new();
+        for source in &cfg.bronze.sources {
+            let table = Table::open_or_create(
+                &format!("bronze/{source}"),
+                &crate::table_location(&cfg, region, source),
+                schemas::bronze(),
+                schemas::BRONZE_PARTITIONS,
+            )
+            .await?;
+            topics.insert(
+                k.topic_for(source).replace("{region}", region),
+                TopicOut {
+                    source: source.clone(),
+                    table,
+                },
+            );
+        }
+        let names: Vec<&str> = topics.keys().map(|s| s.as_str()).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| Error::external(format!("subscribing to {names:?}")).with_source(e))?;
+        tracing::info!(topics = ?names, group = %k.group_id, "Kafka ingest subscribed");
+        Ok(Self {
+            cfg,
+            region: region.into(),
+            consumer,
+            events,
+            topics,
+            quarantine,
+            assigned: BTreeMap::new(),
+            buffer: Vec::new(),
+            buffer_bytes: 0,
+            skipped_replays: 0,
+        })
+    }
+
+    async fn positions_for(&mut self, tp: &Tp) -> Result<(i64, i64)> {
+        let id = app_id(&self.cfg.pipeline, &tp.0, tp.1);
+        let out = self
+            .topics
+            .get_mut(&tp.0)
+            .ok_or_else(|| Error::internal(format!("assigned unknown topic {}", tp.0)))?;
+        let d = out.table.txn_version(&id).await?.unwrap_or(-1);
+        let q = self.quarantine.txn_version(&id).await?.unwrap_or(-1);
+        Ok((d, q))
+    }
+
+    /// Applies pending rebalances: positions come from the tables.
+    async fn apply_events(&mut self) -> Result<()> {
+        let events: Vec<Event> =
+            std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        if events.is_empty() {
+            return Ok(());
+        }
+        for ev in events {
+            match ev {
+                Event::Revoke(list) => {
+                    for tp in &list {
+                        self.assigned.remove(tp);
+                    }
+                    let before = self.buffer.len();
+                    self.buffer
+                        .retain(|m| !list.contains(&(m.topic.clone(), m.partition)));
+                    self.buffer_bytes = self.buffer.iter().map(|m| m.payload.len()).sum();
+                    if before != self.buffer.len() {
+                        tracing::info!(
+                            dropped = before - self.buffer.len(),
+                            "dropped uncommitted messages of revoked partitions"
+                        );
+                    }
+                }
+                Event::Assign(list) => {
+                    for t in self.topics.values_mut() {
+                        t.table.refresh().await?;
+                    }
+                    self.quarantine.refresh().await?;
+                    for tp in list {
+                        let (d, q) = self.positions_for(&tp).await?;
+                        tracing::info!(topic = %tp.0, partition = tp.1, data_txn = d, quarantine_txn = q, "resuming from the table");
+                        self.assigned.insert(
+                            tp,
+                            PartState {
+                                data_pos: d,
+                                q_pos: q,
+                                buffered_to: d.min(q),
+                                seeked: false,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        ts_ms: Option<i64>,
+        payload: &[u8],
+        traceparent: Option<String>,
+    ) {
+        let Some(st) = self.assigned.get_mut(&(topic.to_string(), partition)) else {
+            return;
+        };
+        if offset <= st.buffered_to {
+            // Already in the table (or the buffer): a replay after a crash or a redelivery.
+            self.skipped_replays += 1;
+            return;
+        }
+        if offset > st.buffered_to + 1 && !st.seeked {
+            // The broker started later than the table's position (group offsets reset or ahead):
+            // go back once to the first offset the table does not hold.
+            st.seeked = true;
+            let want = st.buffered_to + 1;
+            match self.consumer.seek(
+                topic,
+                partition,
+                Offset::Offset(want),
+                Duration::from_secs(5),
+            ) {
+                Ok(()) => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        got = offset,
+                        want,
+                        "broker position ahead of the table; seeking back"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, partition, error = %e, "seek failed; continuing from the broker's position")
+                }
+            }
+        }
+        if offset > st.buffered_to + 1 && st.buffered_to >= 0 {
+            tracing::warn!(
+                topic,
+                partition,
+                from = st.buffered_to + 1,
+                to = offset - 1,
+                "offsets missing in Kafka (retention or compaction)"
+            );
+        }
+        st.seeked = true;
+        st.buffered_to = offset;
+        self.buffer_bytes += payload.len();
+        self.buffer.push(Buffered {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            timestamp_us: ts_ms.map(|m| m * 1000),
+            payload: payload.to_vec(),
+            traceparent,
+        });
+    }
+
+    fn full(&self) -> bool {
+        self.buffer.len() >= self.cfg.kafka.max_batch_records
+            || self.buffer_bytes >= self.cfg.kafka.max_batch_bytes
+    }
+
+    fn assignment_list(&self) -> TopicPartitionList {
+        let mut l = TopicPartitionList::new();
+        for (t, p) in self.assigned.keys() {
+            l.add_partition(t, *p);
+        }
+        l
+    }
+
+    async fn flush(&mut self) -> Result<u64> {
+        let started = Instant::now();
+        let span = tracing::info_span!("bronze.kafka.commit", messages = self.buffer.len());
+        if let Some(tp) = self.buffer.iter().find_map(|m| m.traceparent.clone()) {
+            let _ = span.set_parent(tributary_kafka::trace::context_from(&tp));
+        }
+        let _enter = span.enter();
+        let paused = self.assignment_list();
+        let _ = self.consumer.pause(&paused);
+        let result = self.flush_inner(started).await;
+        let _ = self.consumer.resume(&paused);
+        result
+    }
+
+    async fn flush_inner(&mut self, started: Instant) -> Result<u64> {
+        let now_us = tributary_core::now_ms() * 1000;
+        let max_event_bytes = self.cfg.bronze.max_event_bytes;
+        let pipeline = self.cfg.pipeline.clone();
+        let buffer = std::mem::take(&mut self.buffer);
+        self.buffer_bytes = 0;
+        let mut by_topic: BTreeMap<String, Vec<&Buffered>> = BTreeMap::new();
+        for m in &buffer {
+            by_topic.entry(m.topic.clone()).or_default().push(m);
+        }
+        let mut total_in = 0u64;
+        let mut offsets = TopicPartitionList::new();
+        for (topic, msgs) in by_topic {
+            let out = self
+                .topics
+                .get_mut(&topic)
+                .ok_or_else(|| Error::internal(format!("unknown topic {topic}")))?;
+            let source = out.source.clone();
+            let mut rows = BronzeRows::new(&source, now_us);
+            let mut q = QuarantineRows::new(now_us);
+            let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut max_event_time = 0i64;
+            for m in &msgs {
+                let st = self
+                    .assigned
+                    .get(&(topic.clone(), m.partition))
+                    .ok_or_else(|| Error::internal("message of an unassigned partition"))?;
+                let lineage = Lineage::Kafka {
+                    topic: &topic,
+                    partition: m.partition,
+                    offset: m.offset,
+                    timestamp_us: m.timestamp_us,
+                };
+                match tributary_events::decode_event(&m.payload, &source, max_event_bytes) {
+                    Ok(d) => {
+                        if m.offset > st.data_pos {
+                            max_event_time = max_event_time.max(d.event_time.unwrap_or(0) / 1000);
+                            rows.push(d, &lineage);
+                        }
+                    }
+                    Err(r) => {
+                        if m.offset > st.q_pos {
+                            q.push(
+                                &source,
+                                r.code(),
+                                None,
+                                &r.detail(),
+                                &m.payload,
+                                None,
+                                None,
+                                None,
+                                Some(&lineage.json()),
+                            );
+                        }
+                    }
+                }
+                last.insert(m.partition, m.offset);
+            }
+            let written = rows.len() as u64;
+            let quarantined = q.len() as u64;
+            total_in += msgs.len() as u64;
+            let mut data_moves = Vec::new();
+            let mut q_moves = Vec::new();
+            for (p, to) in &last {
+                let st = &self.assigned[&(topic.clone(), *p)];
+                let id = app_id(&pipeline, &topic, *p);
+                if *to > st.data_pos {
+                    data_moves.push(PositionMove {
+                        app_id: id.clone(),
+                        from: st.data_pos,
+                        to: *to,
+                    });
+                }
+                if *to > st.q_pos {
+                    q_moves.push(PositionMove {
+                        app_id: id,
+                        from: st.q_pos,
+                        to: *to,
+                    });
+                }
+            }
+            let meta = HashMap::from([(
+                "tributary.kafka_batch".to_string(),
+                serde_json::json!({"topic": topic, "messages": msgs.len(), "rows": written, "quarantined": quarantined,
+                                   "offsets": last.iter().map(|(p, o)| (p.to_string(), *o)).collect::<BTreeMap<_, _>>()}),
+            )]);
+            let mut version = out.table.version();
+            if !data_moves.is_empty() {
+                fault::point("kafka.before_upload");
+                let adds = out.table.write_files(&rows.finish()?).await?;
+                fault::point("kafka.after_upload_before_commit");
+                out.table.refresh().await?;
+                check_positions(&out.table, &data_moves).await?;
+                version = out
+                    .table
+                    .commit_contended(
+                        adds.into_iter().map(Action::Add).collect(),
+                        &data_moves,
+                        meta.clone(),
+                        (STAGE, &self.region),
+                        5,
+                    )
+                    .await?;
+                for mv in &data_moves {
+                    if let Some(p) = parse_partition(&mv.app_id) {
+                        if let Some(st) = self.assigned.get_mut(&(topic.clone(), p)) {
+                            st.data_pos = mv.to;
+                        }
+                    }
+                }
+                tributary_core::notices::publish(CommitNotice {
+                    table: out.table.url.to_string(),
+                    name: out.table.name.clone(),
+                    version,
+                    rows: written,
+                    max_event_time_ms: max_event_time,
+                    stage: STAGE.into(),
+                    region: self.region.clone(),
+                    committed_at_ms: tributary_core::now_ms(),
+                });
+            }
+            if !q_moves.is_empty() {
+                let qadds = self.quarantine.write_files(&q.finish()?).await?;
+                self.quarantine.refresh().await?;
+                check_positions(&self.quarantine, &q_moves).await?;
+                self.quarantine
+                    .commit_contended(
+                        qadds.into_iter().map(Action::Add).collect(),
+                        &q_moves,
+                        meta,
+                        (STAGE, &self.region),
+                        20,
+                    )
+                    .await?;
+                for mv in &q_moves {
+                    if let Some(p) = parse_partition(&mv.app_id) {
+                        if let Some(st) = self.assigned.get_mut(&(topic.clone(), p)) {
+                            st.q_pos = mv.to;
+                        }
+                    }
+                }
+            }
+            for (p, o) in &last {
+                let _ = offsets.add_partition_offset(&topic, *p, Offset::Offset(o + 1));
+            }
+            BatchCommitted {
+                stage: STAGE,
+                region: &self.region,
+                table: &format!("bronze/{source}"),
+                version,
+                input_rows: msgs.len() as u64,
+                written,
+                quarantined,
+                duplicates: 0,
+                seconds: started.elapsed().as_secs_f64(),
+                input_position: &last
+                    .iter()
+                    .map(|(p, o)| format!("{topic}/{p}={o}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }
+            .emit();
+        }
+        fault::point("kafka.after_commit_before_offset_commit");
+        // The table is the truth; the group offsets are for lag tools. A failure here is logged.
+        if offsets.count() > 0 {
+            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(error = %e, "committing consumer-group offsets failed; the Delta txn positions remain authoritative");
+            }
+        }
+        Ok(total_in.max(1))
+    }
+}
+
+fn parse_partition(app_id: &str) -> Option<i32> {
+    app_id.rsplit('/').next()?.parse().ok()
+}
+
+/// Zombie check: every position must still be where this member believes it is.
+async fn check_positions(table: &Table, moves: &[PositionMove]) -> Result<()> {
+    for m in moves {
+        let now = table.txn_version(&m.app_id).await?.unwrap_or(-1);
+        if now != m.from {
+            return Err(Error::conflict(format!(
+                "{}: {} is at {now} in the table but this member expected {}; it lost the partition (zombie) — batch dropped",
+                table.name, m.app_id, m.from
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Stage for KafkaIngest {
+    fn stage(&self) -> &str {
+        STAGE
+    }
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn run_once(&mut self) -> Result<u64> {
+        let wait = Duration::from_millis(self.cfg.kafka.max_batch_wait_ms);
+        let batch_start = Instant::now();
+        loop {
+            self.apply_events().await?;
+            if self.full() {
+                break;
+            }
+            let left = wait.saturating_sub(batch_start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let received = match tokio::time::timeout(left, self.consumer.recv()).await {
+                Err(_) => None,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka receive error (retrying)");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    None
+                }
+                Ok(Ok(m)) => Some((
+                    m.topic().to_string(),
+                    m.partition(),
+                    m.offset(),
+                    m.timestamp().to_millis(),
+                    m.payload().unwrap_or_default().to_vec(),
+                    tributary_kafka::trace::traceparent(m.headers()),
+                )),
+            };
+            if let Some((t, p, o, ts, payload, tp)) = received {
+                // A rebalance seen during recv() is applied before its messages are used.
+                self.apply_events().await?;
+                self.handle(&t, p, o, ts, &payload, tp);
+            }
+        }
+        self.apply_events().await?;
+        if self.buffer.is_empty() {
+            return Ok(0);
+        }
+        self.flush().await
+    }
+
+    async fn recover(&mut self) -> Result<()> {
+        // Drop what is buffered and re-read every position from the tables.
+        self.buffer.clear();
+        self.buffer_bytes = 0;
+        let assigned: Vec<Tp> = self.assigned.keys().cloned().collect();
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Event::Assign(assigned));
+        self.apply_events().await
+    }
+
+    async fn status(&mut self) -> StageStatus {
+        let mut tables = Vec::new();
+        for t in self.topics.values() {
+            tables.push(table_status(&t.table, Some("event_time")));
+        }
+        tables.push(table_status(&self.quarantine, None));
+        let mut positions = Vec::new();
+        for ((t, p), st) in &self.assigned {
+            let id = app_id(&self.cfg.pipeline, t, *p);
+            let name = self
+                .topics
+                .get(t)
+                .map(|o| o.table.name.clone())
+                .unwrap_or_default();
+            positions.push(InputPosition {
+                app_id: id.clone(),
+                output_table: name,
+                version: st.data_pos,
+            });
+            positions.push(InputPosition {
+                app_id: id,
+                output_table: self.quarantine.name.clone(),
+                version: st.q_pos,
+            });
+        }
+        let mut counters = status_counters(STAGE, &self.region);
+        counters.push(tributary_proto::v1::Counter {
+            name: "kafka_replayed_messages_skipped".into(),
+            labels: Default::default(),
+            value: self.skipped_replays,
+        });
+        StageStatus {
+            stage: STAGE.into(),
+            region: self.region.clone(),
+            tables,
+            positions,
+            counters,
+            last_error: String::new(),
+        }
+    }
+}
+
+/// Runs Kafka ingest for one region until `shutdown`.
+pub async fn run(
+    cfg: Arc<Config>,
+    region: &str,
+    shutdown: tributary_core::Shutdown,
+    notices: Option<tributary_core::stage::NoticeHook>,
+) -> Result<()> {
+    let stage = KafkaIngest::build(cfg.clone(), region).await?;
+    tributary_core::stage::serve_stages(
+        "bronze-ingest-kafka",
+        &cfg,
+        vec![Box::new(stage)],
+        shutdown,
+        notices,
+    )
+    .await
+}

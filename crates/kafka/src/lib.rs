@@ -1,0 +1,309 @@
+//! Kafka plumbing shared by the services: client configuration (TLS/SASL, secrets from the
+//! environment only), commit notices (publisher and wake-up listener) and W3C trace context in
+//! message headers.
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tributary_core::config::KafkaConfig;
+use tributary_core::notices::{CommitNotice, NoticeSink, table_key};
+use tributary_core::{Error, Result, Shutdown};
+
+/// librdkafka settings common to producers and consumers. The SASL password is read from the
+/// environment variable named by `sasl_password_env`; it never appears in config files or logs.
+pub fn client_config(k: &KafkaConfig) -> Result<ClientConfig> {
+    if k.brokers.is_empty() {
+        return Err(Error::user(
+            "kafka.brokers is empty: set it in the config or TRIBUTARY__KAFKA__BROKERS",
+        ));
+    }
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    c.set("security.protocol", &k.security_protocol);
+    if k.security_protocol.starts_with("sasl") {
+        c.set("sasl.mechanism", &k.sasl_mechanism);
+        c.set("sasl.username", &k.sasl_username);
+        let pw = std::env::var(&k.sasl_password_env).map_err(|_| {
+            Error::user(format!("kafka SASL is on but the environment variable {} (kafka.sasl_password_env) is not set", k.sasl_password_env))
+        })?;
+        c.set("sasl.password", pw);
+    }
+    for (key, v) in [
+        ("ssl.ca.location", &k.ssl_ca_location),
+        ("ssl.certificate.location", &k.ssl_certificate_location),
+        ("ssl.key.location", &k.ssl_key_location),
+    ] {
+        if !v.is_empty() {
+            c.set(key, v);
+        }
+    }
+    for (key, v) in &k.properties {
+        c.set(key, v);
+    }
+    Ok(c)
+}
+
+/// Publishes commit notices to the commits topic (best effort: a lost notice only delays the
+/// downstream stage until its next poll).
+pub struct KafkaNotices {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaNotices {
+    pub fn new(k: &KafkaConfig) -> Result<Self> {
+        let producer: FutureProducer = client_config(k)?
+            .set("message.timeout.ms", "10000")
+            .set("linger.ms", "0")
+            .create()
+            .map_err(|e| Error::external("creating the commit-notice producer").with_source(e))?;
+        Ok(Self {
+            producer,
+            topic: k.commits_topic.clone(),
+        })
+    }
+
+    /// Installs this publisher as the process-wide notice sink.
+    pub fn install(k: &KafkaConfig) -> Result<()> {
+        let me = Self::new(k)?;
+        tributary_core::notices::install(Box::new(me));
+        Ok(())
+    }
+}
+
+impl NoticeSink for KafkaNotices {
+    fn publish(&self, notice: CommitNotice) {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let payload = serde_json::to_vec(&notice).unwrap_or_default();
+            let key = table_key(&notice.table);
+            let rec = FutureRecord::to(&topic).key(&key).payload(&payload);
+            if let Err((e, _)) = producer.send(rec, Duration::from_secs(5)).await {
+                tracing::warn!(error = %e, table = %notice.name, "commit notice not delivered; downstream falls back to polling");
+            }
+        });
+    }
+}
+
+/// Listens to the commits topic and wakes whoever registered interest in a table.
+pub fn spawn_listener(
+    k: &KafkaConfig,
+    interest: HashMap<String, Vec<Arc<Notify>>>,
+    shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let group = format!("{}-notices-{}", k.group_id, uuid::Uuid::new_v4());
+    let consumer: StreamConsumer = client_config(k)?
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .create()
+        .map_err(|e| Error::external("creating the commit-notice consumer").with_source(e))?;
+    consumer.subscribe(&[&k.commits_topic]).map_err(|e| {
+        Error::external(format!("subscribing to {}", k.commits_topic)).with_source(e)
+    })?;
+    let interest: HashMap<String, Vec<Arc<Notify>>> = interest
+        .into_iter()
+        .map(|(t, n)| (table_key(&t), n))
+        .collect();
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                m = consumer.recv() => match m {
+                    Ok(msg) => {
+                        let Some(p) = msg.payload() else { continue };
+                        match serde_json::from_slice::<CommitNotice>(p) {
+                            Ok(n) => {
+                                if let Some(ws) = interest.get(&table_key(&n.table)) {
+                                    for w in ws {
+                                        w.notify_one();
+                                    }
+                                }
+                            }
+                            Err(e) => tracing::debug!(error = %e, "ignoring a malformed commit notice"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "commit-notice listener error; stages keep polling");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// W3C trace context carried in Kafka headers (`traceparent`, `tracestate`).
+pub mod trace {
+    use super::*;
+    use opentelemetry::propagation::{Extractor, Injector};
+    use rdkafka::message::{BorrowedHeaders, Header, OwnedHeaders};
+
+    struct HeaderMap(HashMap<String, String>);
+    impl Extractor for HeaderMap {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).map(|s| s.as_str())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|s| s.as_str()).collect()
+        }
+    }
+    impl Injector for HeaderMap {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_string(), value);
+        }
+    }
+
+    /// The `traceparent` header of a message, if any.
+    pub fn traceparent(headers: Option<&BorrowedHeaders>) -> Option<String> {
+        let h = headers?;
+        for i in 0..h.count() {
+            let hd = h.get(i);
+            if hd.key.eq_ignore_ascii_case("traceparent") {
+                return hd
+                    .value
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_string);
+            }
+        }
+        None
+    }
+
+    /// OpenTelemetry context from a traceparent value.
+    pub fn context_from(traceparent: &str) -> opentelemetry::Context {
+        let m = HeaderMap(HashMap::from([(
+            "traceparent".to_string(),
+            traceparent.to_string(),
+        )]));
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&m))
+    }
+
+    /// Headers carrying the current span's trace context.
+    pub fn inject_current() -> OwnedHeaders {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let cx = tracing::Span::current().context();
+        let mut m = HeaderMap(HashMap::new());
+        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut m));
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &m.0 {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        h
+    }
+}
+
+/// Creates the topics that do not exist yet (partition count for new ones only).
+pub async fn ensure_topics(k: &KafkaConfig, topics: &[(String, i32)]) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = client_config(k)?
+        .create()
+        .map_err(|e| Error::external("creating the Kafka admin client").with_source(e))?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let res = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| Error::external("creating topics").with_source(e))?;
+    for r in res {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, "created topic"),
+            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %t, "topic exists")
+            }
+            Err((t, code)) => return Err(Error::external(format!("creating topic {t}: {code:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Produces every line of the landing files of `source` (sorted, gzip handled) to `topic`,
+/// keyed by event_id (unkeyed when the line is not an event), idempotently. Returns messages sent.
+pub async fn produce_files(
+    k: &KafkaConfig,
+    dir: &std::path::Path,
+    source: &str,
+    topic: &str,
+) -> Result<u64> {
+    use std::io::Read;
+    let producer: FutureProducer = client_config(k)?
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .map_err(|e| Error::external("creating the producer").with_source(e))?;
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    let mut sent = 0u64;
+    for f in files {
+        let raw = std::fs::read(&f)?;
+        let body = if f.extension().and_then(|e| e.to_str()) == Some("gz") {
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out)?;
+            out
+        } else {
+            raw
+        };
+        let mut pending = Vec::new();
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let key = tributary_events::decode_event(line, source, usize::MAX)
+                .ok()
+                .and_then(|d| d.event_id);
+            let producer = producer.clone();
+            let topic_name = topic.to_string();
+            let line = line.to_vec();
+            let headers = trace::inject_current();
+            pending.push(async move {
+                let mut rec = FutureRecord::to(&topic_name)
+                    .payload(&line)
+                    .headers(headers);
+                if let Some(k) = key.as_deref() {
+                    rec = rec.key(k);
+                }
+                producer
+                    .send(rec, Duration::from_secs(60))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+            });
+            if pending.len() >= 5000 {
+                for r in futures::future::join_all(pending.drain(..)).await {
+                    r.map_err(|e| Error::external(format!("producing to {topic}")).with_source(e))?;
+                    sent += 1;
+                }
+            }
+        }
+        for r in futures::future::join_all(pending.drain(..)).await {
+            r.map_err(|e| Error::external(format!("producing to {topic}")).with_source(e))?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
