@@ -10,6 +10,9 @@ export RUSTFLAGS
 CACHE := $(CURDIR)/.cache
 VENV := $(CACHE)/venv
 PYTHON := $(VENV)/bin/python
+TANSU_VERSION ?= 0.6.0
+TANSU_ROOT ?= $(HOME)/.cache/tributary/tansu-$(TANSU_VERSION)
+TANSU := $(TANSU_ROOT)/bin/tansu
 DEMO_DATA ?= data/demo
 DEMO_REGIONS ?= us-east-1,eu-west-1,ap-south-1
 DEMO_EVENTS ?= 2000
@@ -27,9 +30,17 @@ tools: ## Install build tools (mold linker) when root and missing
 	fi
 
 .PHONY: test-deps
-test-deps: tools ## Install what the tests need (Python deltalake reader in .cache/venv)
+test-deps: tools tansu ## Install what the tests need (tansu broker, Python deltalake reader in .cache/venv)
 	@if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import deltalake, pyarrow' 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(PYTHON) -m pip install -q --disable-pip-version-check -r integration-tests/python/requirements.txt; \
+	fi
+
+.PHONY: tansu
+tansu: ## Install the tansu Kafka-compatible broker once (cached in ~/.cache/tributary)
+	@if [ ! -x $(TANSU) ]; then \
+	  echo "installing tansu $(TANSU_VERSION) into $(TANSU_ROOT) (one-off, ~15 min)"; \
+	  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_LTO=false \
+	    $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features libsql --root $(TANSU_ROOT); \
 	fi
 
 .PHONY: build
@@ -46,6 +57,11 @@ _run: build
 	./target/debug/tributary standalone --data $(DEMO_DATA) --regions $(DEMO_REGIONS) \
 	  --generate --events-per-source $(DEMO_EVENTS) --exit-when-idle --timeout-secs 900
 
+.PHONY: run-kafka
+run-kafka: tools tansu ## The demo through a real Kafka-protocol broker (tansu on loopback)
+	@$(MAKE) --no-print-directory build
+	TANSU=$(TANSU) ./scripts/run-kafka.sh
+
 .PHONY: test
 test: test-deps ## Install what the tests need, then run the whole suite
 	@$(MAKE) --no-print-directory _test
@@ -53,7 +69,7 @@ test: test-deps ## Install what the tests need, then run the whole suite
 .PHONY: _test
 _test:
 	$(CARGO) build --workspace --bins
-	TRIBUTARY_PYTHON=$(PYTHON) $(CARGO) test --workspace --no-fail-fast -- --test-threads 2
+	TRIBUTARY_PYTHON=$(PYTHON) TRIBUTARY_TANSU=$(TANSU) $(CARGO) test --workspace --no-fail-fast -- --test-threads 2
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied

@@ -80,17 +80,26 @@ impl Pipeline {
     }
 
     pub fn generate(&self, g: &GenSpec) -> Result<Truth> {
-        let out = self
-            .command(&[
-                "generate",
-                "--events-per-source",
-                &g.events_per_source.to_string(),
-                "--files-per-source",
-                &g.files_per_source.to_string(),
-                "--seed",
-                &g.seed.to_string(),
-            ])
-            .output()?;
+        self.generate_with(g, &[])
+    }
+
+    pub fn generate_with(&self, g: &GenSpec, extra: &[&str]) -> Result<Truth> {
+        let (e, f, s) = (
+            g.events_per_source.to_string(),
+            g.files_per_source.to_string(),
+            g.seed.to_string(),
+        );
+        let mut args = vec![
+            "generate",
+            "--events-per-source",
+            &e,
+            "--files-per-source",
+            &f,
+            "--seed",
+            &s,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.command(&args).output()?;
         ensure!(
             out.status.success(),
             "generate failed: {}",
@@ -497,4 +506,202 @@ pub fn wait_with_deadline(
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A real Kafka-protocol broker (tansu, sqlite storage) on a loopback port, started and stopped
+/// by the test itself.
+pub struct Broker {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TRIBUTARY_TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = PathBuf::from(home).join(".cache/tributary/tansu-0.6.0/bin/tansu");
+    assert!(
+        p.exists(),
+        "tansu broker not found at {} (`make test` installs it; or set TRIBUTARY_TANSU)",
+        p.display()
+    );
+    p
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut b = Self {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))?;
+        let child = Command::new(tansu_bin())
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting tansu")?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {} within 30s",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL the broker (no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The consumer group's committed offsets per (topic, partition).
+pub fn group_offsets(
+    brokers: &str,
+    group: &str,
+    topics: &[(String, i32)],
+) -> Result<BTreeMap<(String, i32), i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (t, p) in topics {
+        tpl.add_partition(t, *p);
+    }
+    let got = c.committed_offsets(tpl, std::time::Duration::from_secs(10))?;
+    let mut out = BTreeMap::new();
+    for e in got.elements() {
+        let o = match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => -1,
+        };
+        out.insert((e.topic().to_string(), e.partition()), o);
+    }
+    Ok(out)
+}
+
+/// The bronze tables' txn versions per (topic, partition) for a Kafka pipeline.
+pub async fn kafka_txn_versions(
+    cfg: &Config,
+    region: &str,
+    topics: &[(String, i32)],
+) -> Result<BTreeMap<(String, i32), i64>> {
+    let mut out = BTreeMap::new();
+    for source in &cfg.bronze.sources {
+        let t = Table::open_existing("b", &bronze_ingest::table_location(cfg, region, source))
+            .await?
+            .context("bronze table")?;
+        let topic = cfg.kafka.topic_for(source).replace("{region}", region);
+        for (tt, p) in topics.iter().filter(|(tt, _)| *tt == topic) {
+            let v = t
+                .txn_version(&bronze_ingest::kafka::app_id(&cfg.pipeline, tt, *p))
+                .await?
+                .unwrap_or(-1);
+            out.insert((tt.clone(), *p), v);
+        }
+    }
+    Ok(out)
+}
+
+/// Bronze rows and quarantined rows per source of one region.
+pub async fn bronze_counts(
+    cfg: &Config,
+    region: &str,
+) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+    let mut rows = BTreeMap::new();
+    for source in &cfg.bronze.sources {
+        let n = match Table::open_existing("b", &bronze_ingest::table_location(cfg, region, source))
+            .await?
+        {
+            Some(t) => t.stats(None)?.row_count as u64,
+            None => 0,
+        };
+        rows.insert(source.clone(), n);
+    }
+    let q =
+        match Table::open_existing("q", &bronze_ingest::quarantine_location(cfg, region)).await? {
+            Some(_) => counts_by(
+                &read(&bronze_ingest::quarantine_location(cfg, region)).await?,
+                "source",
+            )?,
+            None => BTreeMap::new(),
+        };
+    Ok((rows, q))
+}
+
+/// No event_id appears twice in a bronze table (Kafka exactly-once check: keys are event_ids,
+/// and the generator's duplicates are separate messages, so compare per (partition, offset)).
+pub async fn bronze_kafka_positions_unique(cfg: &Config, region: &str) -> Result<u64> {
+    let mut n = 0;
+    for source in &cfg.bronze.sources {
+        let mut seen = BTreeSet::new();
+        for b in read(&bronze_ingest::table_location(cfg, region, source)).await? {
+            let parts = b
+                .column_by_name("_kafka_partition")
+                .and_then(|c| {
+                    c.as_any()
+                        .downcast_ref::<deltalake::arrow::array::Int32Array>()
+                        .cloned()
+                })
+                .context("_kafka_partition")?;
+            let offs = i64s(&b, "_kafka_offset")?;
+            for i in 0..b.num_rows() {
+                ensure!(
+                    seen.insert((parts.value(i), offs.value(i))),
+                    "{source}: offset {}/{} twice in bronze",
+                    parts.value(i),
+                    offs.value(i)
+                );
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }

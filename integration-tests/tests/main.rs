@@ -2,6 +2,7 @@
 
 mod e2e;
 mod federation;
+mod kafka;
 mod restart;
 mod security;
 mod status_api;

@@ -112,6 +112,7 @@ pub struct KafkaIngest {
     buffer: Vec<Buffered>,
     buffer_bytes: usize,
     skipped_replays: u64,
+    caught_up: bool,
 }
 
 pub fn app_id(pipeline: &str, topic: &str, partition: i32) -> String {
@@ -125,6 +126,12 @@ impl KafkaIngest {
         let mut client = tributary_kafka::client_config(k)?;
         if !k.properties.contains_key("session.timeout.ms") {
             client.set("session.timeout.ms", "10000");
+        }
+        if !k.instance_id.is_empty() {
+            client.set(
+                "group.instance.id",
+                k.instance_id.replace("{region}", region),
+            );
         }
         let consumer: StreamConsumer<Ctx> = client
             .set("group.id", &k.group_id)
@@ -176,6 +183,7 @@ impl KafkaIngest {
             buffer: Vec::new(),
             buffer_bytes: 0,
             skipped_replays: 0,
+            caught_up: false,
         })
     }
 
@@ -301,6 +309,24 @@ impl KafkaIngest {
             payload: payload.to_vec(),
             traceparent,
         });
+    }
+
+    /// True when partitions are assigned and every one is committed up to its high watermark.
+    fn check_caught_up(&self) -> bool {
+        if self.assigned.is_empty() {
+            return false;
+        }
+        tokio::task::block_in_place(|| {
+            self.assigned.iter().all(|((t, p), st)| {
+                match self
+                    .consumer
+                    .fetch_watermarks(t, *p, Duration::from_secs(5))
+                {
+                    Ok((_low, high)) => st.data_pos.min(st.q_pos) + 1 >= high,
+                    Err(_) => false,
+                }
+            })
+        })
     }
 
     fn full(&self) -> bool {
@@ -567,9 +593,15 @@ impl Stage for KafkaIngest {
         }
         self.apply_events().await?;
         if self.buffer.is_empty() {
+            self.caught_up = self.check_caught_up();
             return Ok(0);
         }
+        self.caught_up = false;
         self.flush().await
+    }
+
+    fn caught_up(&self) -> bool {
+        self.caught_up
     }
 
     async fn recover(&mut self) -> Result<()> {

@@ -89,6 +89,10 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group of bronze-ingest.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`), e.g. the StatefulSet pod name: a restarted
+    /// member takes its partitions back at once instead of waiting for the broker to evict the
+    /// old session. Empty = dynamic membership.
+    pub instance_id: String,
     /// Topic per source; a source missing here uses `<topic_prefix><source>`.
     pub topics: std::collections::BTreeMap<String, String>,
     pub topic_prefix: String,
@@ -118,6 +122,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: String::new(),
             group_id: "tributary-bronze".into(),
+            instance_id: String::new(),
             topics: Default::default(),
             topic_prefix: "tributary.".into(),
             commits_topic: "tributary.commits".into(),

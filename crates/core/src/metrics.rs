@@ -43,6 +43,7 @@ pub struct Metrics {
     pub batch_seconds: Family<TableLabels, Histogram>,
     pub table_version: Family<TableLabels, Gauge>,
     pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub notice_wakeups: Family<TableLabels, Counter>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
     status_counters: Mutex<BTreeMap<(String, String, String, String), u64>>,
 }
@@ -63,6 +64,7 @@ impl Metrics {
             let batch_seconds =
                 Family::<TableLabels, Histogram>::new_with_constructor(hist as fn() -> Histogram);
             let table_version = Family::<TableLabels, Gauge>::default();
+            let notice_wakeups = Family::<TableLabels, Counter>::default();
             let grpc_requests = Family::<GrpcLabels, Counter>::default();
             registry.register("rows", "Rows per stage, table and outcome", rows.clone());
             registry.register("commits", "Delta commits made", commits.clone());
@@ -87,6 +89,11 @@ impl Metrics {
                 table_version.clone(),
             );
             registry.register(
+                "notice_wakeups",
+                "Stage passes started by a commit notice instead of the poll timer",
+                notice_wakeups.clone(),
+            );
+            registry.register(
                 "grpc_requests",
                 "gRPC requests served",
                 grpc_requests.clone(),
@@ -100,6 +107,7 @@ impl Metrics {
                 batch_seconds,
                 table_version,
                 grpc_requests,
+                notice_wakeups,
                 status_counters: Mutex::new(BTreeMap::new()),
             }
         })
@@ -222,6 +230,19 @@ pub fn commit_conflict(stage: &str, region: &str, table: &str, attempt: u32, rea
         })
         .inc();
     m.bump(stage, region, "commit_conflicts", table, 1);
+}
+
+/// Internal event: a stage was woken by a commit notice of one of its inputs.
+pub fn notice_wakeup(stage: &str, region: &str) {
+    let m = Metrics::global();
+    m.notice_wakeups
+        .get_or_create(&TableLabels {
+            stage: stage.into(),
+            region: region.into(),
+            table: String::new(),
+        })
+        .inc();
+    m.bump(stage, region, "notice_wakeups", "", 1);
 }
 
 /// Internal event: a batch failed; the stage will retry it from the table's recorded position.

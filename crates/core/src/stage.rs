@@ -24,6 +24,11 @@ pub trait Stage: Send + 'static {
     fn inputs(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether a pass that found nothing means "caught up". A Kafka consumer still joining its
+    /// group, or behind the partitions' high watermarks, says no.
+    fn caught_up(&self) -> bool {
+        true
+    }
 }
 
 /// Wires commit notices to stages: given table URI -> wakers, start delivering wake-ups.
@@ -116,8 +121,12 @@ pub async fn run_loop(
         let mut st = stage.status().await;
         match result {
             Ok(0) => {
-                me.idle_at.store(counter_before, Ordering::SeqCst);
-                me.idle_valid.store(true, Ordering::SeqCst);
+                if stage.caught_up() {
+                    me.idle_at.store(counter_before, Ordering::SeqCst);
+                    me.idle_valid.store(true, Ordering::SeqCst);
+                } else {
+                    me.idle_valid.store(false, Ordering::SeqCst);
+                }
                 backoff = Duration::from_millis(100);
                 *status.write().unwrap_or_else(|e| e.into_inner()) = st;
                 // Sleep until the poll interval passes or a commit notice for an input arrives.
@@ -127,6 +136,7 @@ pub async fn run_loop(
                 };
                 if woken {
                     tracing::debug!(stage = stage.stage(), "woken by a commit notice");
+                    crate::metrics::notice_wakeup(stage.stage(), stage.region());
                 }
             }
             Ok(n) => {

@@ -94,27 +94,68 @@ impl NoticeSink for KafkaNotices {
     }
 }
 
-/// Listens to the commits topic and wakes whoever registered interest in a table.
+/// Listens to the commits topic and wakes whoever registered interest in a table. The listener
+/// assigns itself every partition of the topic at its end (no group join, so it hears notices
+/// within moments of starting).
 pub fn spawn_listener(
     k: &KafkaConfig,
     interest: HashMap<String, Vec<Arc<Notify>>>,
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let group = format!("{}-notices-{}", k.group_id, uuid::Uuid::new_v4());
     let consumer: StreamConsumer = client_config(k)?
-        .set("group.id", &group)
+        .set(
+            "group.id",
+            format!("{}-notices-{}", k.group_id, uuid::Uuid::new_v4()),
+        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
         .create()
         .map_err(|e| Error::external("creating the commit-notice consumer").with_source(e))?;
-    consumer.subscribe(&[&k.commits_topic]).map_err(|e| {
-        Error::external(format!("subscribing to {}", k.commits_topic)).with_source(e)
-    })?;
     let interest: HashMap<String, Vec<Arc<Notify>>> = interest
         .into_iter()
         .map(|(t, n)| (table_key(&t), n))
         .collect();
+    let k = k.clone();
     Ok(tokio::spawn(async move {
+        // Assign all partitions at the end; retry until the broker answers.
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            if let Err(e) = ensure_topics(&k, &[(k.commits_topic.clone(), 1)]).await {
+                tracing::warn!(error = %e, "commit-notice topic not ready; retrying");
+            }
+            let assigned = tokio::task::block_in_place(|| -> std::result::Result<usize, String> {
+                let md = consumer
+                    .fetch_metadata(Some(&k.commits_topic), Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                for t in md.topics() {
+                    for p in t.partitions() {
+                        tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::End)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                let n = tpl.count();
+                consumer.assign(&tpl).map_err(|e| e.to_string())?;
+                Ok(n)
+            });
+            match assigned {
+                Ok(n) if n > 0 => {
+                    tracing::info!(topic = %k.commits_topic, partitions = n, "listening for commit notices");
+                    break;
+                }
+                Ok(_) => {
+                    tracing::warn!(topic = %k.commits_topic, "commit-notice topic has no partitions yet")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot assign the commit-notice topic; retrying")
+                }
+            }
+            if shutdown.sleep(Duration::from_secs(1)).await {
+                return;
+            }
+        }
         loop {
             tokio::select! {
                 _ = shutdown.wait() => break,
