@@ -71,6 +71,11 @@ _test:
 	$(CARGO) build --workspace --bins
 	TRIBUTARY_PYTHON=$(PYTHON) TRIBUTARY_TANSU=$(TANSU) $(CARGO) test --workspace --no-fail-fast -- --test-threads 2
 
+.PHONY: bench
+bench: test-deps build ## Load harness: events/s, latency percentiles, peak RSS (files and Kafka paths)
+	$(PYTHON) scripts/bench.py --events $${BENCH_EVENTS:-25000}
+	$(PYTHON) scripts/bench.py --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
+
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all --check

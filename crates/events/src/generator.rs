@@ -35,6 +35,9 @@ pub struct GenConfig {
     pub rate: Option<f64>,
     /// Prefix of file names, so several runs can share a landing zone.
     pub file_prefix: String,
+    /// Serialized event size is drawn uniformly from [min, max) bytes (approximately).
+    pub size_min: usize,
+    pub size_max: usize,
 }
 
 impl Default for GenConfig {
@@ -58,6 +61,8 @@ impl Default for GenConfig {
             gzip_every: 3,
             rate: None,
             file_prefix: "part".into(),
+            size_min: 1024,
+            size_max: 4096,
         }
     }
 }
@@ -115,6 +120,7 @@ fn build_line(
     ev: &Ev,
     null_id: bool,
     unknown: bool,
+    size: (usize, usize),
 ) -> String {
     let mut m = serde_json::Map::new();
     m.insert(
@@ -196,7 +202,7 @@ fn build_line(
     if unknown {
         m.insert(format!("x_new_field_{}", rng.below(3)), rng.alnum(6).into());
     }
-    let target = 1024 + rng.below(3072) as usize;
+    let target = size.0 + rng.below(size.1.saturating_sub(size.0).max(1) as u64) as usize;
     let base = serde_json::to_string(&m).unwrap_or_default();
     // Pad with realistic-looking attributes up to the target size, serialising once.
     let mut attrs = serde_json::Map::new();
@@ -310,20 +316,45 @@ pub fn generate(
                         },
                     };
                     if rng.pct(cfg.malformed_pct) {
-                        let good = build_line(&mut rng, source, region, &ev, false, false);
+                        let good = build_line(
+                            &mut rng,
+                            source,
+                            region,
+                            &ev,
+                            false,
+                            false,
+                            (cfg.size_min, cfg.size_max),
+                        );
                         lines.push(malformed_line(&mut rng, &good));
                         st.malformed += 1;
                         continue;
                     }
                     if rng.pct(cfg.null_id_pct) {
                         lines.push(
-                            build_line(&mut rng, source, region, &ev, true, false).into_bytes(),
+                            build_line(
+                                &mut rng,
+                                source,
+                                region,
+                                &ev,
+                                true,
+                                false,
+                                (cfg.size_min, cfg.size_max),
+                            )
+                            .into_bytes(),
                         );
                         st.null_id += 1;
                         continue;
                     }
                     let unknown = rng.pct(cfg.unknown_field_pct);
-                    let line = build_line(&mut rng, source, region, &ev, false, unknown);
+                    let line = build_line(
+                        &mut rng,
+                        source,
+                        region,
+                        &ev,
+                        false,
+                        unknown,
+                        (cfg.size_min, cfg.size_max),
+                    );
                     if unknown {
                         st.unknown_fields += 1;
                     }

@@ -89,6 +89,11 @@ pub struct GenArgs {
     pub rate: Option<f64>,
     #[arg(long, default_value = "part")]
     pub file_prefix: String,
+    /// Approximate size range of generated events in bytes (the contract says 1-4 KB).
+    #[arg(long, default_value_t = 1024)]
+    pub event_size_min: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub event_size_max: usize,
 }
 
 impl GenArgs {
@@ -107,6 +112,8 @@ impl GenArgs {
             unknown_field_pct: self.unknown_field_pct,
             rate: self.rate,
             file_prefix: self.file_prefix.clone(),
+            size_min: self.event_size_min,
+            size_max: self.event_size_max.max(self.event_size_min + 1),
             ..GenConfig::default()
         }
     }

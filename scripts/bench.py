@@ -1,0 +1,130 @@
+"""Load harness: events/s, latency percentiles and peak RSS of the pipeline on this machine.
+
+usage: python scripts/bench.py [--events N] [--kafka] [--tansu PATH] [--bin PATH]
+
+- files: generate N events per source (1 region), run `tributary standalone` to idle; prints
+  rows/s per stage (from its own report) and the process's peak RSS.
+- kafka: start tansu on loopback, pre-load the topics with ~1 KB events, then time
+  `bronze-ingest --from kafka --trigger available-now` alone: messages/s and peak RSS. Then a
+  live run: a producer at a fixed rate while ingest runs; end-to-end latency percentiles are
+  read back from bronze as `_ingested_at - _kafka_timestamp`.
+Every loop is bounded; all traffic stays on 127.0.0.1.
+"""
+import argparse
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def run(cmd, env=None, timeout=1800):
+    """Runs cmd; returns (seconds, peak RSS MiB of this child, stdout)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.time()
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=timeout, text=True)
+    secs = time.time() - t0
+    if out.returncode != 0:
+        sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stdout[-2000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the max over all waited children: report it only when it grew.
+    return secs, (peak if peak > before else None), out.stdout
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, int(round(p / 100.0 * (len(values) - 1))))
+    return values[k]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=25000, help="events per source")
+    ap.add_argument("--kafka", action="store_true")
+    ap.add_argument("--tansu", default=os.path.expanduser("~/.cache/tributary/tansu-0.6.0/bin/tansu"))
+    ap.add_argument("--bin", default="./target/debug/tributary")
+    ap.add_argument("--rate", type=int, default=2000, help="live-run producer rate (events/s)")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="tributary-bench-")
+    env = dict(os.environ, RUST_LOG="warn")
+    try:
+        if not args.kafka:
+            data = f"{work}/files"
+            run([args.bin, "generate", "--data", data, "--regions", "r1", "--events-per-source", str(args.events),
+                 "--files-per-source", "32"], env)
+            secs, rss, out = run([args.bin, "standalone", "--data", data, "--regions", "r1", "--exit-when-idle"], env)
+            print(out[out.find("pipeline idle"):out.find("reconciliation")].rstrip())
+            print(f"files path: {4 * args.events} events through every layer in {secs:.1f}s wall; peak RSS {rss / 1024 if rss else float('nan'):.0f} MiB")
+            return
+        port = free_port()
+        os.makedirs(f"{work}/broker")
+        broker = subprocess.Popen([args.tansu, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                                   "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "sqlite://tansu.db"],
+                                  cwd=f"{work}/broker", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(300):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            common = ["--regions", "r1", "--brokers", f"127.0.0.1:{port}"]
+            data = f"{work}/k1"
+            secs, _, _ = run([args.bin, "generate", "--data", data, *common, "--events-per-source", str(args.events),
+                              "--files-per-source", "16", "--event-size-min", "900", "--event-size-max", "1150",
+                              "--kafka", "--partitions", "4"], env)
+            total = 4 * args.events
+            print(f"pre-loaded ~{total} messages of ~1 KB in {secs:.1f}s (generate + produce)")
+            kenv = dict(env, TRIBUTARY__KAFKA__GROUP_ID="bench-preloaded", TRIBUTARY__KAFKA__MAX_BATCH_RECORDS="20000")
+            secs, rss, _ = run([args.bin, "bronze-ingest", "--data", data, *common, "--region", "r1", "--from", "kafka",
+                                "--trigger", "available-now"], kenv)
+            print(f"kafka→bronze (pre-loaded topic, includes group join and the idle check): {total} msgs in {secs:.1f}s "
+                  f"= {total / secs:.0f} msgs/s; peak RSS {rss / 1024 if rss else float('nan'):.0f} MiB")
+            # Live: producer at a fixed rate while ingest runs; latency from the rows themselves.
+            data2 = f"{work}/k2"
+            live_events = min(args.events, args.rate * 20 // 4)
+            lenv = dict(env, TRIBUTARY__KAFKA__GROUP_ID="bench-live", TRIBUTARY__KAFKA__TOPIC_PREFIX="live.",
+                        TRIBUTARY__KAFKA__MAX_BATCH_WAIT_MS="250")
+            # Create the live topics first, so the consumer's subscription sees them at once.
+            run([args.bin, "generate", "--data", f"{work}/k2-topics", *common, "--events-per-source", "0",
+                 "--kafka", "--partitions", "4"], lenv)
+            ingest = subprocess.Popen([args.bin, "bronze-ingest", "--data", data2, *common, "--region", "r1", "--from", "kafka"],
+                                      env=lenv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(8)  # join the group before traffic starts
+            run([args.bin, "generate", "--data", data2, *common, "--events-per-source", str(live_events),
+                 "--files-per-source", "40", "--event-size-min", "900", "--event-size-max", "1150",
+                 "--kafka", "--partitions", "4", "--rate", str(args.rate)], lenv)
+            time.sleep(10)
+            ingest.terminate()
+            ingest.wait(timeout=60)
+            from deltalake import DeltaTable
+            lat = []
+            for s in ["audit", "job", "billing", "cluster_metrics"]:
+                t = DeltaTable(f"{data2}/regions/r1/bronze/{s}").to_pyarrow_table(columns=["_ingested_at", "_kafka_timestamp"])
+                for a, b in zip(t.column("_ingested_at").to_pylist(), t.column("_kafka_timestamp").to_pylist()):
+                    if a and b:
+                        lat.append((a - b).total_seconds() * 1000)
+            print(f"live kafka→bronze at {args.rate} events/s: {len(lat)} rows; produce→committed latency ms "
+                  f"p50 {pct(lat, 50):.0f}  p95 {pct(lat, 95):.0f}  p99 {pct(lat, 99):.0f}  max {max(lat) if lat else float('nan'):.0f}")
+        finally:
+            broker.terminate()
+            broker.wait(timeout=30)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
