@@ -72,7 +72,7 @@ def main():
         port = free_port()
         os.makedirs(f"{work}/broker")
         broker = subprocess.Popen([args.tansu, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-                                   "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "sqlite://tansu.db"],
+                                   "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "sqlite://tansu.db", "--silent"],
                                   cwd=f"{work}/broker", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(300):

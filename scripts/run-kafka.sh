@@ -13,7 +13,7 @@ REGION="${REGION:-us-east-1}"
 
 rm -rf "$DATA" && mkdir -p "$DATA/broker"
 ( cd "$DATA/broker" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db ) \
+    --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db --silent ) \
     > "$DATA/broker/tansu.log" 2>&1 &
 BROKER=$!
 trap 'kill $BROKER 2>/dev/null || true' EXIT

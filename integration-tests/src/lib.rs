@@ -22,11 +22,7 @@ pub fn bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug/tributary");
-    assert!(
-        p.exists(),
-        "{} not found: build it first (`cargo build --bins`; `make test` does)",
-        p.display()
-    );
+    assert!(p.exists(), "{} not found: build it first (`cargo build --bins`; `make test` does)", p.display());
     p
 }
 
@@ -46,17 +42,9 @@ pub struct GenSpec {
 
 impl Pipeline {
     pub fn new(regions: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("tributary-it-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("tributary-it-").tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        Self {
-            _dir: dir,
-            data,
-            regions: regions.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-        }
+        Self { _dir: dir, data, regions: regions.iter().map(|s| s.to_string()).collect(), env: vec![] }
     }
 
     pub fn with_env(mut self, k: &str, v: &str) -> Self {
@@ -84,27 +72,11 @@ impl Pipeline {
     }
 
     pub fn generate_with(&self, g: &GenSpec, extra: &[&str]) -> Result<Truth> {
-        let (e, f, s) = (
-            g.events_per_source.to_string(),
-            g.files_per_source.to_string(),
-            g.seed.to_string(),
-        );
-        let mut args = vec![
-            "generate",
-            "--events-per-source",
-            &e,
-            "--files-per-source",
-            &f,
-            "--seed",
-            &s,
-        ];
+        let (e, f, s) = (g.events_per_source.to_string(), g.files_per_source.to_string(), g.seed.to_string());
+        let mut args = vec!["generate", "--events-per-source", &e, "--files-per-source", &f, "--seed", &s];
         args.extend_from_slice(extra);
         let out = self.command(&args).output()?;
-        ensure!(
-            out.status.success(),
-            "generate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
         Truth::load(&self.truth_path())
     }
 
@@ -145,17 +117,10 @@ impl Pipeline {
     /// `tributary fingerprint`: table -> fingerprint of its logical content.
     pub fn fingerprints(&self) -> Result<BTreeMap<String, String>> {
         let out = self.command(&["fingerprint"]).output()?;
-        ensure!(
-            out.status.success(),
-            "fingerprint failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure!(out.status.success(), "fingerprint failed: {}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8(out.stdout)?
             .lines()
-            .filter_map(|l| {
-                l.split_once('\t')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            })
+            .filter_map(|l| l.split_once('\t').map(|(a, b)| (a.to_string(), b.to_string())))
             .collect())
     }
 }
@@ -182,11 +147,7 @@ fn i64s(b: &RecordBatch, name: &str) -> Result<Int64Array> {
 }
 fn times(b: &RecordBatch, name: &str) -> Result<TimestampMicrosecondArray> {
     b.column_by_name(name)
-        .and_then(|c| {
-            c.as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .cloned()
-        })
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().cloned())
         .with_context(|| format!("column {name}"))
 }
 fn decs(b: &RecordBatch, name: &str) -> Result<Decimal128Array> {
@@ -196,9 +157,7 @@ fn decs(b: &RecordBatch, name: &str) -> Result<Decimal128Array> {
 }
 
 pub async fn read(location: &str) -> Result<Vec<RecordBatch>> {
-    let t = Table::open_existing("t", location)
-        .await?
-        .with_context(|| format!("no table at {location}"))?;
+    let t = Table::open_existing("t", location).await?.with_context(|| format!("no table at {location}"))?;
     Ok(t.read_all().await?)
 }
 
@@ -209,18 +168,12 @@ fn ms_rfc3339(us: i64) -> String {
 }
 
 fn dec_text(v: i128) -> String {
-    rust_decimal::Decimal::from_i128_with_scale(v, tributary_events::contract::DECIMAL_SCALE)
-        .normalize()
-        .to_string()
+    rust_decimal::Decimal::from_i128_with_scale(v, tributary_events::contract::DECIMAL_SCALE).normalize().to_string()
 }
 
 fn ids_file(truth_dir: &Path, region: &str, name: &str) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(truth_dir.join("ids").join(region).join(name))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
+    Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
 fn counts_by(batches: &[RecordBatch], col: &str) -> Result<BTreeMap<String, u64>> {
@@ -249,17 +202,8 @@ fn gold_counts(batches: &[RecordBatch], region: &str) -> Result<BTreeMap<String,
             if r.value(i) != region {
                 continue;
             }
-            let k = format!(
-                "{}|{}|{}|{}",
-                r.value(i),
-                s.value(i),
-                w.value(i),
-                ms_rfc3339(t.value(i))
-            );
-            ensure!(
-                m.insert(k.clone(), n.value(i) as u64).is_none(),
-                "duplicate gold row {k}"
-            );
+            let k = format!("{}|{}|{}|{}", r.value(i), s.value(i), w.value(i), ms_rfc3339(t.value(i)));
+            ensure!(m.insert(k.clone(), n.value(i) as u64).is_none(), "duplicate gold row {k}");
         }
     }
     Ok(m)
@@ -281,16 +225,9 @@ fn gold_billing(batches: &[RecordBatch], region: &str) -> Result<BTreeMap<String
             if r.value(i) != region {
                 continue;
             }
-            let key = format!(
-                "{}|{}|{}|{}",
-                r.value(i),
-                c.value(i),
-                k.value(i),
-                ms_rfc3339(t.value(i))
-            );
+            let key = format!("{}|{}|{}|{}", r.value(i), c.value(i), k.value(i), ms_rfc3339(t.value(i)));
             ensure!(
-                m.insert(key.clone(), (dec_text(d.value(i)), n.value(i) as u64))
-                    .is_none(),
+                m.insert(key.clone(), (dec_text(d.value(i)), n.value(i) as u64)).is_none(),
                 "duplicate billing row {key}"
             );
         }
@@ -322,42 +259,21 @@ fn sorted_ids(batches: &[RecordBatch], filter: Option<(&str, &str)>) -> Result<V
 /// Checks every layer of every region, and the central tables, against the ground truth.
 pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path) -> Result<()> {
     let central_events = read(&central_federator::events_location(cfg)).await?;
-    let central_counts = read(&central_federator::gold_location(
-        cfg,
-        GoldKind::EventCounts,
-    ))
-    .await?;
+    let central_counts = read(&central_federator::gold_location(cfg, GoldKind::EventCounts)).await?;
     let central_billing = read(&central_federator::gold_location(cfg, GoldKind::Billing)).await?;
     for region in &cfg.regions {
-        let rt = truth
-            .regions
-            .get(region)
-            .with_context(|| format!("truth has no region {region}"))?;
-        let bq = counts_by(
-            &read(&bronze_ingest::quarantine_location(cfg, region)).await?,
-            "source",
-        )?;
-        let sq = counts_by(
-            &read(&silver_transform::quarantine_location(cfg, region)).await?,
-            "source",
-        )?;
+        let rt = truth.regions.get(region).with_context(|| format!("truth has no region {region}"))?;
+        let bq = counts_by(&read(&bronze_ingest::quarantine_location(cfg, region)).await?, "source")?;
+        let sq = counts_by(&read(&silver_transform::quarantine_location(cfg, region)).await?, "source")?;
         for (source, t) in rt {
             let bronze: u64 = read(&bronze_ingest::table_location(cfg, region, source))
                 .await?
                 .iter()
                 .map(|b| b.num_rows() as u64)
                 .sum();
-            ensure!(
-                bronze == t.bronze_rows(),
-                "{region}/bronze/{source}: {bronze} rows, truth {}",
-                t.bronze_rows()
-            );
+            ensure!(bronze == t.bronze_rows(), "{region}/bronze/{source}: {bronze} rows, truth {}", t.bronze_rows());
             let q = bq.get(source).copied().unwrap_or(0);
-            ensure!(
-                q == t.malformed,
-                "{region}/bronze quarantine {source}: {q}, truth {}",
-                t.malformed
-            );
+            ensure!(q == t.malformed, "{region}/bronze quarantine {source}: {q}, truth {}", t.malformed);
             let silver = read(&silver_transform::table_location(cfg, region, source)).await?;
             let ids = sorted_ids(&silver, None)?;
             let want = ids_file(truth_dir, region, &format!("{source}.txt"))?;
@@ -367,16 +283,9 @@ pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path)
                 ids.len(),
                 want.len()
             );
-            ensure!(
-                ids == want,
-                "{region}/silver/{source}: event_ids differ from the unique valid set"
-            );
+            ensure!(ids == want, "{region}/silver/{source}: event_ids differ from the unique valid set");
             let q = sq.get(source).copied().unwrap_or(0);
-            ensure!(
-                q == t.null_id,
-                "{region}/silver quarantine {source}: {q}, truth {} null ids",
-                t.null_id
-            );
+            ensure!(q == t.null_id, "{region}/silver quarantine {source}: {q}, truth {} null ids", t.null_id);
             let central = sorted_ids(&central_events, Some(("region", region)))?;
             let _ = central;
             let mut c_ids = Vec::new();
@@ -396,21 +305,11 @@ pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path)
                 c_ids.len(),
                 want.len()
             );
-            ensure!(
-                c_ids == want,
-                "central/events {region}/{source}: ids differ from the egress-approved set"
-            );
+            ensure!(c_ids == want, "central/events {region}/{source}: ids differ from the egress-approved set");
         }
         // Gold counts: exactly the truth's per-minute counts.
-        let gold = gold_counts(
-            &read(&gold_aggregate::table_location(
-                cfg,
-                region,
-                GoldKind::EventCounts,
-            ))
-            .await?,
-            region,
-        )?;
+        let gold =
+            gold_counts(&read(&gold_aggregate::table_location(cfg, region, GoldKind::EventCounts)).await?, region)?;
         let want: BTreeMap<String, u64> = truth
             .event_counts_minute
             .iter()
@@ -418,11 +317,7 @@ pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path)
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         if gold != want {
-            let diff: Vec<_> = gold
-                .iter()
-                .filter(|(k, v)| want.get(*k) != Some(v))
-                .take(5)
-                .collect();
+            let diff: Vec<_> = gold.iter().filter(|(k, v)| want.get(*k) != Some(v)).take(5).collect();
             bail!(
                 "{region}/gold/event_counts_minute differs from truth ({} vs {} rows), e.g. {diff:?}",
                 gold.len(),
@@ -434,35 +329,16 @@ pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path)
             "central/event_counts_minute for {region} differs from the region's gold"
         );
         // Gold billing: exact decimal sums.
-        let billing = gold_billing(
-            &read(&gold_aggregate::table_location(
-                cfg,
-                region,
-                GoldKind::Billing,
-            ))
-            .await?,
-            region,
-        )?;
+        let billing =
+            gold_billing(&read(&gold_aggregate::table_location(cfg, region, GoldKind::Billing)).await?, region)?;
         let want: BTreeMap<String, (String, u64)> = truth
             .billing_hourly
             .iter()
             .filter(|(k, _)| k.starts_with(&format!("{region}|")))
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    (
-                        v.clone(),
-                        truth.billing_hourly_events.get(k).copied().unwrap_or(0),
-                    ),
-                )
-            })
+            .map(|(k, v)| (k.clone(), (v.clone(), truth.billing_hourly_events.get(k).copied().unwrap_or(0))))
             .collect();
         if billing != want {
-            let diff: Vec<_> = billing
-                .iter()
-                .filter(|(k, v)| want.get(*k) != Some(v))
-                .take(5)
-                .collect();
+            let diff: Vec<_> = billing.iter().filter(|(k, v)| want.get(*k) != Some(v)).take(5).collect();
             bail!(
                 "{region}/gold/billing_usage_hourly differs from truth ({} vs {} rows), e.g. {diff:?}",
                 billing.len(),
@@ -475,26 +351,17 @@ pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path)
         );
     }
     let regions: BTreeSet<String> = counts_by(&central_events, "region")?.into_keys().collect();
-    ensure!(
-        regions.iter().all(|r| cfg.regions.contains(r)),
-        "central holds rows of unknown regions: {regions:?}"
-    );
+    ensure!(regions.iter().all(|r| cfg.regions.contains(r)), "central holds rows of unknown regions: {regions:?}");
     Ok(())
 }
 
 /// Free loopback TCP port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Waits for a child with a deadline; kills it when the deadline passes.
-pub fn wait_with_deadline(
-    child: &mut std::process::Child,
-    secs: u64,
-) -> Result<std::process::ExitStatus> {
+pub fn wait_with_deadline(child: &mut std::process::Child, secs: u64) -> Result<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         if let Some(s) = child.try_wait()? {
@@ -522,32 +389,21 @@ pub fn tansu_bin() -> PathBuf {
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let p = PathBuf::from(home).join(".cache/tributary/tansu-0.6.0/bin/tansu");
-    assert!(
-        p.exists(),
-        "tansu broker not found at {} (`make test` installs it; or set TRIBUTARY_TANSU)",
-        p.display()
-    );
+    assert!(p.exists(), "tansu broker not found at {} (`make test` installs it; or set TRIBUTARY_TANSU)", p.display());
     p
 }
 
 impl Broker {
     pub fn start(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut b = Self {
-            child: None,
-            port: free_port(),
-            dir: dir.to_path_buf(),
-        };
+        let mut b = Self { child: None, port: free_port(), dir: dir.to_path_buf() };
         b.spawn()?;
         Ok(b)
     }
 
     fn spawn(&mut self) -> Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("tansu.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log"))?;
         let child = Command::new(tansu_bin())
             .current_dir(&self.dir)
             .args([
@@ -558,6 +414,7 @@ impl Broker {
                 &url,
                 "--storage-engine",
                 "sqlite://tansu.db",
+                "--silent",
             ])
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -566,11 +423,7 @@ impl Broker {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "tansu did not listen on {} within 30s",
-                self.port
-            );
+            ensure!(std::time::Instant::now() < deadline, "tansu did not listen on {} within 30s", self.port);
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         Ok(())
@@ -601,16 +454,10 @@ impl Drop for Broker {
 }
 
 /// The consumer group's committed offsets per (topic, partition).
-pub fn group_offsets(
-    brokers: &str,
-    group: &str,
-    topics: &[(String, i32)],
-) -> Result<BTreeMap<(String, i32), i64>> {
+pub fn group_offsets(brokers: &str, group: &str, topics: &[(String, i32)]) -> Result<BTreeMap<(String, i32), i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()?;
+    let c: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for (t, p) in topics {
         tpl.add_partition(t, *p);
@@ -640,10 +487,7 @@ pub async fn kafka_txn_versions(
             .context("bronze table")?;
         let topic = cfg.kafka.topic_for(source).replace("{region}", region);
         for (tt, p) in topics.iter().filter(|(tt, _)| *tt == topic) {
-            let v = t
-                .txn_version(&bronze_ingest::kafka::app_id(&cfg.pipeline, tt, *p))
-                .await?
-                .unwrap_or(-1);
+            let v = t.txn_version(&bronze_ingest::kafka::app_id(&cfg.pipeline, tt, *p)).await?.unwrap_or(-1);
             out.insert((tt.clone(), *p), v);
         }
     }
@@ -651,28 +495,19 @@ pub async fn kafka_txn_versions(
 }
 
 /// Bronze rows and quarantined rows per source of one region.
-pub async fn bronze_counts(
-    cfg: &Config,
-    region: &str,
-) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+pub async fn bronze_counts(cfg: &Config, region: &str) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
     let mut rows = BTreeMap::new();
     for source in &cfg.bronze.sources {
-        let n = match Table::open_existing("b", &bronze_ingest::table_location(cfg, region, source))
-            .await?
-        {
+        let n = match Table::open_existing("b", &bronze_ingest::table_location(cfg, region, source)).await? {
             Some(t) => t.stats(None)?.row_count as u64,
             None => 0,
         };
         rows.insert(source.clone(), n);
     }
-    let q =
-        match Table::open_existing("q", &bronze_ingest::quarantine_location(cfg, region)).await? {
-            Some(_) => counts_by(
-                &read(&bronze_ingest::quarantine_location(cfg, region)).await?,
-                "source",
-            )?,
-            None => BTreeMap::new(),
-        };
+    let q = match Table::open_existing("q", &bronze_ingest::quarantine_location(cfg, region)).await? {
+        Some(_) => counts_by(&read(&bronze_ingest::quarantine_location(cfg, region)).await?, "source")?,
+        None => BTreeMap::new(),
+    };
     Ok((rows, q))
 }
 
@@ -685,11 +520,7 @@ pub async fn bronze_kafka_positions_unique(cfg: &Config, region: &str) -> Result
         for b in read(&bronze_ingest::table_location(cfg, region, source)).await? {
             let parts = b
                 .column_by_name("_kafka_partition")
-                .and_then(|c| {
-                    c.as_any()
-                        .downcast_ref::<deltalake::arrow::array::Int32Array>()
-                        .cloned()
-                })
+                .and_then(|c| c.as_any().downcast_ref::<deltalake::arrow::array::Int32Array>().cloned())
                 .context("_kafka_partition")?;
             let offs = i64s(&b, "_kafka_offset")?;
             for i in 0..b.num_rows() {

@@ -3,11 +3,7 @@
 use integration_tests::*;
 
 fn small() -> GenSpec {
-    GenSpec {
-        events_per_source: 500,
-        files_per_source: 5,
-        seed: 7,
-    }
+    GenSpec { events_per_source: 500, files_per_source: 5, seed: 7 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,20 +14,12 @@ async fn every_layer_matches_ground_truth_exactly() {
     type Pick = fn(&tributary_events::truth::SourceTruth) -> u64;
     let kinds: [Pick; 4] = [|s| s.duplicates, |s| s.malformed, |s| s.null_id, |s| s.late];
     for kind in kinds {
-        assert!(
-            truth.total(kind) > 0,
-            "generator produced none of a messy case"
-        );
+        assert!(truth.total(kind) > 0, "generator produced none of a messy case");
     }
     let out = p.run_to_completion(&[]).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("every layer matches the generator's ground truth exactly"),
-        "{stdout}"
-    );
-    verify_against_truth(&p.config(), &truth, p.truth_path().parent().unwrap())
-        .await
-        .unwrap();
+    assert!(stdout.contains("every layer matches the generator's ground truth exactly"), "{stdout}");
+    verify_against_truth(&p.config(), &truth, p.truth_path().parent().unwrap()).await.unwrap();
 
     // Running again over the same landing zone adds nothing (files are ingested exactly once).
     let before = p.fingerprints().unwrap();
@@ -46,9 +34,7 @@ async fn every_layer_matches_ground_truth_exactly() {
         .arg(&p.data)
         .arg(p.truth_path())
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {python}: {e} (`make test` installs the Python reader)")
-        });
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e} (`make test` installs the Python reader)"));
     assert!(
         out.status.success(),
         "python reader check failed (`make test` installs deltalake into .cache/venv):\n{}\n{}",
@@ -65,11 +51,7 @@ async fn two_pipelines_fed_the_same_files_have_the_same_tables() {
     let b = Pipeline::new(&["r1"])
         .with_env("TRIBUTARY__BRONZE__MAX_FILES_PER_BATCH", "1")
         .with_env("TRIBUTARY__SILVER__MAX_VERSIONS_PER_BATCH", "1");
-    let spec = GenSpec {
-        events_per_source: 300,
-        files_per_source: 6,
-        seed: 11,
-    };
+    let spec = GenSpec { events_per_source: 300, files_per_source: 6, seed: 11 };
     a.generate(&spec).unwrap();
     b.generate(&spec).unwrap();
     a.run_to_completion(&[]).unwrap();

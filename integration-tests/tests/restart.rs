@@ -10,11 +10,7 @@ use std::sync::OnceLock;
 const REGIONS: &[&str] = &["r1", "r2"];
 
 fn spec() -> GenSpec {
-    GenSpec {
-        events_per_source: 240,
-        files_per_source: 6,
-        seed: 3,
-    }
+    GenSpec { events_per_source: 240, files_per_source: 6, seed: 3 }
 }
 
 /// Small batches so every stage commits many times and crash points are hit mid-stream.
@@ -40,15 +36,10 @@ fn reference() -> &'static BTreeMap<String, String> {
 async fn crash_then_recover(points: &[&str]) {
     let want = reference().clone();
     for point in points {
-        assert!(
-            tributary_core::fault::POINTS.contains(point),
-            "unknown fault point {point}"
-        );
+        assert!(tributary_core::fault::POINTS.contains(point), "unknown fault point {point}");
         let p = pipeline();
         let truth = p.generate(&spec()).unwrap();
-        let out = p
-            .standalone(&[], &[("TRIBUTARY_FAULT", &format!("{point}:3"))])
-            .unwrap();
+        let out = p.standalone(&[], &[("TRIBUTARY_FAULT", &format!("{point}:3"))]).unwrap();
         assert_eq!(
             out.status.signal(),
             Some(libc::SIGKILL),
@@ -56,16 +47,11 @@ async fn crash_then_recover(points: &[&str]) {
             out.status,
             tail(&out.stderr, 3000)
         );
-        p.run_to_completion(&[])
-            .unwrap_or_else(|e| panic!("{point}: restart failed: {e}"));
+        p.run_to_completion(&[]).unwrap_or_else(|e| panic!("{point}: restart failed: {e}"));
         verify_against_truth(&p.config(), &truth, p.truth_path().parent().unwrap())
             .await
             .unwrap_or_else(|e| panic!("{point}: after restart: {e}"));
-        assert_eq!(
-            p.fingerprints().unwrap(),
-            want,
-            "{point}: tables differ from a run without crashes"
-        );
+        assert_eq!(p.fingerprints().unwrap(), want, "{point}: tables differ from a run without crashes");
     }
 }
 
@@ -82,12 +68,7 @@ async fn crash_in_bronze_then_restart_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_in_silver_then_restart_is_exact() {
-    crash_then_recover(&[
-        "silver.before_commit",
-        "silver.after_data_commit",
-        "silver.after_quarantine_commit",
-    ])
-    .await;
+    crash_then_recover(&["silver.before_commit", "silver.after_data_commit", "silver.after_quarantine_commit"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,8 +103,6 @@ async fn sigkill_at_arbitrary_instants_then_restart_is_exact() {
         let _ = child.wait();
     }
     p.run_to_completion(&[]).unwrap();
-    verify_against_truth(&p.config(), &truth, p.truth_path().parent().unwrap())
-        .await
-        .unwrap();
+    verify_against_truth(&p.config(), &truth, p.truth_path().parent().unwrap()).await.unwrap();
     assert_eq!(p.fingerprints().unwrap(), want);
 }

@@ -5,16 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl CLI");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl CLI");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A CA, a server certificate for localhost/127.0.0.1 and a client certificate.
@@ -37,11 +29,8 @@ fn make_pki(dir: &Path) {
             "/CN=tributary-test-ca",
         ],
     );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for who in ["server", "client"] {
         openssl(
@@ -87,12 +76,7 @@ async fn mtls_status_requires_a_client_certificate() {
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path());
     let p = Pipeline::new(&["r1"]);
-    p.generate(&GenSpec {
-        events_per_source: 50,
-        files_per_source: 1,
-        seed: 1,
-    })
-    .unwrap();
+    p.generate(&GenSpec { events_per_source: 50, files_per_source: 1, seed: 1 }).unwrap();
     let port = free_port();
     let path = |f: &str| pki.path().join(f).display().to_string();
     let mut child = p
@@ -106,13 +90,7 @@ async fn mtls_status_requires_a_client_certificate() {
         .unwrap();
     let status = |extra: &[String]| {
         let mut c = Command::new(bin());
-        c.args([
-            "status",
-            "--addr",
-            &format!("https://localhost:{port}"),
-            "--json",
-        ])
-        .args(extra);
+        c.args(["status", "--addr", &format!("https://localhost:{port}"), "--json"]).args(extra);
         c.output().unwrap()
     };
     let with_cert = vec![
@@ -140,19 +118,10 @@ async fn mtls_status_requires_a_client_certificate() {
     }
     // TLS without a client certificate: refused.
     let out = status(&["--ca-cert".to_string(), path("ca.pem")]);
-    assert!(
-        !out.status.success(),
-        "a client without a certificate was served"
-    );
+    assert!(!out.status.success(), "a client without a certificate was served");
     // Plaintext against the TLS port: refused.
-    let out = Command::new(bin())
-        .args(["status", "--addr", &format!("http://127.0.0.1:{port}")])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "plaintext was served on the TLS port"
-    );
+    let out = Command::new(bin()).args(["status", "--addr", &format!("http://127.0.0.1:{port}")]).output().unwrap();
+    assert!(!out.status.success(), "plaintext was served on the TLS port");
     // A certificate from another CA: refused.
     let other = tempfile::tempdir().unwrap();
     make_pki(other.path());
@@ -165,10 +134,7 @@ async fn mtls_status_requires_a_client_certificate() {
         "--client-key".into(),
         opath("client.key"),
     ]);
-    assert!(
-        !out.status.success(),
-        "a client certificate from an unknown CA was accepted"
-    );
+    assert!(!out.status.success(), "a client certificate from an unknown CA was accepted");
 
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);

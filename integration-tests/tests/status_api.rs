@@ -6,11 +6,7 @@ use std::io::{Read, Write};
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -19,13 +15,7 @@ fn http_get(port: u16, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_rpc_and_metrics_of_a_running_pipeline() {
     let p = Pipeline::new(&["r1"]);
-    let truth = p
-        .generate(&GenSpec {
-            events_per_source: 200,
-            files_per_source: 2,
-            seed: 9,
-        })
-        .unwrap();
+    let truth = p.generate(&GenSpec { events_per_source: 200, files_per_source: 2, seed: 9 }).unwrap();
     let (grpc, admin) = (free_port(), free_port());
     let mut child = p
         .command(&[
@@ -43,13 +33,7 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let status = loop {
         let out = std::process::Command::new(bin())
-            .args([
-                "status",
-                "--addr",
-                &format!("http://127.0.0.1:{grpc}"),
-                "--stats",
-                "--json",
-            ])
+            .args(["status", "--addr", &format!("http://127.0.0.1:{grpc}"), "--stats", "--json"])
             .output()
             .unwrap();
         if out.status.success() {
@@ -60,87 +44,46 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
                 .iter()
                 .filter(|s| s["stage"] == "silver")
                 .flat_map(|s| s["tables"].as_array().unwrap().iter())
-                .filter(|t| {
-                    t["name"].as_str().unwrap().starts_with("silver/")
-                        && t["name"] != "silver/_quarantine"
-                })
+                .filter(|t| t["name"].as_str().unwrap().starts_with("silver/") && t["name"] != "silver/_quarantine")
                 .map(|t| t["row_count"].as_u64().unwrap())
                 .sum();
             if silver_rows == want_silver {
                 break v;
             }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "status never showed {want_silver} silver rows"
-        );
+        assert!(std::time::Instant::now() < deadline, "status never showed {want_silver} silver rows");
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     assert_eq!(status["service"], "standalone");
-    let stages: Vec<String> = status["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap().to_string())
-        .collect();
+    let stages: Vec<String> =
+        status["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap().to_string()).collect();
     for s in ["bronze", "silver", "gold", "federator"] {
         assert!(stages.contains(&s.to_string()), "{stages:?}");
     }
     // Positions come from the tables' txn actions: bronze records landing batch sequences.
-    let bronze = status["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == "bronze")
-        .unwrap();
-    assert!(
-        bronze["positions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["version"].as_i64().unwrap() >= 1),
-        "{bronze}"
-    );
-    let billing = bronze["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "bronze/billing")
-        .unwrap();
-    assert!(
-        billing["max_event_time_unix_ms"].as_i64().unwrap() > 1_700_000_000_000,
-        "{billing}"
-    );
+    let bronze = status["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "bronze").unwrap();
+    assert!(bronze["positions"].as_array().unwrap().iter().all(|p| p["version"].as_i64().unwrap() >= 1), "{bronze}");
+    let billing = bronze["tables"].as_array().unwrap().iter().find(|t| t["name"] == "bronze/billing").unwrap();
+    assert!(billing["max_event_time_unix_ms"].as_i64().unwrap() > 1_700_000_000_000, "{billing}");
     assert!(billing["version"].as_i64().unwrap() >= 1);
 
     let metrics = http_get(admin, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("tributary_rows_total{"), "{metrics}");
     assert!(metrics.contains("tributary_commits_total{"), "{metrics}");
-    assert!(
-        metrics.contains("tributary_grpc_requests_total{"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("tributary_grpc_requests_total{"), "{metrics}");
     assert!(http_get(admin, "/healthz").contains("ok"));
 
     // gRPC health and reflection are always registered.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}")).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let h = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "tributary.v1.PipelineStatus".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "tributary.v1.PipelineStatus".into() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        h.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -150,30 +93,15 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = refl
-        .server_reflection_info(futures::stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = refl.server_reflection_info(futures::stream::iter(vec![req])).await.unwrap().into_inner();
     let msg = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-        panic!("{msg:?}")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("{msg:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"tributary.v1.PipelineStatus".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"tributary.v1.PipelineStatus".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 
     // Bad arguments get a clear error, not a panic.
-    let out = std::process::Command::new(bin())
-        .args(["status", "--addr", "not a url"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(bin()).args(["status", "--addr", "not a url"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
 

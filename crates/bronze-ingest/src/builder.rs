@@ -1,8 +1,7 @@
 //! Columnar builders for bronze rows.
 
 use deltalake::arrow::array::{
-    ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use std::sync::Arc;
 use tributary_core::{Error, Result};
@@ -14,32 +13,18 @@ pub use tributary_delta::quarantine::QuarantineRows;
 /// Where a bronze row came from.
 #[derive(Debug, Clone)]
 pub enum Lineage<'a> {
-    File {
-        path: &'a str,
-        line: i64,
-    },
-    Kafka {
-        topic: &'a str,
-        partition: i32,
-        offset: i64,
-        timestamp_us: Option<i64>,
-    },
+    File { path: &'a str, line: i64 },
+    Kafka { topic: &'a str, partition: i32, offset: i64, timestamp_us: Option<i64> },
 }
 
 impl Lineage<'_> {
     /// JSON form kept in quarantine rows.
     pub fn json(&self) -> String {
         match self {
-            Lineage::File { path, line } => {
-                serde_json::json!({"file": path, "line": line}).to_string()
+            Lineage::File { path, line } => serde_json::json!({"file": path, "line": line}).to_string(),
+            Lineage::Kafka { topic, partition, offset, .. } => {
+                serde_json::json!({"topic": topic, "partition": partition, "offset": offset}).to_string()
             }
-            Lineage::Kafka {
-                topic,
-                partition,
-                offset,
-                ..
-            } => serde_json::json!({"topic": topic, "partition": partition, "offset": offset})
-                .to_string(),
         }
     }
 }
@@ -119,12 +104,7 @@ impl BronzeRows {
                 self.k_offset.append_null();
                 self.k_ts.append_null();
             }
-            Lineage::Kafka {
-                topic,
-                partition,
-                offset,
-                timestamp_us,
-            } => {
+            Lineage::Kafka { topic, partition, offset, timestamp_us } => {
                 self.file.append_null();
                 self.line.append_null();
                 self.k_topic.append_value(topic);
@@ -134,8 +114,7 @@ impl BronzeRows {
             }
         }
         self.ingested.append_value(self.now_us);
-        self.date
-            .append_option(d.event_time.map(tributary_events::date_of_micros));
+        self.date.append_option(d.event_time.map(tributary_events::date_of_micros));
         self.len += 1;
     }
 

@@ -23,34 +23,18 @@ pub fn landing_store(uri: &str) -> Result<Arc<dyn ObjectStore>> {
 fn is_data_file(name: &str) -> bool {
     !name.starts_with('.')
         && !name.starts_with('_')
-        && [
-            ".ndjson",
-            ".jsonl",
-            ".json",
-            ".ndjson.gz",
-            ".jsonl.gz",
-            ".json.gz",
-        ]
-        .iter()
-        .any(|s| name.ends_with(s))
+        && [".ndjson", ".jsonl", ".json", ".ndjson.gz", ".jsonl.gz", ".json.gz"].iter().any(|s| name.ends_with(s))
 }
 
 /// Files under `<source>/` not yet ingested, sorted by path (names embed time or sequence).
-pub async fn list_new(
-    store: &Arc<dyn ObjectStore>,
-    source: &str,
-    done: &HashSet<String>,
-) -> Result<Vec<ObjectMeta>> {
+pub async fn list_new(store: &Arc<dyn ObjectStore>, source: &str, done: &HashSet<String>) -> Result<Vec<ObjectMeta>> {
     let prefix = Path::from(source);
     let mut all: Vec<ObjectMeta> = store
         .list(Some(&prefix))
         .try_collect()
         .await
         .map_err(|e| Error::external(format!("listing landing/{source}")).with_source(e))?;
-    all.retain(|m| {
-        m.location.filename().map(is_data_file).unwrap_or(false)
-            && !done.contains(m.location.as_ref())
-    });
+    all.retain(|m| m.location.filename().map(is_data_file).unwrap_or(false) && !done.contains(m.location.as_ref()));
     all.sort_by(|a, b| a.location.cmp(&b.location));
     Ok(all)
 }
@@ -83,16 +67,10 @@ pub fn decompress(name: &str, raw: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Non-blank lines with their 1-based line numbers; `\r\n` endings tolerated.
 pub fn lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    body.split(|b| *b == b'\n')
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            if l.iter().all(|b| b.is_ascii_whitespace()) {
-                None
-            } else {
-                Some((i + 1, l))
-            }
-        })
+    body.split(|b| *b == b'\n').enumerate().filter_map(|(i, l)| {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        if l.iter().all(|b| b.is_ascii_whitespace()) { None } else { Some((i + 1, l)) }
+    })
 }
 
 #[cfg(test)]

@@ -17,9 +17,7 @@
 
 use crate::builder::{BronzeRows, Lineage, QuarantineRows};
 use crate::{STAGE, status_counters, table_status};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
@@ -42,10 +40,7 @@ enum Event {
 }
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
-    list.elements()
-        .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
-        .collect()
+    list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
 /// Records rebalances; the ingest loop applies them before touching any message.
@@ -59,20 +54,14 @@ impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = r {
             tracing::info!(partitions = ?tps(list), "partitions revoked");
-            self.events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Event::Revoke(tps(list)));
+            self.events.lock().unwrap_or_else(|p| p.into_inner()).push(Event::Revoke(tps(list)));
         }
     }
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         match r {
             Rebalance::Assign(list) => {
                 tracing::info!(partitions = ?tps(list), "partitions assigned");
-                self.events
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Event::Assign(tps(list)));
+                self.events.lock().unwrap_or_else(|p| p.into_inner()).push(Event::Assign(tps(list)));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -128,10 +117,7 @@ impl KafkaIngest {
             client.set("session.timeout.ms", "10000");
         }
         if !k.instance_id.is_empty() {
-            client.set(
-                "group.instance.id",
-                k.instance_id.replace("{region}", region),
-            );
+            client.set("group.instance.id", k.instance_id.replace("{region}", region));
         }
         let consumer: StreamConsumer<Ctx> = client
             .set("group.id", &k.group_id)
@@ -139,9 +125,7 @@ impl KafkaIngest {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("queued.max.messages.kbytes", "65536")
-            .create_with_context(Ctx {
-                events: events.clone(),
-            })
+            .create_with_context(Ctx { events: events.clone() })
             .map_err(|e| Error::external("creating the Kafka consumer").with_source(e))?;
         let quarantine = Table::open_or_create(
             "bronze/_quarantine",
@@ -159,18 +143,10 @@ impl KafkaIngest {
                 schemas::BRONZE_PARTITIONS,
             )
             .await?;
-            topics.insert(
-                k.topic_for(source).replace("{region}", region),
-                TopicOut {
-                    source: source.clone(),
-                    table,
-                },
-            );
+            topics.insert(k.topic_for(source).replace("{region}", region), TopicOut { source: source.clone(), table });
         }
         let names: Vec<&str> = topics.keys().map(|s| s.as_str()).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|e| Error::external(format!("subscribing to {names:?}")).with_source(e))?;
+        consumer.subscribe(&names).map_err(|e| Error::external(format!("subscribing to {names:?}")).with_source(e))?;
         tracing::info!(topics = ?names, group = %k.group_id, "Kafka ingest subscribed");
         Ok(Self {
             cfg,
@@ -189,10 +165,8 @@ impl KafkaIngest {
 
     async fn positions_for(&mut self, tp: &Tp) -> Result<(i64, i64)> {
         let id = app_id(&self.cfg.pipeline, &tp.0, tp.1);
-        let out = self
-            .topics
-            .get_mut(&tp.0)
-            .ok_or_else(|| Error::internal(format!("assigned unknown topic {}", tp.0)))?;
+        let out =
+            self.topics.get_mut(&tp.0).ok_or_else(|| Error::internal(format!("assigned unknown topic {}", tp.0)))?;
         let d = out.table.txn_version(&id).await?.unwrap_or(-1);
         let q = self.quarantine.txn_version(&id).await?.unwrap_or(-1);
         Ok((d, q))
@@ -200,8 +174,7 @@ impl KafkaIngest {
 
     /// Applies pending rebalances: positions come from the tables.
     async fn apply_events(&mut self) -> Result<()> {
-        let events: Vec<Event> =
-            std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let events: Vec<Event> = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
         if events.is_empty() {
             return Ok(());
         }
@@ -212,8 +185,7 @@ impl KafkaIngest {
                         self.assigned.remove(tp);
                     }
                     let before = self.buffer.len();
-                    self.buffer
-                        .retain(|m| !list.contains(&(m.topic.clone(), m.partition)));
+                    self.buffer.retain(|m| !list.contains(&(m.topic.clone(), m.partition)));
                     self.buffer_bytes = self.buffer.iter().map(|m| m.payload.len()).sum();
                     if before != self.buffer.len() {
                         tracing::info!(
@@ -230,15 +202,8 @@ impl KafkaIngest {
                     for tp in list {
                         let (d, q) = self.positions_for(&tp).await?;
                         tracing::info!(topic = %tp.0, partition = tp.1, data_txn = d, quarantine_txn = q, "resuming from the table");
-                        self.assigned.insert(
-                            tp,
-                            PartState {
-                                data_pos: d,
-                                q_pos: q,
-                                buffered_to: d.min(q),
-                                seeked: false,
-                            },
-                        );
+                        self.assigned
+                            .insert(tp, PartState { data_pos: d, q_pos: q, buffered_to: d.min(q), seeked: false });
                     }
                 }
             }
@@ -268,12 +233,7 @@ impl KafkaIngest {
             // go back once to the first offset the table does not hold.
             st.seeked = true;
             let want = st.buffered_to + 1;
-            match self.consumer.seek(
-                topic,
-                partition,
-                Offset::Offset(want),
-                Duration::from_secs(5),
-            ) {
+            match self.consumer.seek(topic, partition, Offset::Offset(want), Duration::from_secs(5)) {
                 Ok(()) => {
                     tracing::warn!(
                         topic,
@@ -318,10 +278,7 @@ impl KafkaIngest {
         }
         tokio::task::block_in_place(|| {
             self.assigned.iter().all(|((t, p), st)| {
-                match self
-                    .consumer
-                    .fetch_watermarks(t, *p, Duration::from_secs(5))
-                {
+                match self.consumer.fetch_watermarks(t, *p, Duration::from_secs(5)) {
                     Ok((_low, high)) => st.data_pos.min(st.q_pos) + 1 >= high,
                     Err(_) => false,
                 }
@@ -330,8 +287,7 @@ impl KafkaIngest {
     }
 
     fn full(&self) -> bool {
-        self.buffer.len() >= self.cfg.kafka.max_batch_records
-            || self.buffer_bytes >= self.cfg.kafka.max_batch_bytes
+        self.buffer.len() >= self.cfg.kafka.max_batch_records || self.buffer_bytes >= self.cfg.kafka.max_batch_bytes
     }
 
     fn assignment_list(&self) -> TopicPartitionList {
@@ -369,10 +325,7 @@ impl KafkaIngest {
         let mut total_in = 0u64;
         let mut offsets = TopicPartitionList::new();
         for (topic, msgs) in by_topic {
-            let out = self
-                .topics
-                .get_mut(&topic)
-                .ok_or_else(|| Error::internal(format!("unknown topic {topic}")))?;
+            let out = self.topics.get_mut(&topic).ok_or_else(|| Error::internal(format!("unknown topic {topic}")))?;
             let source = out.source.clone();
             let mut rows = BronzeRows::new(&source, now_us);
             let mut q = QuarantineRows::new(now_us);
@@ -423,18 +376,10 @@ impl KafkaIngest {
                 let st = &self.assigned[&(topic.clone(), *p)];
                 let id = app_id(&pipeline, &topic, *p);
                 if *to > st.data_pos {
-                    data_moves.push(PositionMove {
-                        app_id: id.clone(),
-                        from: st.data_pos,
-                        to: *to,
-                    });
+                    data_moves.push(PositionMove { app_id: id.clone(), from: st.data_pos, to: *to });
                 }
                 if *to > st.q_pos {
-                    q_moves.push(PositionMove {
-                        app_id: id,
-                        from: st.q_pos,
-                        to: *to,
-                    });
+                    q_moves.push(PositionMove { app_id: id, from: st.q_pos, to: *to });
                 }
             }
             let meta = HashMap::from([(
@@ -511,11 +456,7 @@ impl KafkaIngest {
                 quarantined,
                 duplicates: 0,
                 seconds: started.elapsed().as_secs_f64(),
-                input_position: &last
-                    .iter()
-                    .map(|(p, o)| format!("{topic}/{p}={o}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                input_position: &last.iter().map(|(p, o)| format!("{topic}/{p}={o}")).collect::<Vec<_>>().join(","),
             }
             .emit();
         }
@@ -604,15 +545,17 @@ impl Stage for KafkaIngest {
         self.caught_up
     }
 
+    fn idle_sleep(&self, _poll: Duration) -> Duration {
+        // run_once already waited up to max_batch_wait_ms for messages.
+        Duration::from_millis(10)
+    }
+
     async fn recover(&mut self) -> Result<()> {
         // Drop what is buffered and re-read every position from the tables.
         self.buffer.clear();
         self.buffer_bytes = 0;
         let assigned: Vec<Tp> = self.assigned.keys().cloned().collect();
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Event::Assign(assigned));
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(Event::Assign(assigned));
         self.apply_events().await
     }
 
@@ -625,21 +568,9 @@ impl Stage for KafkaIngest {
         let mut positions = Vec::new();
         for ((t, p), st) in &self.assigned {
             let id = app_id(&self.cfg.pipeline, t, *p);
-            let name = self
-                .topics
-                .get(t)
-                .map(|o| o.table.name.clone())
-                .unwrap_or_default();
-            positions.push(InputPosition {
-                app_id: id.clone(),
-                output_table: name,
-                version: st.data_pos,
-            });
-            positions.push(InputPosition {
-                app_id: id,
-                output_table: self.quarantine.name.clone(),
-                version: st.q_pos,
-            });
+            let name = self.topics.get(t).map(|o| o.table.name.clone()).unwrap_or_default();
+            positions.push(InputPosition { app_id: id.clone(), output_table: name, version: st.data_pos });
+            positions.push(InputPosition { app_id: id, output_table: self.quarantine.name.clone(), version: st.q_pos });
         }
         let mut counters = status_counters(STAGE, &self.region);
         counters.push(tributary_proto::v1::Counter {
@@ -666,12 +597,5 @@ pub async fn run(
     notices: Option<tributary_core::stage::NoticeHook>,
 ) -> Result<()> {
     let stage = KafkaIngest::build(cfg.clone(), region).await?;
-    tributary_core::stage::serve_stages(
-        "bronze-ingest-kafka",
-        &cfg,
-        vec![Box::new(stage)],
-        shutdown,
-        notices,
-    )
-    .await
+    tributary_core::stage::serve_stages("bronze-ingest-kafka", &cfg, vec![Box::new(stage)], shutdown, notices).await
 }

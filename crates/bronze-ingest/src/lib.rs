@@ -94,15 +94,7 @@ impl BronzeIngest {
                 manifests: HashMap::new(),
             });
         }
-        let mut me = Self {
-            cfg,
-            region: region.to_string(),
-            landing,
-            landing_uri,
-            flows,
-            quarantine,
-            next_flow: 0,
-        };
+        let mut me = Self { cfg, region: region.to_string(), landing, landing_uri, flows, quarantine, next_flow: 0 };
         me.recover().await?;
         Ok(me)
     }
@@ -127,8 +119,7 @@ impl BronzeIngest {
             .bytes()
             .await
             .map_err(|e| Error::external(format!("reading {what}")).with_source(e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::internal(format!("corrupt {what}")).with_source(e))
+        serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("corrupt {what}")).with_source(e))
     }
 
     /// Rebuilds the set of ingested files from the table: the newest index snapshot at or below
@@ -141,22 +132,12 @@ impl BronzeIngest {
         flow.manifests.clear();
         let store = flow.table.table.object_store();
         let listed: Vec<deltalake::ObjectMeta> =
-            futures::TryStreamExt::try_collect(store.list(Some(&Path::from("_tributary/batches"))))
-                .await
-                .map_err(|e| {
-                    Error::external(format!("listing batch manifests of {}", flow.table.name))
-                        .with_source(e)
-                })?;
+            futures::TryStreamExt::try_collect(store.list(Some(&Path::from("_tributary/batches")))).await.map_err(
+                |e| Error::external(format!("listing batch manifests of {}", flow.table.name)).with_source(e),
+            )?;
         let index_seq = listed
             .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()?
-                    .strip_prefix("index-")?
-                    .strip_suffix(".json")?
-                    .parse::<i64>()
-                    .ok()
-            })
+            .filter_map(|m| m.location.filename()?.strip_prefix("index-")?.strip_suffix(".json")?.parse::<i64>().ok())
             .filter(|s| *s <= flow.seq)
             .max()
             .unwrap_or(0);
@@ -170,12 +151,9 @@ impl BronzeIngest {
             flow.done.extend(idx.files);
         }
         for s in (index_seq + 1)..=flow.seq {
-            let m: Manifest = Self::read_json(
-                &store,
-                &Self::manifest_path(s),
-                &format!("batch manifest {s} of {}", flow.table.name),
-            )
-            .await?;
+            let m: Manifest =
+                Self::read_json(&store, &Self::manifest_path(s), &format!("batch manifest {s} of {}", flow.table.name))
+                    .await?;
             flow.done.extend(m.files.iter().cloned());
             if s > flow.quarantine_seq {
                 flow.manifests.insert(s, m.files);
@@ -184,12 +162,9 @@ impl BronzeIngest {
         // Batches at or below the index that quarantine has not caught up with (rare: a crash
         // right after an index write) still need their own manifests.
         for s in (flow.quarantine_seq + 1)..=index_seq.min(flow.seq) {
-            let m: Manifest = Self::read_json(
-                &store,
-                &Self::manifest_path(s),
-                &format!("batch manifest {s} of {}", flow.table.name),
-            )
-            .await?;
+            let m: Manifest =
+                Self::read_json(&store, &Self::manifest_path(s), &format!("batch manifest {s} of {}", flow.table.name))
+                    .await?;
             flow.manifests.insert(s, m.files);
         }
         Ok(())
@@ -203,29 +178,18 @@ impl BronzeIngest {
         }
         let mut files: Vec<String> = flow.done.iter().cloned().collect();
         files.sort();
-        let idx = Manifest {
-            seq: flow.seq,
-            source: flow.source.clone(),
-            files,
-        };
+        let idx = Manifest { seq: flow.seq, source: flow.source.clone(), files };
         flow.table
             .table
             .object_store()
-            .put(
-                &Self::index_path(flow.seq),
-                serde_json::to_vec(&idx).unwrap_or_default().into(),
-            )
+            .put(&Self::index_path(flow.seq), serde_json::to_vec(&idx).unwrap_or_default().into())
             .await
             .map_err(|e| Error::external("writing batch index").with_source(e))?;
         Ok(())
     }
 
     /// Reads and decodes files into bronze and quarantine rows.
-    async fn decode_files(
-        &self,
-        source: &str,
-        paths: &[String],
-    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, u64)> {
+    async fn decode_files(&self, source: &str, paths: &[String]) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, u64)> {
         let now = tributary_core::now_ms() * 1000;
         let mut bronze = BronzeRows::new(source, now);
         let mut quarantine = QuarantineRows::new(now);
@@ -239,30 +203,16 @@ impl BronzeIngest {
                 .landing
                 .get(&location)
                 .await
-                .map_err(|e| {
-                    Error::external(format!("reading landing file {file_uri}")).with_source(e)
-                })?
+                .map_err(|e| Error::external(format!("reading landing file {file_uri}")).with_source(e))?
                 .bytes()
                 .await
-                .map_err(|e| {
-                    Error::external(format!("reading landing file {file_uri}")).with_source(e)
-                })?;
+                .map_err(|e| Error::external(format!("reading landing file {file_uri}")).with_source(e))?;
             match files::decompress(p, &raw) {
                 Ok(body) => {
                     for (idx, line) in files::lines(&body) {
                         lines_in += 1;
-                        match tributary_events::decode_event(
-                            line,
-                            source,
-                            self.cfg.bronze.max_event_bytes,
-                        ) {
-                            Ok(d) => bronze.push(
-                                d,
-                                &Lineage::File {
-                                    path: &file_uri,
-                                    line: idx as i64,
-                                },
-                            ),
+                        match tributary_events::decode_event(line, source, self.cfg.bronze.max_event_bytes) {
+                            Ok(d) => bronze.push(d, &Lineage::File { path: &file_uri, line: idx as i64 }),
                             Err(r) => quarantine.push(
                                 source,
                                 r.code(),
@@ -279,17 +229,7 @@ impl BronzeIngest {
                 }
                 Err(e) => {
                     lines_in += 1;
-                    quarantine.push(
-                        source,
-                        "corrupt_file",
-                        None,
-                        &e,
-                        &raw,
-                        None,
-                        Some(&file_uri),
-                        None,
-                        None,
-                    );
+                    quarantine.push(source, "corrupt_file", None, &e, &raw, None, Some(&file_uri), None, None);
                 }
             }
         }
@@ -313,10 +253,7 @@ impl BronzeIngest {
         self.quarantine.refresh().await?;
         let adds = self.quarantine.write_files(&q).await?;
         let rows: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
-        let meta = HashMap::from([(
-            "tributary.recovered_batches".to_string(),
-            serde_json::json!([from + 1, to]),
-        )]);
+        let meta = HashMap::from([("tributary.recovered_batches".to_string(), serde_json::json!([from + 1, to]))]);
         self.quarantine
             .commit(
                 adds.into_iter().map(Action::Add).collect(),
@@ -325,13 +262,7 @@ impl BronzeIngest {
                 self.cfg.federator.max_commit_retries,
             )
             .await?;
-        tracing::warn!(
-            source,
-            from,
-            to,
-            rows,
-            "quarantine caught up with bronze after a restart"
-        );
+        tracing::warn!(source, from, to, rows, "quarantine caught up with bronze after a restart");
         let f = &mut self.flows[i];
         f.quarantine_seq = to;
         f.manifests.clear();
@@ -342,11 +273,7 @@ impl BronzeIngest {
         self.catch_up_quarantine(i).await?;
         let source = self.flows[i].source.clone();
         let listed = files::list_new(&self.landing, &source, &self.flows[i].done).await?;
-        let batch = files::take_batch(
-            listed,
-            self.cfg.bronze.max_files_per_batch,
-            self.cfg.bronze.max_bytes_per_batch,
-        );
+        let batch = files::take_batch(listed, self.cfg.bronze.max_files_per_batch, self.cfg.bronze.max_bytes_per_batch);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -365,19 +292,12 @@ impl BronzeIngest {
         }
         let seq = self.flows[i].seq + 1;
         let paths: Vec<String> = batch.iter().map(|m| m.location.to_string()).collect();
-        let manifest = Manifest {
-            seq,
-            source: source.clone(),
-            files: paths.clone(),
-        };
+        let manifest = Manifest { seq, source: source.clone(), files: paths.clone() };
         self.flows[i]
             .table
             .table
             .object_store()
-            .put(
-                &Self::manifest_path(seq),
-                serde_json::to_vec(&manifest).unwrap_or_default().into(),
-            )
+            .put(&Self::manifest_path(seq), serde_json::to_vec(&manifest).unwrap_or_default().into())
             .await
             .map_err(|e| Error::external("writing batch manifest").with_source(e))?;
 
@@ -394,17 +314,10 @@ impl BronzeIngest {
         )]);
         let version = self.flows[i]
             .table
-            .commit(
-                adds.into_iter().map(Action::Add).collect(),
-                vec![txn(&app_id, seq)],
-                meta.clone(),
-                0,
-            )
+            .commit(adds.into_iter().map(Action::Add).collect(), vec![txn(&app_id, seq)], meta.clone(), 0)
             .await?;
         fault::point("bronze.after_data_commit");
-        self.flows[i]
-            .table
-            .notice(STAGE, &self.region, version, written, 0);
+        self.flows[i].table.notice(STAGE, &self.region, version, written, 0);
         {
             let f = &mut self.flows[i];
             f.seq = seq;
@@ -519,12 +432,9 @@ pub fn table_status(t: &Table, time_column: Option<&str>) -> TableStatus {
             row_count: s.row_count,
             file_count: s.file_count,
         },
-        Err(_) => TableStatus {
-            name: t.name.clone(),
-            uri: t.url.to_string(),
-            version: t.version(),
-            ..Default::default()
-        },
+        Err(_) => {
+            TableStatus { name: t.name.clone(), uri: t.url.to_string(), version: t.version(), ..Default::default() }
+        }
     }
 }
 

@@ -72,10 +72,7 @@ impl CentralFederator {
     pub async fn build(cfg: Arc<Config>, regions: &[String]) -> Result<Self> {
         for r in regions {
             if !cfg.regions.contains(r) {
-                return Err(Error::user(format!(
-                    "region {r:?} is not in the config's regions {:?}",
-                    cfg.regions
-                )));
+                return Err(Error::user(format!("region {r:?} is not in the config's regions {:?}", cfg.regions)));
             }
         }
         let events = Table::open_or_create(
@@ -124,11 +121,7 @@ impl CentralFederator {
                             k,
                             Input {
                                 name: format!("{r}/gold/{}", k.table_name()),
-                                app_id: format!(
-                                    "{}/central/{r}/gold/{}",
-                                    cfg.pipeline,
-                                    k.table_name()
-                                ),
+                                app_id: format!("{}/central/{r}/gold/{}", cfg.pipeline, k.table_name()),
                                 location: gold_aggregate::table_location(&cfg, r, k),
                                 table: None,
                                 pos: -1,
@@ -139,23 +132,14 @@ impl CentralFederator {
             })
             .collect();
         let label = regions.join(",");
-        let mut me = Self {
-            cfg,
-            label,
-            feeds,
-            events,
-            gold,
-        };
+        let mut me = Self { cfg, label, feeds, events, gold };
         me.recover().await?;
         Ok(me)
     }
 
     fn egress_mask(&self, b: &RecordBatch) -> Result<Vec<bool>> {
         let field = &self.cfg.federator.egress_field;
-        if let Some(c) = b
-            .column_by_name(field)
-            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
-        {
+        if let Some(c) = b.column_by_name(field).and_then(|c| c.as_any().downcast_ref::<BooleanArray>()) {
             return Ok((0..c.len()).map(|i| c.is_valid(i) && c.value(i)).collect());
         }
         // Policy on a payload field: only a JSON `true` approves egress.
@@ -173,13 +157,7 @@ impl CentralFederator {
             .collect())
     }
 
-    fn central_rows(
-        &self,
-        region: &str,
-        b: &RecordBatch,
-        version: i64,
-        now_us: i64,
-    ) -> Result<Option<RecordBatch>> {
+    fn central_rows(&self, region: &str, b: &RecordBatch, version: i64, now_us: i64) -> Result<Option<RecordBatch>> {
         let mask = BooleanArray::from(self.egress_mask(b)?);
         let b = deltalake::arrow::compute::filter_record_batch(b, &mask)
             .map_err(|e| Error::internal("egress filter").with_source(e))?;
@@ -192,20 +170,15 @@ impl CentralFederator {
         for f in schema.fields() {
             let c: ArrayRef = match f.name().as_str() {
                 "_origin_version" => Arc::new(Int64Array::from(vec![version; n])),
-                "_federated_at" => {
-                    Arc::new(TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC"))
-                }
+                "_federated_at" => Arc::new(TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC")),
                 "region" => Arc::new(StringArray::from(vec![region.to_string(); n])),
-                name => b
-                    .column_by_name(name)
-                    .cloned()
-                    .ok_or_else(|| Error::internal(format!("silver lacks {name}")))?,
+                name => {
+                    b.column_by_name(name).cloned().ok_or_else(|| Error::internal(format!("silver lacks {name}")))?
+                }
             };
             cols.push(c);
         }
-        RecordBatch::try_new(schema, cols)
-            .map(Some)
-            .map_err(|e| Error::internal("central events batch").with_source(e))
+        RecordBatch::try_new(schema, cols).map(Some).map_err(|e| Error::internal("central events batch").with_source(e))
     }
 
     async fn federate_silver(&mut self, fi: usize, si: usize) -> Result<u64> {
@@ -217,10 +190,7 @@ impl CentralFederator {
         if !input.open().await? {
             return Ok(0);
         }
-        let t = input
-            .table
-            .as_ref()
-            .ok_or_else(|| Error::internal("input not open"))?;
+        let t = input.table.as_ref().ok_or_else(|| Error::internal("input not open"))?;
         let latest = t.latest_version().await?;
         if latest <= input.pos {
             return Ok(0);
@@ -263,11 +233,7 @@ impl CentralFederator {
             .events
             .commit_contended(
                 adds.into_iter().map(Action::Add).collect(),
-                &[PositionMove {
-                    app_id: app_id.clone(),
-                    from,
-                    to: up_to,
-                }],
+                &[PositionMove { app_id: app_id.clone(), from, to: up_to }],
                 meta,
                 (STAGE, &region),
                 attempts,
@@ -300,10 +266,7 @@ impl CentralFederator {
         if !input.open().await? {
             return Ok(0);
         }
-        let t = input
-            .table
-            .as_mut()
-            .ok_or_else(|| Error::internal("input not open"))?;
+        let t = input.table.as_mut().ok_or_else(|| Error::internal("input not open"))?;
         t.refresh().await?;
         let v = t.version();
         if v <= input.pos {
@@ -324,10 +287,7 @@ impl CentralFederator {
         for f in t.files()? {
             if let Some(Some(d)) = f.partition_values.get("event_date") {
                 if dates.contains(d) {
-                    batches.extend(
-                        t.read_file(&f.path, Some(f.size), &f.partition_values)
-                            .await?,
-                    );
+                    batches.extend(t.read_file(&f.path, Some(f.size), &f.partition_values).await?);
                 }
             }
         }
@@ -350,10 +310,7 @@ impl CentralFederator {
             .into_iter()
             .filter(|f| {
                 f.partition_values.get("region").and_then(|x| x.as_deref()) == Some(region.as_str())
-                    && f.partition_values
-                        .get("event_date")
-                        .and_then(|x| x.clone())
-                        .is_some_and(|d| dates.contains(&d))
+                    && f.partition_values.get("event_date").and_then(|x| x.clone()).is_some_and(|d| dates.contains(&d))
             })
             .map(|f| f.path)
             .collect();
@@ -367,11 +324,7 @@ impl CentralFederator {
         let version = central
             .commit_contended(
                 actions,
-                &[PositionMove {
-                    app_id: app_id.clone(),
-                    from,
-                    to: v,
-                }],
+                &[PositionMove { app_id: app_id.clone(), from, to: v }],
                 meta,
                 (STAGE, &region),
                 attempts,
@@ -428,12 +381,7 @@ impl Stage for CentralFederator {
                 input.pos = self.events.txn_version(&input.app_id).await?.unwrap_or(-1);
             }
             for (kind, input) in &mut feed.gold {
-                let t = &self
-                    .gold
-                    .iter()
-                    .find(|(k, _)| k == kind)
-                    .ok_or_else(|| Error::internal("central gold"))?
-                    .1;
+                let t = &self.gold.iter().find(|(k, _)| k == kind).ok_or_else(|| Error::internal("central gold"))?.1;
                 input.pos = t.txn_version(&input.app_id).await?.unwrap_or(-1);
             }
         }
@@ -442,21 +390,13 @@ impl Stage for CentralFederator {
     fn inputs(&self) -> Vec<String> {
         self.feeds
             .iter()
-            .flat_map(|f| {
-                f.silver
-                    .iter()
-                    .map(|(_, i)| &i.location)
-                    .chain(f.gold.iter().map(|(_, i)| &i.location))
-            })
+            .flat_map(|f| f.silver.iter().map(|(_, i)| &i.location).chain(f.gold.iter().map(|(_, i)| &i.location)))
             .filter_map(|l| tributary_delta::location_url(l).ok())
             .map(|u| u.to_string())
             .collect()
     }
     async fn status(&mut self) -> StageStatus {
-        let mut tables = vec![bronze_ingest::table_status(
-            &self.events,
-            Some("event_time"),
-        )];
+        let mut tables = vec![bronze_ingest::table_status(&self.events, Some("event_time"))];
         for (_, t) in &self.gold {
             tables.push(bronze_ingest::table_status(t, Some("window_start")));
         }

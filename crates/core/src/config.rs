@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: String, message: String },
     #[error("environment override {var}: {message}")]
@@ -144,10 +141,7 @@ impl Default for KafkaConfig {
 
 impl KafkaConfig {
     pub fn topic_for(&self, source: &str) -> String {
-        self.topics
-            .get(source)
-            .cloned()
-            .unwrap_or_else(|| format!("{}{source}", self.topic_prefix))
+        self.topics.get(source).cloned().unwrap_or_else(|| format!("{}{source}", self.topic_prefix))
     }
 }
 
@@ -215,36 +209,22 @@ impl Default for BronzeConfig {
 }
 impl Default for SilverConfig {
     fn default() -> Self {
-        Self {
-            max_versions_per_batch: 64,
-        }
+        Self { max_versions_per_batch: 64 }
     }
 }
 impl Default for GoldConfig {
     fn default() -> Self {
-        Self {
-            max_versions_per_batch: 64,
-            allowed_lateness_secs: 600,
-        }
+        Self { max_versions_per_batch: 64, allowed_lateness_secs: 600 }
     }
 }
 impl Default for FederatorConfig {
     fn default() -> Self {
-        Self {
-            egress_field: "egress_approved".into(),
-            max_versions_per_batch: 64,
-            max_commit_retries: 100,
-        }
+        Self { egress_field: "egress_approved".into(), max_versions_per_batch: 64, max_commit_retries: 100 }
     }
 }
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self {
-            grpc_addr: String::new(),
-            admin_addr: String::new(),
-            poll_interval_ms: 500,
-            tls: None,
-        }
+        Self { grpc_addr: String::new(), admin_addr: String::new(), poll_interval_ms: 500, tls: None }
     }
 }
 impl Default for TelemetryConfig {
@@ -262,60 +242,38 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut value = toml::Table::new();
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
             value = text
                 .parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
         }
         let env: Vec<(String, String)> = std::env::vars().collect();
         apply_env(&mut value, &env)?;
-        Self::from_table(
-            value,
-            path.map(|p| p.display().to_string())
-                .unwrap_or_else(|| "<defaults>".into()),
-        )
+        Self::from_table(value, path.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into()))
     }
 
     /// Parses a TOML document (no environment overrides).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         let value = text
             .parse::<toml::Table>()
-            .map_err(|e| ConfigError::Parse {
-                path: "<string>".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ConfigError::Parse { path: "<string>".into(), message: e.to_string() })?;
         Self::from_table(value, "<string>".into())
     }
 
     fn from_table(value: toml::Table, origin: String) -> Result<Self, ConfigError> {
         let cfg: Config = toml::Value::Table(value)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: origin,
-                message: e.to_string(),
-            })?;
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.to_string() })?;
         cfg.validate()
     }
 
     /// Pure validation; returns the validated config.
     pub fn validate(self) -> Result<Self, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.pipeline.is_empty()
-            || !self
-                .pipeline
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        if self.pipeline.is_empty() || !self.pipeline.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return bad(format!(
-                "pipeline name {:?} must be non-empty [A-Za-z0-9_-]",
-                self.pipeline
-            ));
+            return bad(format!("pipeline name {:?} must be non-empty [A-Za-z0-9_-]", self.pipeline));
         }
         if self.data_root.is_empty() {
             return bad("data_root must not be empty".into());
@@ -324,11 +282,7 @@ impl Config {
             return bad("regions must list at least one region".into());
         }
         for r in &self.regions {
-            if r.is_empty()
-                || !r
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return bad(format!("region name {r:?} must be non-empty [A-Za-z0-9_-]"));
             }
         }
@@ -340,16 +294,11 @@ impl Config {
         }
         for s in &self.bronze.sources {
             if !SOURCES.contains(&s.as_str()) {
-                return bad(format!(
-                    "unknown source {s:?}; known sources: {}",
-                    SOURCES.join(", ")
-                ));
+                return bad(format!("unknown source {s:?}; known sources: {}", SOURCES.join(", ")));
             }
         }
         if self.bronze.max_files_per_batch == 0 || self.bronze.max_bytes_per_batch == 0 {
-            return bad(
-                "bronze.max_files_per_batch and bronze.max_bytes_per_batch must be > 0".into(),
-            );
+            return bad("bronze.max_files_per_batch and bronze.max_bytes_per_batch must be > 0".into());
         }
         if self.bronze.index_every_batches < 1 {
             return bad("bronze.index_every_batches must be >= 1".into());
@@ -370,20 +319,14 @@ impl Config {
             return bad("federator.egress_field must not be empty".into());
         }
         let k = &self.kafka;
-        if !matches!(
-            k.security_protocol.as_str(),
-            "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
-        ) {
+        if !matches!(k.security_protocol.as_str(), "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl") {
             return bad(format!(
                 "kafka.security_protocol {:?} must be plaintext, ssl, sasl_plaintext or sasl_ssl",
                 k.security_protocol
             ));
         }
         if k.security_protocol.starts_with("sasl")
-            && !matches!(
-                k.sasl_mechanism.as_str(),
-                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
-            )
+            && !matches!(k.sasl_mechanism.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512")
         {
             return bad(format!(
                 "kafka.sasl_mechanism {:?} must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
@@ -398,9 +341,7 @@ impl Config {
             }
         }
         if k.max_batch_records == 0 || k.max_batch_bytes == 0 || k.max_batch_wait_ms == 0 {
-            return bad(
-                "kafka.max_batch_records, max_batch_bytes and max_batch_wait_ms must be > 0".into(),
-            );
+            return bad("kafka.max_batch_records, max_batch_bytes and max_batch_wait_ms must be > 0".into());
         }
         for s in k.topics.keys() {
             if !SOURCES.contains(&s.as_str()) {
@@ -410,21 +351,13 @@ impl Config {
         if self.server.poll_interval_ms == 0 {
             return bad("server.poll_interval_ms must be > 0".into());
         }
-        for (name, addr) in [
-            ("grpc_addr", &self.server.grpc_addr),
-            ("admin_addr", &self.server.admin_addr),
-        ] {
+        for (name, addr) in [("grpc_addr", &self.server.grpc_addr), ("admin_addr", &self.server.admin_addr)] {
             if !addr.is_empty() && addr.parse::<std::net::SocketAddr>().is_err() {
-                return bad(format!(
-                    "server.{name} {addr:?} is not a socket address like 127.0.0.1:50051"
-                ));
+                return bad(format!("server.{name} {addr:?} is not a socket address like 127.0.0.1:50051"));
             }
         }
         if !matches!(self.telemetry.log_format.as_str(), "pretty" | "json") {
-            return bad(format!(
-                "telemetry.log_format {:?} must be pretty or json",
-                self.telemetry.log_format
-            ));
+            return bad(format!("telemetry.log_format {:?} must be pretty or json", self.telemetry.log_format));
         }
         Ok(self)
     }
@@ -440,9 +373,7 @@ impl Config {
         }
     }
     pub fn central_root(&self) -> String {
-        self.central_root
-            .clone()
-            .unwrap_or_else(|| join(&self.data_root, "central"))
+        self.central_root.clone().unwrap_or_else(|| join(&self.data_root, "central"))
     }
     /// Location of a region table, e.g. `bronze/billing`.
     pub fn region_table(&self, region: &str, name: &str) -> String {
@@ -455,11 +386,7 @@ impl Config {
 
 /// Joins a relative path onto a root that may be a path or a URI.
 pub fn join(root: &str, rel: &str) -> String {
-    format!(
-        "{}/{}",
-        root.trim_end_matches('/'),
-        rel.trim_start_matches('/')
-    )
+    format!("{}/{}", root.trim_end_matches('/'), rel.trim_start_matches('/'))
 }
 
 /// Applies `TRIBUTARY__A__B=value` overrides: keys lowercased, values parsed as TOML when they
@@ -471,10 +398,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
         };
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.iter().any(|p| p.is_empty()) {
-            return Err(ConfigError::Env {
-                var: k.clone(),
-                message: "empty key segment".into(),
-            });
+            return Err(ConfigError::Env { var: k.clone(), message: "empty key segment".into() });
         }
         let parsed = format!("x = {v}")
             .parse::<toml::Table>()
@@ -483,16 +407,11 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             .unwrap_or_else(|| toml::Value::String(v.clone()));
         let mut cur = &mut *table;
         for seg in &path[..path.len() - 1] {
-            let entry = cur
-                .entry(seg.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             cur = match entry {
                 toml::Value::Table(t) => t,
                 _ => {
-                    return Err(ConfigError::Env {
-                        var: k.clone(),
-                        message: format!("{seg} is not a section"),
-                    });
+                    return Err(ConfigError::Env { var: k.clone(), message: format!("{seg} is not a section") });
                 }
             };
         }
@@ -526,9 +445,7 @@ mod tests {
 
     #[test]
     fn env_overrides_file() {
-        let mut t: toml::Table = "pipeline = \"p\"\n[gold]\nallowed_lateness_secs = 5"
-            .parse()
-            .unwrap();
+        let mut t: toml::Table = "pipeline = \"p\"\n[gold]\nallowed_lateness_secs = 5".parse().unwrap();
         apply_env(
             &mut t,
             &[

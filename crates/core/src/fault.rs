@@ -51,10 +51,7 @@ fn plan() -> &'static Option<Plan> {
             ENABLED.store(false, Ordering::Relaxed);
             return None;
         }
-        Some(Plan {
-            targets,
-            hits: Mutex::new(HashMap::new()),
-        })
+        Some(Plan { targets, hits: Mutex::new(HashMap::new()) })
     })
 }
 

@@ -61,8 +61,7 @@ impl Metrics {
             let commits = Family::<TableLabels, Counter>::default();
             let commit_conflicts = Family::<TableLabels, Counter>::default();
             let batch_errors = Family::<TableLabels, Counter>::default();
-            let batch_seconds =
-                Family::<TableLabels, Histogram>::new_with_constructor(hist as fn() -> Histogram);
+            let batch_seconds = Family::<TableLabels, Histogram>::new_with_constructor(hist as fn() -> Histogram);
             let table_version = Family::<TableLabels, Gauge>::default();
             let notice_wakeups = Family::<TableLabels, Counter>::default();
             let grpc_requests = Family::<GrpcLabels, Counter>::default();
@@ -73,31 +72,19 @@ impl Metrics {
                 "Delta commits that lost a race and were retried",
                 commit_conflicts.clone(),
             );
-            registry.register(
-                "batch_errors",
-                "Batches that failed and will be retried",
-                batch_errors.clone(),
-            );
+            registry.register("batch_errors", "Batches that failed and will be retried", batch_errors.clone());
             registry.register(
                 "batch_duration_seconds",
                 "Wall time of one batch from read to commit",
                 batch_seconds.clone(),
             );
-            registry.register(
-                "table_version",
-                "Latest Delta version committed by this process",
-                table_version.clone(),
-            );
+            registry.register("table_version", "Latest Delta version committed by this process", table_version.clone());
             registry.register(
                 "notice_wakeups",
                 "Stage passes started by a commit notice instead of the poll timer",
                 notice_wakeups.clone(),
             );
-            registry.register(
-                "grpc_requests",
-                "gRPC requests served",
-                grpc_requests.clone(),
-            );
+            registry.register("grpc_requests", "gRPC requests served", grpc_requests.clone());
             Metrics {
                 registry: Mutex::new(registry),
                 rows,
@@ -124,20 +111,13 @@ impl Metrics {
     }
 
     fn bump(&self, stage: &str, region: &str, name: &str, table: &str, n: u64) {
-        let mut c = self
-            .status_counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *c.entry((stage.into(), region.into(), name.into(), table.into()))
-            .or_insert(0) += n;
+        let mut c = self.status_counters.lock().unwrap_or_else(|p| p.into_inner());
+        *c.entry((stage.into(), region.into(), name.into(), table.into())).or_insert(0) += n;
     }
 
     /// Counters of one stage for the status RPC: (name, table, value).
     pub fn status_counters(&self, stage: &str, region: &str) -> Vec<(String, String, u64)> {
-        let c = self
-            .status_counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let c = self.status_counters.lock().unwrap_or_else(|p| p.into_inner());
         c.iter()
             .filter(|((s, r, _, _), _)| s == stage && r == region)
             .map(|((_, _, n, t), v)| (n.clone(), t.clone(), *v))
@@ -177,11 +157,7 @@ impl BatchCommitted<'_> {
             "batch committed"
         );
         let m = Metrics::global();
-        let tl = TableLabels {
-            stage: self.stage.into(),
-            region: self.region.into(),
-            table: self.table.into(),
-        };
+        let tl = TableLabels { stage: self.stage.into(), region: self.region.into(), table: self.table.into() };
         for (outcome, n) in [
             ("input", self.input_rows),
             ("written", self.written),
@@ -196,13 +172,7 @@ impl BatchCommitted<'_> {
                     outcome: outcome.into(),
                 })
                 .inc_by(n);
-            m.bump(
-                self.stage,
-                self.region,
-                &format!("rows_{outcome}"),
-                self.table,
-                n,
-            );
+            m.bump(self.stage, self.region, &format!("rows_{outcome}"), self.table, n);
         }
         m.commits.get_or_create(&tl).inc();
         m.bump(self.stage, self.region, "commits", self.table, 1);
@@ -213,21 +183,10 @@ impl BatchCommitted<'_> {
 
 /// Internal event: a commit lost a race to a concurrent writer and is retried.
 pub fn commit_conflict(stage: &str, region: &str, table: &str, attempt: u32, reason: &str) {
-    tracing::warn!(
-        stage,
-        region,
-        table,
-        attempt,
-        reason,
-        "commit conflict, retrying"
-    );
+    tracing::warn!(stage, region, table, attempt, reason, "commit conflict, retrying");
     let m = Metrics::global();
     m.commit_conflicts
-        .get_or_create(&TableLabels {
-            stage: stage.into(),
-            region: region.into(),
-            table: table.into(),
-        })
+        .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: table.into() })
         .inc();
     m.bump(stage, region, "commit_conflicts", table, 1);
 }
@@ -236,11 +195,7 @@ pub fn commit_conflict(stage: &str, region: &str, table: &str, attempt: u32, rea
 pub fn notice_wakeup(stage: &str, region: &str) {
     let m = Metrics::global();
     m.notice_wakeups
-        .get_or_create(&TableLabels {
-            stage: stage.into(),
-            region: region.into(),
-            table: String::new(),
-        })
+        .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: String::new() })
         .inc();
     m.bump(stage, region, "notice_wakeups", "", 1);
 }
@@ -250,11 +205,7 @@ pub fn batch_failed(stage: &str, region: &str, table: &str, error: &dyn std::fmt
     tracing::error!(stage, region, table, error = %error, "batch failed; will retry from the committed position");
     let m = Metrics::global();
     m.batch_errors
-        .get_or_create(&TableLabels {
-            stage: stage.into(),
-            region: region.into(),
-            table: table.into(),
-        })
+        .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: table.into() })
         .inc();
     m.bump(stage, region, "batch_errors", table, 1);
 }

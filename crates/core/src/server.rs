@@ -45,27 +45,16 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let raw = req.uri().path();
         // Bounded label values: only our own and the standard services' paths.
-        let path = if raw.starts_with("/tributary.") || raw.starts_with("/grpc.") {
-            raw.to_string()
-        } else {
-            "other".into()
-        };
+        let path =
+            if raw.starts_with("/tributary.") || raw.starts_with("/grpc.") { raw.to_string() } else { "other".into() };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await;
             let code = match &res {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_string(),
+                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
                 Err(_) => "transport_error".into(),
             };
-            Metrics::global()
-                .grpc_requests
-                .get_or_create(&GrpcLabels { path, code })
-                .inc();
+            Metrics::global().grpc_requests.get_or_create(&GrpcLabels { path, code }).inc();
             res
         })
     }
@@ -83,9 +72,7 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 }
 
 fn request_span(req: &http::Request<()>) -> tracing::Span {
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(req.headers()))
-    });
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
     let span = tracing::info_span!("grpc.request", path = %req.uri().path());
     let _ = span.set_parent(parent);
     span
@@ -97,19 +84,15 @@ pub async fn serve_grpc(
     status: StatusService,
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let addr: SocketAddr = cfg
-        .grpc_addr
-        .parse()
-        .map_err(|_| Error::user(format!("invalid grpc_addr {:?}", cfg.grpc_addr)))?;
+    let addr: SocketAddr =
+        cfg.grpc_addr.parse().map_err(|_| Error::user(format!("invalid grpc_addr {:?}", cfg.grpc_addr)))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::user(format!("cannot bind gRPC address {addr}")).with_source(e))?;
     let local = listener.local_addr()?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<tributary_proto::v1::pipeline_status_server::PipelineStatusServer<StatusService>>()
-        .await;
+    reporter.set_serving::<tributary_proto::v1::pipeline_status_server::PipelineStatusServer<StatusService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tributary_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -118,23 +101,18 @@ pub async fn serve_grpc(
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &cfg.tls {
-        let cert = std::fs::read(&tls.cert_path).map_err(|e| {
-            Error::user(format!("cannot read TLS cert {}", tls.cert_path.display())).with_source(e)
-        })?;
-        let key = std::fs::read(&tls.key_path).map_err(|e| {
-            Error::user(format!("cannot read TLS key {}", tls.key_path.display())).with_source(e)
-        })?;
-        let mut tls_cfg = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(cert, key));
+        let cert = std::fs::read(&tls.cert_path)
+            .map_err(|e| Error::user(format!("cannot read TLS cert {}", tls.cert_path.display())).with_source(e))?;
+        let key = std::fs::read(&tls.key_path)
+            .map_err(|e| Error::user(format!("cannot read TLS key {}", tls.key_path.display())).with_source(e))?;
+        let mut tls_cfg =
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
         if let Some(ca) = &tls.client_ca_path {
-            let ca = std::fs::read(ca).map_err(|e| {
-                Error::user(format!("cannot read client CA {}", ca.display())).with_source(e)
-            })?;
+            let ca = std::fs::read(ca)
+                .map_err(|e| Error::user(format!("cannot read client CA {}", ca.display())).with_source(e))?;
             tls_cfg = tls_cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca));
         }
-        builder = builder
-            .tls_config(tls_cfg)
-            .map_err(|e| Error::user("invalid TLS configuration").with_source(e))?;
+        builder = builder.tls_config(tls_cfg).map_err(|e| Error::user("invalid TLS configuration").with_source(e))?;
     }
     let router = builder
         .trace_fn(request_span)
@@ -144,10 +122,7 @@ pub async fn serve_grpc(
         .add_service(status.into_server());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let handle = tokio::spawn(async move {
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
-            .await
-        {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await }).await {
             tracing::error!(error = %e, "gRPC server failed");
         }
     });
@@ -158,9 +133,7 @@ pub async fn serve_grpc(
 /// Starts the admin HTTP server: `/metrics` (Prometheus text) and `/healthz`.
 pub async fn serve_admin(addr: &str, shutdown: Shutdown) -> Result<(SocketAddr, JoinHandle<()>)> {
     use axum::routing::get;
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| Error::user(format!("invalid admin_addr {addr:?}")))?;
+    let addr: SocketAddr = addr.parse().map_err(|_| Error::user(format!("invalid admin_addr {addr:?}")))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::user(format!("cannot bind admin address {addr}")).with_source(e))?;
@@ -170,20 +143,14 @@ pub async fn serve_admin(addr: &str, shutdown: Shutdown) -> Result<(SocketAddr, 
             "/metrics",
             get(|| async {
                 (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
+                    [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
                     Metrics::global().encode(),
                 )
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
     let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await
-        {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await {
             tracing::error!(error = %e, "admin HTTP server failed");
         }
     });

@@ -18,20 +18,14 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Self {
         let (tx, rx) = watch::channel(false);
-        Self {
-            tx: std::sync::Arc::new(tx),
-            rx,
-            exit_when_idle: Default::default(),
-        }
+        Self { tx: std::sync::Arc::new(tx), rx, exit_when_idle: Default::default() }
     }
     /// `--trigger available-now`: the service stops once all its stages are idle.
     pub fn exit_when_idle(&self) {
-        self.exit_when_idle
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.exit_when_idle.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     pub fn wants_exit_when_idle(&self) -> bool {
-        self.exit_when_idle
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.exit_when_idle.load(std::sync::atomic::Ordering::SeqCst)
     }
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
@@ -59,14 +53,13 @@ impl Shutdown {
     pub fn install_signal_handlers(&self) {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot install SIGTERM handler");
-                        return;
-                    }
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install SIGTERM handler");
+                    return;
+                }
+            };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},

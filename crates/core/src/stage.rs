@@ -29,15 +29,16 @@ pub trait Stage: Send + 'static {
     fn caught_up(&self) -> bool {
         true
     }
+    /// How long to wait after a pass that found nothing. Stages whose `run_once` already blocks
+    /// waiting for input (a Kafka consumer) return a short pause instead of the poll interval.
+    fn idle_sleep(&self, poll: Duration) -> Duration {
+        poll
+    }
 }
 
 /// Wires commit notices to stages: given table URI -> wakers, start delivering wake-ups.
 pub type NoticeHook = Box<
-    dyn FnOnce(
-            std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>>,
-            Shutdown,
-        ) -> crate::Result<()>
-        + Send,
+    dyn FnOnce(std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>>, Shutdown) -> crate::Result<()> + Send,
 >;
 
 /// Shared progress bookkeeping, so a supervisor can tell when every stage is idle.
@@ -60,14 +61,8 @@ pub struct StageProgress {
 
 impl Progress {
     pub fn register(&self, name: String) -> Arc<StageProgress> {
-        let p = Arc::new(StageProgress {
-            name,
-            ..Default::default()
-        });
-        self.stages
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(p.clone());
+        let p = Arc::new(StageProgress { name, ..Default::default() });
+        self.stages.write().unwrap_or_else(|e| e.into_inner()).push(p.clone());
         p
     }
     /// True when, since the last work anywhere, every stage has completed a pass that found
@@ -76,15 +71,10 @@ impl Progress {
         let now = self.work.load(Ordering::SeqCst);
         let stages = self.stages.read().unwrap_or_else(|e| e.into_inner());
         !stages.is_empty()
-            && stages.iter().all(|s| {
-                s.idle_valid.load(Ordering::SeqCst) && s.idle_at.load(Ordering::SeqCst) == now
-            })
+            && stages.iter().all(|s| s.idle_valid.load(Ordering::SeqCst) && s.idle_at.load(Ordering::SeqCst) == now)
     }
     pub fn stages(&self) -> Vec<Arc<StageProgress>> {
-        self.stages
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stages.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -116,8 +106,7 @@ pub async fn run_loop(
         let counter_before = progress.work.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
         let result = stage.run_once().await;
-        me.busy_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        me.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut st = stage.status().await;
         match result {
             Ok(0) => {
@@ -131,7 +120,7 @@ pub async fn run_loop(
                 *status.write().unwrap_or_else(|e| e.into_inner()) = st;
                 // Sleep until the poll interval passes or a commit notice for an input arrives.
                 let woken = tokio::select! {
-                    stop = shutdown.sleep(poll) => if stop { break } else { false },
+                    stop = shutdown.sleep(stage.idle_sleep(poll)) => if stop { break } else { false },
                     _ = wake.notified() => true,
                 };
                 if woken {
@@ -196,8 +185,7 @@ pub async fn serve_stages(
     let progress = Arc::new(Progress::default());
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
-    let mut interest: std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>> =
-        Default::default();
+    let mut interest: std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>> = Default::default();
     for s in stages {
         let st = Arc::new(RwLock::new(StageStatus {
             stage: s.stage().into(),
@@ -231,18 +219,10 @@ pub async fn serve_stages(
             started_unix_ms: crate::now_ms(),
             provider: Arc::new(SharedStatus(statuses)),
         };
-        servers.push(
-            crate::server::serve_grpc(&cfg.server, svc, shutdown.clone())
-                .await?
-                .1,
-        );
+        servers.push(crate::server::serve_grpc(&cfg.server, svc, shutdown.clone()).await?.1);
     }
     if !cfg.server.admin_addr.is_empty() {
-        servers.push(
-            crate::server::serve_admin(&cfg.server.admin_addr, shutdown.clone())
-                .await?
-                .1,
-        );
+        servers.push(crate::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await?.1);
     }
     if shutdown.wants_exit_when_idle() {
         while !shutdown.is_triggered() {

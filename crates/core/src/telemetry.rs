@@ -21,32 +21,23 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber. Safe to call once per process; later calls are no-ops.
 pub fn init(service: &str, cfg: &TelemetryConfig) -> TelemetryGuard {
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let endpoint =
-        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|_| cfg.otlp_endpoint.clone());
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|_| cfg.otlp_endpoint.clone());
     let mut provider = None;
     let otel_layer = if endpoint.is_empty() {
         None
     } else {
         use opentelemetry::trace::TracerProvider as _;
         use opentelemetry_otlp::WithExportConfig;
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .build()
-        {
+        match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build() {
             Ok(exporter) => {
                 let p = opentelemetry_sdk::trace::SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
                     .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name(service.to_string())
-                            .build(),
+                        opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build(),
                     )
                     .build();
                 let tracer = p.tracer(service.to_string());
@@ -61,17 +52,9 @@ pub fn init(service: &str, cfg: &TelemetryConfig) -> TelemetryGuard {
     };
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let res = if cfg.log_format == "json" {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
+        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
     } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init()
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
     };
     let _ = res;
     TelemetryGuard { provider }

@@ -16,11 +16,7 @@ pub struct Fingerprint {
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{:016x}{:016x}{:016x}",
-            self.rows, self.sum, self.sum_sq, self.xor
-        )
+        write!(f, "{}:{:016x}{:016x}{:016x}", self.rows, self.sum, self.sum_sq, self.xor)
     }
 }
 
@@ -40,20 +36,13 @@ pub fn fingerprint(batches: &[RecordBatch], columns: &[&str]) -> Result<Fingerpr
                 .map_err(|e| Error::user(format!("fingerprint column {c}")).with_source(e))
         })
         .collect::<Result<_>>()?;
-    let converter =
-        RowConverter::new(fields).map_err(|e| Error::internal("row converter").with_source(e))?;
+    let converter = RowConverter::new(fields).map_err(|e| Error::internal("row converter").with_source(e))?;
     for b in batches {
         let cols = columns
             .iter()
-            .map(|c| {
-                b.column_by_name(c)
-                    .cloned()
-                    .ok_or_else(|| Error::user(format!("missing column {c}")))
-            })
+            .map(|c| b.column_by_name(c).cloned().ok_or_else(|| Error::user(format!("missing column {c}"))))
             .collect::<Result<Vec<_>>>()?;
-        let rows = converter
-            .convert_columns(&cols)
-            .map_err(|e| Error::internal("row conversion").with_source(e))?;
+        let rows = converter.convert_columns(&cols).map_err(|e| Error::internal("row conversion").with_source(e))?;
         for r in rows.iter() {
             let mut h = std::hash::DefaultHasher::new();
             r.as_ref().hash(&mut h);

@@ -12,3 +12,6 @@ pub use table::*;
 pub use deltalake;
 pub use deltalake::arrow;
 pub use deltalake::kernel::{Action, Add, Remove, Transaction};
+
+#[cfg(test)]
+mod tests;

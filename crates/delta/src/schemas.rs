@@ -160,10 +160,5 @@ pub fn logical_columns(schema: &Schema) -> Vec<String> {
         "_bronze_version",
         "_origin_version",
     ];
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .filter(|n| !SKIP.contains(&n.as_str()))
-        .collect()
+    schema.fields().iter().map(|f| f.name().clone()).filter(|n| !SKIP.contains(&n.as_str())).collect()
 }

@@ -4,9 +4,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 #[allow(deprecated)]
-use deltalake::parquet::arrow::async_reader::{
-    ParquetObjectReader, ParquetRecordBatchStreamBuilder,
-};
+use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
@@ -19,12 +17,8 @@ use url::Url;
 
 fn delta_err(context: impl Into<String>, e: DeltaTableError) -> Error {
     let kind = match &e {
-        DeltaTableError::Transaction {
-            source: TransactionError::CommitConflict(_),
-        } => ErrorKind::Conflict,
-        DeltaTableError::Transaction {
-            source: TransactionError::MaxCommitAttempts(_),
-        } => ErrorKind::Conflict,
+        DeltaTableError::Transaction { source: TransactionError::CommitConflict(_) } => ErrorKind::Conflict,
+        DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) } => ErrorKind::Conflict,
         DeltaTableError::VersionAlreadyExists(_) => ErrorKind::Conflict,
         DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. } => ErrorKind::External,
         _ => ErrorKind::External,
@@ -35,14 +29,12 @@ fn delta_err(context: impl Into<String>, e: DeltaTableError) -> Error {
 /// Turns a local path or URI into a table URL. Local paths are made absolute and created.
 pub fn location_url(location: &str) -> Result<Url> {
     if location.contains("://") {
-        return Url::parse(location)
-            .map_err(|e| Error::user(format!("invalid table URI {location:?}")).with_source(e));
+        return Url::parse(location).map_err(|e| Error::user(format!("invalid table URI {location:?}")).with_source(e));
     }
     let path = std::path::Path::new(location);
     std::fs::create_dir_all(path)?;
     let abs = std::fs::canonicalize(path)?;
-    Url::from_directory_path(&abs)
-        .map_err(|_| Error::user(format!("invalid table path {location:?}")))
+    Url::from_directory_path(&abs).map_err(|_| Error::user(format!("invalid table path {location:?}")))
 }
 
 /// A file of the table's current snapshot.
@@ -84,14 +76,10 @@ impl Table {
         partition_columns: &[&str],
     ) -> Result<Self> {
         let url = location_url(location)?;
-        let partition_columns: Vec<String> =
-            partition_columns.iter().map(|s| s.to_string()).collect();
+        let partition_columns: Vec<String> = partition_columns.iter().map(|s| s.to_string()).collect();
         // A local directory without a log is created directly (probing it would log kernel errors).
-        let local_missing = url.scheme() == "file"
-            && url
-                .to_file_path()
-                .map(|p| !p.join("_delta_log").exists())
-                .unwrap_or(false);
+        let local_missing =
+            url.scheme() == "file" && url.to_file_path().map(|p| !p.join("_delta_log").exists()).unwrap_or(false);
         for attempt in 0..20 {
             let opened = if local_missing && attempt == 0 {
                 Err(DeltaTableError::NotATable(String::new()))
@@ -100,24 +88,18 @@ impl Table {
             };
             match opened {
                 Ok(table) => {
-                    return Ok(Self {
-                        name: name.into(),
-                        url,
-                        table,
-                        schema,
-                        partition_columns,
-                    });
+                    return Ok(Self { name: name.into(), url, table, schema, partition_columns });
                 }
-                Err(DeltaTableError::NotATable(_))
-                | Err(DeltaTableError::InvalidTableLocation(_)) => {}
+                Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {}
                 Err(e) if attempt < 19 => {
                     tracing::debug!(table = name, error = %e, "open failed, retrying");
                 }
                 Err(e) => return Err(delta_err(format!("opening table {name} at {url}"), e)),
             }
-            let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-                Error::internal(format!("schema of {name} is not a Delta schema")).with_source(e)
-            })?;
+            let kernel: StructType = schema
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| Error::internal(format!("schema of {name} is not a Delta schema")).with_source(e))?;
             let create = deltalake::operations::create::CreateBuilder::new()
                 .with_location(url.as_str())
                 .with_table_name(name)
@@ -128,13 +110,7 @@ impl Table {
             match create {
                 Ok(table) => {
                     tracing::info!(table = name, url = %url, "created Delta table");
-                    return Ok(Self {
-                        name: name.into(),
-                        url,
-                        table,
-                        schema,
-                        partition_columns,
-                    });
+                    return Ok(Self { name: name.into(), url, table, schema, partition_columns });
                 }
                 Err(e) => {
                     tracing::debug!(table = name, error = %e, "create lost a race, reopening");
@@ -142,9 +118,7 @@ impl Table {
                 }
             }
         }
-        Err(Error::external(format!(
-            "could not open or create table {name} at {url}"
-        )))
+        Err(Error::external(format!("could not open or create table {name} at {url}")))
     }
 
     /// Opens an existing table; `Ok(None)` when there is no table at `location` yet.
@@ -163,13 +137,7 @@ impl Table {
                 let snapshot = table.snapshot().map_err(|e| delta_err("snapshot", e))?;
                 let schema = snapshot.snapshot().arrow_schema();
                 let partition_columns = snapshot.metadata().partition_columns().to_vec();
-                Ok(Some(Self {
-                    name: name.into(),
-                    url,
-                    table,
-                    schema,
-                    partition_columns,
-                }))
+                Ok(Some(Self { name: name.into(), url, table, schema, partition_columns }))
             }
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(delta_err(format!("opening table {name} at {url}"), e)),
@@ -191,18 +159,12 @@ impl Table {
 
     /// Loads every commit made since the snapshot was read.
     pub async fn refresh(&mut self) -> Result<()> {
-        self.table
-            .update_incremental(None)
-            .await
-            .map_err(|e| delta_err(format!("refreshing table {}", self.name), e))
+        self.table.update_incremental(None).await.map_err(|e| delta_err(format!("refreshing table {}", self.name), e))
     }
 
     /// The `txn` version recorded for `app_id` in the loaded snapshot.
     pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| delta_err("snapshot", e))?;
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
         snapshot
             .transaction_version(self.table.log_store().as_ref(), app_id)
             .await
@@ -214,18 +176,12 @@ impl Table {
         if batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(vec![]);
         }
-        let mut writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(|e| delta_err(format!("writer for {}", self.name), e))?;
+        let mut writer =
+            RecordBatchWriter::for_table(&self.table).map_err(|e| delta_err(format!("writer for {}", self.name), e))?;
         for b in batches.iter().filter(|b| b.num_rows() > 0) {
-            writer
-                .write(b.clone())
-                .await
-                .map_err(|e| delta_err(format!("writing files of {}", self.name), e))?;
+            writer.write(b.clone()).await.map_err(|e| delta_err(format!("writing files of {}", self.name), e))?;
         }
-        writer
-            .flush()
-            .await
-            .map_err(|e| delta_err(format!("flushing files of {}", self.name), e))
+        writer.flush().await.map_err(|e| delta_err(format!("flushing files of {}", self.name), e))
     }
 
     /// Commits `actions` with the `txn` actions that record the input positions, atomically, on
@@ -241,22 +197,13 @@ impl Table {
     ) -> Result<i64> {
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
-            partition_by: if self.partition_columns.is_empty() {
-                None
-            } else {
-                Some(self.partition_columns.clone())
-            },
+            partition_by: if self.partition_columns.is_empty() { None } else { Some(self.partition_columns.clone()) },
             predicate: None,
         };
         let mut all = actions;
         all.extend(txns.into_iter().map(Action::Txn));
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| delta_err("snapshot", e))?;
-        let props = CommitProperties::default()
-            .with_metadata(app_metadata)
-            .with_max_retries(max_retries);
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
+        let props = CommitProperties::default().with_metadata(app_metadata).with_max_retries(max_retries);
         let finalized = CommitBuilder::from(props)
             .with_actions(all)
             .build(Some(snapshot), self.table.log_store(), operation)
@@ -307,10 +254,7 @@ impl Table {
 
     /// Files of the loaded snapshot.
     pub fn files(&self) -> Result<Vec<FileRef>> {
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| delta_err("snapshot", e))?;
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
         Ok(snapshot
             .log_data()
             .iter()
@@ -326,10 +270,7 @@ impl Table {
 
     /// `remove` actions (dataChange=true) for the given files of the current snapshot.
     pub fn remove_actions(&self, paths: &std::collections::HashSet<String>) -> Result<Vec<Action>> {
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| delta_err("snapshot", e))?;
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
         Ok(snapshot
             .log_data()
             .iter()
@@ -350,36 +291,25 @@ impl Table {
         size: Option<i64>,
         partition_values: &HashMap<String, Option<String>>,
     ) -> Result<Vec<RecordBatch>> {
-        let location = Path::from_url_path(path).map_err(|e| {
-            Error::internal(format!("bad file path {path:?} in {}", self.name)).with_source(e)
-        })?;
+        let location = Path::from_url_path(path)
+            .map_err(|e| Error::internal(format!("bad file path {path:?} in {}", self.name)).with_source(e))?;
         let mut reader = ParquetObjectReader::new(self.store(), location);
         if let Some(size) = size.filter(|s| *s > 0) {
             reader = reader.with_file_size(size as u64);
         }
         let stream = ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .map_err(|e| {
-                Error::external(format!("opening {path} of {}", self.name)).with_source(e)
-            })?
+            .map_err(|e| Error::external(format!("opening {path} of {}", self.name)).with_source(e))?
             .build()
-            .map_err(|e| {
-                Error::external(format!("reading {path} of {}", self.name)).with_source(e)
-            })?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| {
-            Error::external(format!("reading {path} of {}", self.name)).with_source(e)
-        })?;
-        batches
-            .into_iter()
-            .map(|b| self.conform(b, partition_values))
-            .collect()
+            .map_err(|e| Error::external(format!("reading {path} of {}", self.name)).with_source(e))?;
+        let batches: Vec<RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|e| Error::external(format!("reading {path} of {}", self.name)).with_source(e))?;
+        batches.into_iter().map(|b| self.conform(b, partition_values)).collect()
     }
 
-    fn conform(
-        &self,
-        batch: RecordBatch,
-        partition_values: &HashMap<String, Option<String>>,
-    ) -> Result<RecordBatch> {
+    fn conform(&self, batch: RecordBatch, partition_values: &HashMap<String, Option<String>>) -> Result<RecordBatch> {
         let n = batch.num_rows();
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for field in self.schema.fields() {
@@ -388,8 +318,7 @@ impl Table {
                     c.clone()
                 } else {
                     deltalake::arrow::compute::cast(c, field.data_type()).map_err(|e| {
-                        Error::internal(format!("column {} of {}", field.name(), self.name))
-                            .with_source(e)
+                        Error::internal(format!("column {} of {}", field.name(), self.name)).with_source(e)
                     })?
                 }
             } else if let Some(v) = partition_values.get(field.name()) {
@@ -398,8 +327,7 @@ impl Table {
                     arr
                 } else {
                     deltalake::arrow::compute::cast(&arr, field.data_type()).map_err(|e| {
-                        Error::internal(format!("partition {} of {}", field.name(), self.name))
-                            .with_source(e)
+                        Error::internal(format!("partition {} of {}", field.name(), self.name)).with_source(e)
                     })?
                 }
             } else {
@@ -407,19 +335,15 @@ impl Table {
             };
             cols.push(col);
         }
-        RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| {
-            Error::internal(format!("conforming a batch of {}", self.name)).with_source(e)
-        })
+        RecordBatch::try_new(self.schema.clone(), cols)
+            .map_err(|e| Error::internal(format!("conforming a batch of {}", self.name)).with_source(e))
     }
 
     /// Reads the files named by `add` actions.
     pub async fn read_adds(&self, adds: &[Add]) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for add in adds {
-            out.extend(
-                self.read_file(&add.path, Some(add.size), &add.partition_values)
-                    .await?,
-            );
+            out.extend(self.read_file(&add.path, Some(add.size), &add.partition_values).await?);
         }
         Ok(out)
     }
@@ -428,20 +352,14 @@ impl Table {
     pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for f in self.files()? {
-            out.extend(
-                self.read_file(&f.path, Some(f.size), &f.partition_values)
-                    .await?,
-            );
+            out.extend(self.read_file(&f.path, Some(f.size), &f.partition_values).await?);
         }
         Ok(out)
     }
 
     /// Row count, file count, last commit time and max of `time_column`, from the log alone.
     pub fn stats(&self, time_column: Option<&str>) -> Result<TableStats> {
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| delta_err("snapshot", e))?;
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
         let version = snapshot.version();
         let mut s = TableStats {
             version: version as i64,
@@ -477,14 +395,7 @@ pub fn txn(app_id: impl Into<String>, version: i64) -> Transaction {
 
 impl Table {
     /// Announces a commit of this table to downstream stages (no-op without a notice sink).
-    pub fn notice(
-        &self,
-        stage: &str,
-        region: &str,
-        version: i64,
-        rows: u64,
-        max_event_time_ms: i64,
-    ) {
+    pub fn notice(&self, stage: &str, region: &str, version: i64, rows: u64, max_event_time_ms: i64) {
         tributary_core::notices::publish(tributary_core::notices::CommitNotice {
             table: self.url.to_string(),
             name: self.name.clone(),
@@ -524,19 +435,10 @@ impl Table {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self
-                .commit(actions.clone(), txns.clone(), app_metadata.clone(), 3)
-                .await
-            {
+            match self.commit(actions.clone(), txns.clone(), app_metadata.clone(), 3).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.kind == ErrorKind::Conflict && attempt < max_attempts => {
-                    tributary_core::metrics::commit_conflict(
-                        labels.0,
-                        labels.1,
-                        &self.name,
-                        attempt,
-                        &e.to_string(),
-                    );
+                    tributary_core::metrics::commit_conflict(labels.0, labels.1, &self.name, attempt, &e.to_string());
                     let base = 5u64 << attempt.min(8);
                     let jitter = (tributary_core::now_ms() as u64
                         ^ (attempt as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))

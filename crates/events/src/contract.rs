@@ -20,11 +20,7 @@ pub struct Field {
 }
 
 const fn f(name: &'static str, kind: Kind, required: bool) -> Field {
-    Field {
-        name,
-        kind,
-        required,
-    }
+    Field { name, kind, required }
 }
 
 const AUDIT: &[Field] = &[

@@ -57,15 +57,8 @@ pub struct Decoded {
     pub rescued: Option<String>,
 }
 
-const ENVELOPE: &[&str] = &[
-    "event_id",
-    "event_time",
-    "source",
-    "region",
-    "workspace_id",
-    "customer_id",
-    "egress_approved",
-];
+const ENVELOPE: &[&str] =
+    &["event_id", "event_time", "source", "region", "workspace_id", "customer_id", "egress_approved"];
 
 fn push_field(out: &mut String, key: &str, raw: &RawValue) {
     if out.len() > 1 {
@@ -88,14 +81,9 @@ fn as_string(raw: &RawValue) -> Result<Option<String>, ()> {
 /// names; an event claiming another source keeps the path's and has its claim rescued.
 pub fn decode_event(line: &[u8], source: &str, max_bytes: usize) -> Result<Decoded, Reject> {
     if line.len() > max_bytes {
-        return Err(Reject::Oversized {
-            bytes: line.len(),
-            limit: max_bytes,
-        });
+        return Err(Reject::Oversized { bytes: line.len(), limit: max_bytes });
     }
-    let text = std::str::from_utf8(line).map_err(|e| Reject::InvalidUtf8 {
-        valid_up_to: e.valid_up_to(),
-    })?;
+    let text = std::str::from_utf8(line).map_err(|e| Reject::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(Reject::Empty);
@@ -162,11 +150,7 @@ pub fn decode_event(line: &[u8], source: &str, max_bytes: usize) -> Result<Decod
     payload.push('}');
     rescued.push('}');
     d.payload = payload;
-    d.rescued = if rescued.len() > 2 {
-        Some(rescued)
-    } else {
-        None
-    };
+    d.rescued = if rescued.len() > 2 { Some(rescued) } else { None };
     Ok(d)
 }
 
@@ -181,32 +165,21 @@ mod tests {
         assert_eq!(d.event_id.as_deref(), Some("e1"));
         assert_eq!(d.event_time, Some(1_793_491_200_000_000));
         assert_eq!(d.egress_approved, Some(true));
-        assert_eq!(
-            d.payload,
-            r#"{"dbu":0.1000000000000000055511151231257827,"sku":"X"}"#
-        );
+        assert_eq!(d.payload, r#"{"dbu":0.1000000000000000055511151231257827,"sku":"X"}"#);
         assert_eq!(d.rescued, None);
     }
 
     #[test]
     fn epoch_millis_event_time() {
-        let d = decode_event(
-            br#"{"event_id":"e","event_time":1761955200123}"#,
-            "job",
-            1024,
-        )
-        .unwrap();
+        let d = decode_event(br#"{"event_id":"e","event_time":1761955200123}"#, "job", 1024).unwrap();
         assert_eq!(d.event_time, Some(1_761_955_200_123_000));
     }
 
     #[test]
     fn wrong_types_and_case_clashes_are_rescued_not_coerced() {
-        let d = decode_event(
-            br#"{"event_id":42,"Event_Id":"x","event_time":"yesterday","source":"audit"}"#,
-            "job",
-            1024,
-        )
-        .unwrap();
+        let d =
+            decode_event(br#"{"event_id":42,"Event_Id":"x","event_time":"yesterday","source":"audit"}"#, "job", 1024)
+                .unwrap();
         assert_eq!(d.event_id, None);
         assert_eq!(d.event_time, None);
         let r: serde_json::Value = serde_json::from_str(d.rescued.as_deref().unwrap()).unwrap();
@@ -218,29 +191,12 @@ mod tests {
 
     #[test]
     fn rejects_with_reasons() {
-        assert_eq!(
-            decode_event(b"{\"a\":", "job", 1024).unwrap_err().code(),
-            "malformed_json"
-        );
-        assert_eq!(
-            decode_event(b"[1,2]", "job", 1024).unwrap_err().code(),
-            "not_an_object"
-        );
-        assert_eq!(
-            decode_event(b"{\"a\":\"\xff\"}", "job", 1024)
-                .unwrap_err()
-                .code(),
-            "invalid_utf8"
-        );
-        assert_eq!(
-            decode_event(&[b'{'; 100], "job", 64).unwrap_err().code(),
-            "oversized"
-        );
+        assert_eq!(decode_event(b"{\"a\":", "job", 1024).unwrap_err().code(), "malformed_json");
+        assert_eq!(decode_event(b"[1,2]", "job", 1024).unwrap_err().code(), "not_an_object");
+        assert_eq!(decode_event(b"{\"a\":\"\xff\"}", "job", 1024).unwrap_err().code(), "invalid_utf8");
+        assert_eq!(decode_event(&[b'{'; 100], "job", 64).unwrap_err().code(), "oversized");
         assert_eq!(decode_event(b"   ", "job", 64).unwrap_err().code(), "empty");
-        assert_eq!(
-            decode_event(b"nope", "job", 64).unwrap_err().code(),
-            "malformed_json"
-        );
+        assert_eq!(decode_event(b"nope", "job", 64).unwrap_err().code(), "malformed_json");
     }
 
     #[test]

@@ -74,22 +74,9 @@ pub struct GenOutput {
     pub lines_written: u64,
 }
 
-const SKUS: &[&str] = &[
-    "JOBS_COMPUTE",
-    "ALL_PURPOSE_COMPUTE",
-    "SQL_PRO",
-    "DLT_CORE",
-    "SERVERLESS_SQL",
-];
-const ACTIONS: &[&str] = &[
-    "login",
-    "createCluster",
-    "deleteCluster",
-    "runNow",
-    "updatePermissions",
-    "getSecret",
-    "listJobs",
-];
+const SKUS: &[&str] = &["JOBS_COMPUTE", "ALL_PURPOSE_COMPUTE", "SQL_PRO", "DLT_CORE", "SERVERLESS_SQL"];
+const ACTIONS: &[&str] =
+    &["login", "createCluster", "deleteCluster", "runNow", "updatePermissions", "getSecret", "listJobs"];
 const STATES: &[&str] = &["PENDING", "RUNNING", "SUCCEEDED", "FAILED"];
 const NODE_TYPES: &[&str] = &["m5.xlarge", "r5.2xlarge", "c5.4xlarge", "i3.xlarge"];
 
@@ -123,14 +110,7 @@ fn build_line(
     size: (usize, usize),
 ) -> String {
     let mut m = serde_json::Map::new();
-    m.insert(
-        "event_id".into(),
-        if null_id {
-            serde_json::Value::Null
-        } else {
-            ev.id.clone().into()
-        },
-    );
+    m.insert("event_id".into(), if null_id { serde_json::Value::Null } else { ev.id.clone().into() });
     // Mix both event_time encodings the contract allows.
     if rng.pct(20.0) {
         m.insert("event_time".into(), ev.time_ms.into());
@@ -145,29 +125,11 @@ fn build_line(
     let mut dbu_text = None;
     match source {
         "audit" => {
-            m.insert(
-                "actor".into(),
-                format!("user-{}@corp.example", rng.below(500)).into(),
-            );
+            m.insert("actor".into(), format!("user-{}@corp.example", rng.below(500)).into());
             m.insert("action".into(), (*rng.pick(ACTIONS)).into());
-            m.insert(
-                "resource".into(),
-                format!("/workspaces/{}/clusters/{}", ev.workspace, rng.alnum(8)).into(),
-            );
-            m.insert(
-                "result".into(),
-                if rng.pct(95.0) { "success" } else { "denied" }.into(),
-            );
-            m.insert(
-                "source_ip".into(),
-                format!(
-                    "10.{}.{}.{}",
-                    rng.below(256),
-                    rng.below(256),
-                    rng.below(256)
-                )
-                .into(),
-            );
+            m.insert("resource".into(), format!("/workspaces/{}/clusters/{}", ev.workspace, rng.alnum(8)).into());
+            m.insert("result".into(), if rng.pct(95.0) { "success" } else { "denied" }.into());
+            m.insert("source_ip".into(), format!("10.{}.{}.{}", rng.below(256), rng.below(256), rng.below(256)).into());
         }
         "job" => {
             m.insert("job_id".into(), format!("job-{}", rng.below(200)).into());
@@ -187,14 +149,8 @@ fn build_line(
         }
         _ => {
             m.insert("cluster_id".into(), format!("cl-{}", rng.below(300)).into());
-            m.insert(
-                "cpu_pct".into(),
-                serde_json::json!((rng.below(10_000) as f64) / 100.0),
-            );
-            m.insert(
-                "mem_pct".into(),
-                serde_json::json!((rng.below(10_000) as f64) / 100.0),
-            );
+            m.insert("cpu_pct".into(), serde_json::json!((rng.below(10_000) as f64) / 100.0));
+            m.insert("mem_pct".into(), serde_json::json!((rng.below(10_000) as f64) / 100.0));
             m.insert("num_workers".into(), rng.below(64).into());
             m.insert("node_type".into(), (*rng.pick(NODE_TYPES)).into());
         }
@@ -246,10 +202,7 @@ pub fn generate(
     landing_for_region: &dyn Fn(&str) -> PathBuf,
     truth_path: Option<&Path>,
 ) -> anyhow::Result<GenOutput> {
-    let mut truth = Truth {
-        seed: cfg.seed,
-        ..Default::default()
-    };
+    let mut truth = Truth { seed: cfg.seed, ..Default::default() };
     let mut files_written = 0;
     let mut bytes_written = 0;
     let mut lines_written = 0;
@@ -261,11 +214,7 @@ pub fn generate(
     for (ri, region) in cfg.regions.iter().enumerate() {
         let landing = landing_for_region(region);
         for (si, source) in cfg.sources.iter().enumerate() {
-            let mut rng = Rng::new(
-                cfg.seed
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add((ri * 16 + si) as u64),
-            );
+            let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add((ri * 16 + si) as u64));
             let dir = landing.join(source);
             std::fs::create_dir_all(&dir)?;
             let mut st = SourceTruth::default();
@@ -273,10 +222,7 @@ pub fn generate(
             let mut unique: Vec<String> = Vec::new();
             let mut egress_ids: Vec<String> = Vec::new();
             let mut seen = HashSet::new();
-            let per_file = cfg
-                .events_per_source
-                .div_ceil(cfg.files_per_source.max(1))
-                .max(1);
+            let per_file = cfg.events_per_source.div_ceil(cfg.files_per_source.max(1)).max(1);
             let span_ms = cfg.span_minutes.max(1) * 60_000;
             let mut made = 0u64;
             let mut file_no = 0u64;
@@ -307,54 +253,28 @@ pub fn generate(
                         customer: format!("cust-{:03}", rng.below(40)),
                         egress: rng.pct(cfg.egress_pct),
                         billing: if source == "billing" {
-                            Some((
-                                (*rng.pick(SKUS)).to_string(),
-                                Decimal::new(rng.below(50_000_000) as i64 + 1, 6),
-                            ))
+                            Some(((*rng.pick(SKUS)).to_string(), Decimal::new(rng.below(50_000_000) as i64 + 1, 6)))
                         } else {
                             None
                         },
                     };
                     if rng.pct(cfg.malformed_pct) {
-                        let good = build_line(
-                            &mut rng,
-                            source,
-                            region,
-                            &ev,
-                            false,
-                            false,
-                            (cfg.size_min, cfg.size_max),
-                        );
+                        let good =
+                            build_line(&mut rng, source, region, &ev, false, false, (cfg.size_min, cfg.size_max));
                         lines.push(malformed_line(&mut rng, &good));
                         st.malformed += 1;
                         continue;
                     }
                     if rng.pct(cfg.null_id_pct) {
                         lines.push(
-                            build_line(
-                                &mut rng,
-                                source,
-                                region,
-                                &ev,
-                                true,
-                                false,
-                                (cfg.size_min, cfg.size_max),
-                            )
-                            .into_bytes(),
+                            build_line(&mut rng, source, region, &ev, true, false, (cfg.size_min, cfg.size_max))
+                                .into_bytes(),
                         );
                         st.null_id += 1;
                         continue;
                     }
                     let unknown = rng.pct(cfg.unknown_field_pct);
-                    let line = build_line(
-                        &mut rng,
-                        source,
-                        region,
-                        &ev,
-                        false,
-                        unknown,
-                        (cfg.size_min, cfg.size_max),
-                    );
+                    let line = build_line(&mut rng, source, region, &ev, false, unknown, (cfg.size_min, cfg.size_max));
                     if unknown {
                         st.unknown_fields += 1;
                     }
@@ -396,12 +316,7 @@ pub fn generate(
                 }
                 file_no += 1;
                 let gz = cfg.gzip_every > 0 && file_no % cfg.gzip_every == 0;
-                let name = format!(
-                    "{}-{:06}.ndjson{}",
-                    cfg.file_prefix,
-                    file_no,
-                    if gz { ".gz" } else { "" }
-                );
+                let name = format!("{}-{:06}.ndjson{}", cfg.file_prefix, file_no, if gz { ".gz" } else { "" });
                 let tmp = dir.join(format!(".tmp-{name}"));
                 let mut body = Vec::new();
                 for l in &lines {
@@ -409,8 +324,7 @@ pub fn generate(
                     body.push(b'\n');
                 }
                 let bytes = if gz {
-                    let mut enc =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                     enc.write_all(&body)?;
                     enc.finish()?
                 } else {
@@ -431,18 +345,11 @@ pub fn generate(
                     }
                 }
             }
-            truth
-                .regions
-                .entry(region.clone())
-                .or_default()
-                .insert(source.clone(), st);
+            truth.regions.entry(region.clone()).or_default().insert(source.clone(), st);
             ids_out.insert((region.clone(), source.clone()), (unique, egress_ids));
         }
     }
-    truth.billing_hourly = billing
-        .into_iter()
-        .map(|(k, v)| (k, v.normalize().to_string()))
-        .collect();
+    truth.billing_hourly = billing.into_iter().map(|(k, v)| (k, v.normalize().to_string())).collect();
     let _ = total_events;
     if let Some(p) = truth_path {
         if let Some(dir) = p.parent() {
@@ -460,12 +367,7 @@ pub fn generate(
         }
         std::fs::write(p, serde_json::to_string_pretty(&truth)?)?;
     }
-    Ok(GenOutput {
-        truth,
-        files_written,
-        bytes_written,
-        lines_written,
-    })
+    Ok(GenOutput { truth, files_written, bytes_written, lines_written })
 }
 
 #[cfg(test)]
@@ -475,11 +377,7 @@ mod tests {
     #[test]
     fn deterministic_and_consistent() {
         let dir = std::env::temp_dir().join(format!("trib-gen-{}", std::process::id()));
-        let cfg = GenConfig {
-            events_per_source: 300,
-            files_per_source: 3,
-            ..Default::default()
-        };
+        let cfg = GenConfig { events_per_source: 300, files_per_source: 3, ..Default::default() };
         let a = generate(&cfg, &|r| dir.join("a").join(r), None).unwrap();
         let b = generate(&cfg, &|r| dir.join("b").join(r), None).unwrap();
         assert_eq!(a.truth, b.truth);
@@ -488,9 +386,7 @@ mod tests {
                 let st = &a.truth.regions[r][s];
                 assert_eq!(st.lines, 300 + st.duplicates);
                 assert_eq!(st.unique_valid + st.malformed + st.null_id, 300);
-                let fa = std::fs::read_dir(dir.join("a").join(r).join(s))
-                    .unwrap()
-                    .count();
+                let fa = std::fs::read_dir(dir.join("a").join(r).join(s)).unwrap().count();
                 assert_eq!(fa as u64, st.files);
             }
         }
@@ -504,11 +400,7 @@ mod tests {
                     let raw = std::fs::read(&p).unwrap();
                     let body = if p.extension().unwrap() == "gz" {
                         let mut out = Vec::new();
-                        std::io::Read::read_to_end(
-                            &mut flate2::read::GzDecoder::new(&raw[..]),
-                            &mut out,
-                        )
-                        .unwrap();
+                        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut out).unwrap();
                         out
                     } else {
                         raw
@@ -518,11 +410,7 @@ mod tests {
                             Ok(d) => {
                                 decoded += 1;
                                 if d.event_id.is_some() {
-                                    assert!(
-                                        (1000..4200).contains(&line.len()),
-                                        "size {}",
-                                        line.len()
-                                    );
+                                    assert!((1000..4200).contains(&line.len()), "size {}", line.len());
                                 }
                             }
                             Err(_) => rejected += 1,

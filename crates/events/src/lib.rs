@@ -16,9 +16,7 @@ pub const SOURCES: &[&str] = &["audit", "job", "billing", "cluster_metrics"];
 pub fn parse_event_time(raw: &serde_json::value::RawValue) -> Option<i64> {
     let text = raw.get();
     if let Some(stripped) = text.strip_prefix('"') {
-        let s: String = serde_json::from_str(text)
-            .ok()
-            .or_else(|| Some(stripped.trim_end_matches('"').to_string()))?;
+        let s: String = serde_json::from_str(text).ok().or_else(|| Some(stripped.trim_end_matches('"').to_string()))?;
         let t = chrono::DateTime::parse_from_rfc3339(&s).ok()?;
         return Some(t.timestamp_micros());
     }

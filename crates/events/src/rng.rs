@@ -27,8 +27,6 @@ impl Rng {
     }
     pub fn alnum(&mut self, len: usize) -> String {
         const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        (0..len)
-            .map(|_| A[self.below(A.len() as u64) as usize] as char)
-            .collect()
+        (0..len).map(|_| A[self.below(A.len() as u64) as usize] as char).collect()
     }
 }

@@ -63,40 +63,21 @@ impl GoldAggregate {
             .await?;
             let sources: Vec<String> = match kind {
                 GoldKind::EventCounts => cfg.bronze.sources.clone(),
-                GoldKind::Billing => cfg
-                    .bronze
-                    .sources
-                    .iter()
-                    .filter(|s| *s == "billing")
-                    .cloned()
-                    .collect(),
+                GoldKind::Billing => cfg.bronze.sources.iter().filter(|s| *s == "billing").cloned().collect(),
             };
             let inputs = sources
                 .into_iter()
                 .map(|s| Input {
-                    app_id: format!(
-                        "{}/gold/{region}/{}/silver/{s}",
-                        cfg.pipeline,
-                        kind.table_name()
-                    ),
+                    app_id: format!("{}/gold/{region}/{}/silver/{s}", cfg.pipeline, kind.table_name()),
                     location: silver_transform::table_location(&cfg, region, &s),
                     source: s,
                     table: None,
                     pos: -1,
                 })
                 .collect();
-            flows.push(Flow {
-                kind,
-                output,
-                inputs,
-                watermark_us: None,
-            });
+            flows.push(Flow { kind, output, inputs, watermark_us: None });
         }
-        let mut me = Self {
-            cfg,
-            region: region.into(),
-            flows,
-        };
+        let mut me = Self { cfg, region: region.into(), flows };
         me.recover().await?;
         Ok(me)
     }
@@ -111,9 +92,7 @@ impl GoldAggregate {
         let mut plan: Vec<(usize, i64)> = Vec::new();
         for (ii, input) in flow.inputs.iter_mut().enumerate() {
             if input.table.is_none() {
-                input.table =
-                    Table::open_existing(&format!("silver/{}", input.source), &input.location)
-                        .await?;
+                input.table = Table::open_existing(&format!("silver/{}", input.source), &input.location).await?;
             }
             let Some(t) = input.table.as_ref() else {
                 continue;
@@ -140,10 +119,7 @@ impl GoldAggregate {
         let mut input_rows = 0u64;
         for (ii, up_to) in &plan {
             let input = &flow.inputs[*ii];
-            let t = input
-                .table
-                .as_ref()
-                .ok_or_else(|| Error::internal("input not open"))?;
+            let t = input.table.as_ref().ok_or_else(|| Error::internal("input not open"))?;
             for (_, adds) in t.changes(input.pos, *up_to).await? {
                 for b in t.read_adds(&adds).await? {
                     input_rows += state.add_silver(&input.source, &b)?;
@@ -162,9 +138,7 @@ impl GoldAggregate {
         let existing: Vec<tributary_delta::FileRef> = flow.output.files()?;
         if let Some(nw) = new_wm {
             if old_wm != Some(nw) {
-                let lo = tributary_events::date_of_micros(
-                    old_wm.unwrap_or(i64::MIN / 2).max(0) - 3_600_000_000,
-                );
+                let lo = tributary_events::date_of_micros(old_wm.unwrap_or(i64::MIN / 2).max(0) - 3_600_000_000);
                 let hi = tributary_events::date_of_micros(nw);
                 for f in &existing {
                     if let Some(Some(d)) = f.partition_values.get("event_date") {
@@ -181,11 +155,7 @@ impl GoldAggregate {
             if let Some(Some(d)) = f.partition_values.get("event_date") {
                 if dates.contains(d) {
                     old_files.insert(f.path.clone());
-                    current.extend(
-                        flow.output
-                            .read_file(&f.path, Some(f.size), &f.partition_values)
-                            .await?,
-                    );
+                    current.extend(flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?);
                 }
             }
         }
@@ -195,10 +165,7 @@ impl GoldAggregate {
         let adds = flow.output.write_files(&batches).await?;
         let mut actions = flow.output.remove_actions(&old_files)?;
         actions.extend(adds.into_iter().map(Action::Add));
-        let txns: Vec<_> = plan
-            .iter()
-            .map(|(ii, up_to)| txn(&flow.inputs[*ii].app_id, *up_to))
-            .collect();
+        let txns: Vec<_> = plan.iter().map(|(ii, up_to)| txn(&flow.inputs[*ii].app_id, *up_to)).collect();
         let meta = HashMap::from([(
             "tributary.gold".to_string(),
             serde_json::json!({"input_rows": input_rows, "partitions": dates.len(), "rows_written": written,
@@ -207,13 +174,7 @@ impl GoldAggregate {
         fault::point("gold.before_commit");
         let version = flow.output.commit(actions, txns, meta, 0).await?;
         fault::point("gold.after_commit");
-        flow.output.notice(
-            STAGE,
-            &region,
-            version,
-            written,
-            state.max_event_time_us().unwrap_or(0) / 1000,
-        );
+        flow.output.notice(STAGE, &region, version, written, state.max_event_time_us().unwrap_or(0) / 1000);
         for (ii, up_to) in &plan {
             flow.inputs[*ii].pos = *up_to;
         }
@@ -277,10 +238,7 @@ impl Stage for GoldAggregate {
             if let Some(max_ms) = per_file.iter().map(|(ms, _)| *ms).max() {
                 for (ms, f) in per_file.iter().filter(|(ms, _)| *ms == max_ms) {
                     let _ = ms;
-                    let rows = flow
-                        .output
-                        .read_file(&f.path, Some(f.size), &f.partition_values)
-                        .await?;
+                    let rows = flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?;
                     if let Some(w) = window::max_watermark(&rows)? {
                         wm = Some(wm.map_or(w, |x: i64| x.max(w)));
                     }
@@ -323,9 +281,7 @@ impl Stage for GoldAggregate {
 }
 
 /// Exact billing sums per (customer, sku, hour) as read back from a gold billing table.
-pub fn billing_sums(
-    batches: &[RecordBatch],
-) -> Result<BTreeMap<(String, String, i64), (i128, i64)>> {
+pub fn billing_sums(batches: &[RecordBatch]) -> Result<BTreeMap<(String, String, i64), (i128, i64)>> {
     window::billing_sums(batches)
 }
 

@@ -1,8 +1,8 @@
 //! Pure window logic: silver rows → additive deltas → merged gold rows.
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BooleanArray, Decimal128Array, Decimal128Builder, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Decimal128Builder, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::datatypes::SchemaRef;
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,21 +65,12 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
 }
 
 fn opt(a: &StringArray, i: usize) -> String {
-    if a.is_valid(i) {
-        a.value(i).to_string()
-    } else {
-        "unknown".into()
-    }
+    if a.is_valid(i) { a.value(i).to_string() } else { "unknown".into() }
 }
 
 impl WindowState {
     pub fn new(kind: GoldKind, region: &str) -> Self {
-        Self {
-            kind,
-            region: region.into(),
-            deltas: BTreeMap::new(),
-            max_event_time: None,
-        }
+        Self { kind, region: region.into(), deltas: BTreeMap::new(), max_event_time: None }
     }
 
     /// Adds a silver batch; returns rows consumed.
@@ -92,10 +83,7 @@ impl WindowState {
                 for i in 0..b.num_rows() {
                     let t = times.value(i);
                     self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
-                    let e = self
-                        .deltas
-                        .entry((t.div_euclid(w) * w, source.to_string(), opt(ws, i)))
-                        .or_default();
+                    let e = self.deltas.entry((t.div_euclid(w) * w, source.to_string(), opt(ws, i))).or_default();
                     e.count += 1;
                 }
             }
@@ -106,10 +94,7 @@ impl WindowState {
                 for i in 0..b.num_rows() {
                     let t = times.value(i);
                     self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
-                    let e = self
-                        .deltas
-                        .entry((t.div_euclid(w) * w, opt(cust, i), opt(sku, i)))
-                        .or_default();
+                    let e = self.deltas.entry((t.div_euclid(w) * w, opt(cust, i), opt(sku, i))).or_default();
                     e.count += 1;
                     e.dbu += dbu.value(i);
                 }
@@ -124,10 +109,7 @@ impl WindowState {
 
     /// Partitions (`event_date` of the window start) touched by the deltas.
     pub fn dates(&self) -> BTreeSet<String> {
-        self.deltas
-            .keys()
-            .map(|k| tributary_events::date_of_micros(k.0))
-            .collect()
+        self.deltas.keys().map(|k| tributary_events::date_of_micros(k.0)).collect()
     }
 
     /// Merges the deltas into the current rows of `dates` and returns the new content of those
@@ -152,13 +134,7 @@ impl WindowState {
                 GoldKind::EventCounts => None,
             };
             for i in 0..b.num_rows() {
-                let e = all
-                    .entry((
-                        starts.value(i),
-                        a.value(i).to_string(),
-                        c.value(i).to_string(),
-                    ))
-                    .or_default();
+                let e = all.entry((starts.value(i), a.value(i).to_string(), c.value(i).to_string())).or_default();
                 e.count += counts.value(i);
                 if let Some(d) = dbu {
                     e.dbu += d.value(i);
@@ -185,19 +161,11 @@ impl WindowState {
         };
         let starts: Vec<Option<i64>> = all.keys().map(|k| Some(k.0)).collect();
         let ends: Vec<Option<i64>> = all.keys().map(|k| Some(k.0 + w)).collect();
-        let finals: Vec<bool> = all
-            .keys()
-            .map(|k| watermark.is_some_and(|wm| k.0 + w <= wm))
-            .collect();
+        let finals: Vec<bool> = all.keys().map(|k| watermark.is_some_and(|wm| k.0 + w <= wm)).collect();
         let region: ArrayRef = Arc::new(StringArray::from(vec![self.region.clone(); n]));
-        let a: ArrayRef = Arc::new(StringArray::from(
-            all.keys().map(|k| k.1.clone()).collect::<Vec<_>>(),
-        ));
-        let c: ArrayRef = Arc::new(StringArray::from(
-            all.keys().map(|k| k.2.clone()).collect::<Vec<_>>(),
-        ));
-        let counts: ArrayRef =
-            Arc::new(Int64Array::from_iter_values(all.values().map(|v| v.count)));
+        let a: ArrayRef = Arc::new(StringArray::from(all.keys().map(|k| k.1.clone()).collect::<Vec<_>>()));
+        let c: ArrayRef = Arc::new(StringArray::from(all.keys().map(|k| k.2.clone()).collect::<Vec<_>>()));
+        let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(all.values().map(|v| v.count)));
         let mut cols: Vec<ArrayRef> = vec![ts(starts), ts(ends), region, a, c];
         if self.kind == GoldKind::Billing {
             let mut b = Decimal128Builder::with_capacity(n)
@@ -213,14 +181,10 @@ impl WindowState {
         cols.push(ts(vec![watermark; n]));
         cols.push(ts(vec![Some(now_us); n]));
         cols.push(Arc::new(StringArray::from(
-            all.keys()
-                .map(|k| tributary_events::date_of_micros(k.0))
-                .collect::<Vec<_>>(),
+            all.keys().map(|k| tributary_events::date_of_micros(k.0)).collect::<Vec<_>>(),
         )));
-        let b = RecordBatch::try_new(self.kind.schema(), cols).map_err(|e| {
-            Error::internal(format!("building gold/{} batch", self.kind.table_name()))
-                .with_source(e)
-        })?;
+        let b = RecordBatch::try_new(self.kind.schema(), cols)
+            .map_err(|e| Error::internal(format!("building gold/{} batch", self.kind.table_name())).with_source(e))?;
         Ok(vec![b])
     }
 }
@@ -240,9 +204,7 @@ pub fn max_watermark(batches: &[RecordBatch]) -> Result<Option<i64>> {
 }
 
 /// (customer, sku, window_start_us) -> (dbu at scale 9, events), from gold billing rows.
-pub fn billing_sums(
-    batches: &[RecordBatch],
-) -> Result<BTreeMap<(String, String, i64), (i128, i64)>> {
+pub fn billing_sums(batches: &[RecordBatch]) -> Result<BTreeMap<(String, String, i64), (i128, i64)>> {
     let mut out = BTreeMap::new();
     for b in batches {
         let s: &TimestampMicrosecondArray = col(b, "window_start")?;
@@ -251,9 +213,7 @@ pub fn billing_sums(
         let d: &Decimal128Array = col(b, "dbu")?;
         let n: &Int64Array = col(b, "event_count")?;
         for i in 0..b.num_rows() {
-            let e = out
-                .entry((c.value(i).to_string(), k.value(i).to_string(), s.value(i)))
-                .or_insert((0i128, 0i64));
+            let e = out.entry((c.value(i).to_string(), k.value(i).to_string(), s.value(i))).or_insert((0i128, 0i64));
             e.0 += d.value(i);
             e.1 += n.value(i);
         }
@@ -269,30 +229,16 @@ mod tests {
     fn finality_follows_watermark() {
         let st = WindowState::new(GoldKind::EventCounts, "r");
         let mut s2 = st;
-        s2.deltas
-            .insert((0, "job".into(), "w".into()), Agg { count: 2, dbu: 0 });
-        s2.deltas.insert(
-            (MINUTE_US, "job".into(), "w".into()),
-            Agg { count: 1, dbu: 0 },
-        );
+        s2.deltas.insert((0, "job".into(), "w".into()), Agg { count: 2, dbu: 0 });
+        s2.deltas.insert((MINUTE_US, "job".into(), "w".into()), Agg { count: 1, dbu: 0 });
         let dates = s2.dates();
         let out = s2.merge_into(&[], &dates, Some(MINUTE_US), 0).unwrap();
-        let f = out[0]
-            .column_by_name("is_final")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .unwrap();
+        let f = out[0].column_by_name("is_final").unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
         assert!(f.value(0), "window [0,60s) ends at the watermark: final");
         assert!(!f.value(1));
         // Merging the output again as current doubles counts (additive), proving merge reads it.
         let again = s2.merge_into(&out, &dates, Some(MINUTE_US), 0).unwrap();
-        let c = again[0]
-            .column_by_name("event_count")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
+        let c = again[0].column_by_name("event_count").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(c.value(0), 4);
     }
 }

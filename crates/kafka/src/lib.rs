@@ -18,9 +18,7 @@ use tributary_core::{Error, Result, Shutdown};
 /// environment variable named by `sasl_password_env`; it never appears in config files or logs.
 pub fn client_config(k: &KafkaConfig) -> Result<ClientConfig> {
     if k.brokers.is_empty() {
-        return Err(Error::user(
-            "kafka.brokers is empty: set it in the config or TRIBUTARY__KAFKA__BROKERS",
-        ));
+        return Err(Error::user("kafka.brokers is empty: set it in the config or TRIBUTARY__KAFKA__BROKERS"));
     }
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
@@ -29,7 +27,10 @@ pub fn client_config(k: &KafkaConfig) -> Result<ClientConfig> {
         c.set("sasl.mechanism", &k.sasl_mechanism);
         c.set("sasl.username", &k.sasl_username);
         let pw = std::env::var(&k.sasl_password_env).map_err(|_| {
-            Error::user(format!("kafka SASL is on but the environment variable {} (kafka.sasl_password_env) is not set", k.sasl_password_env))
+            Error::user(format!(
+                "kafka SASL is on but the environment variable {} (kafka.sasl_password_env) is not set",
+                k.sasl_password_env
+            ))
         })?;
         c.set("sasl.password", pw);
     }
@@ -62,10 +63,7 @@ impl KafkaNotices {
             .set("linger.ms", "0")
             .create()
             .map_err(|e| Error::external("creating the commit-notice producer").with_source(e))?;
-        Ok(Self {
-            producer,
-            topic: k.commits_topic.clone(),
-        })
+        Ok(Self { producer, topic: k.commits_topic.clone() })
     }
 
     /// Installs this publisher as the process-wide notice sink.
@@ -103,18 +101,12 @@ pub fn spawn_listener(
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let consumer: StreamConsumer = client_config(k)?
-        .set(
-            "group.id",
-            format!("{}-notices-{}", k.group_id, uuid::Uuid::new_v4()),
-        )
+        .set("group.id", format!("{}-notices-{}", k.group_id, uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
         .create()
         .map_err(|e| Error::external("creating the commit-notice consumer").with_source(e))?;
-    let interest: HashMap<String, Vec<Arc<Notify>>> = interest
-        .into_iter()
-        .map(|(t, n)| (table_key(&t), n))
-        .collect();
+    let interest: HashMap<String, Vec<Arc<Notify>>> = interest.into_iter().map(|(t, n)| (table_key(&t), n)).collect();
     let k = k.clone();
     Ok(tokio::spawn(async move {
         // Assign all partitions at the end; retry until the broker answers.
@@ -132,8 +124,7 @@ pub fn spawn_listener(
                 let mut tpl = rdkafka::TopicPartitionList::new();
                 for t in md.topics() {
                     for p in t.partitions() {
-                        tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::End)
-                            .map_err(|e| e.to_string())?;
+                        tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::End).map_err(|e| e.to_string())?;
                     }
                 }
                 let n = tpl.count();
@@ -210,10 +201,7 @@ pub mod trace {
         for i in 0..h.count() {
             let hd = h.get(i);
             if hd.key.eq_ignore_ascii_case("traceparent") {
-                return hd
-                    .value
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .map(str::to_string);
+                return hd.value.and_then(|v| std::str::from_utf8(v).ok()).map(str::to_string);
             }
         }
         None
@@ -221,10 +209,7 @@ pub mod trace {
 
     /// OpenTelemetry context from a traceparent value.
     pub fn context_from(traceparent: &str) -> opentelemetry::Context {
-        let m = HeaderMap(HashMap::from([(
-            "traceparent".to_string(),
-            traceparent.to_string(),
-        )]));
+        let m = HeaderMap(HashMap::from([("traceparent".to_string(), traceparent.to_string())]));
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&m))
     }
 
@@ -236,10 +221,7 @@ pub mod trace {
         opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut m));
         let mut h = OwnedHeaders::new();
         for (k, v) in &m.0 {
-            h = h.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
+            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
         h
     }
@@ -249,18 +231,11 @@ pub mod trace {
 pub async fn ensure_topics(k: &KafkaConfig, topics: &[(String, i32)]) -> Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = client_config(k)?
-        .create()
-        .map_err(|e| Error::external("creating the Kafka admin client").with_source(e))?;
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(k)?.create().map_err(|e| Error::external("creating the Kafka admin client").with_source(e))?;
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
     let res = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
         .await
         .map_err(|e| Error::external("creating topics").with_source(e))?;
     for r in res {
@@ -277,12 +252,7 @@ pub async fn ensure_topics(k: &KafkaConfig, topics: &[(String, i32)]) -> Result<
 
 /// Produces every line of the landing files of `source` (sorted, gzip handled) to `topic`,
 /// keyed by event_id (unkeyed when the line is not an event), idempotently. Returns messages sent.
-pub async fn produce_files(
-    k: &KafkaConfig,
-    dir: &std::path::Path,
-    source: &str,
-    topic: &str,
-) -> Result<u64> {
+pub async fn produce_files(k: &KafkaConfig, dir: &std::path::Path, source: &str, topic: &str) -> Result<u64> {
     use std::io::Read;
     let producer: FutureProducer = client_config(k)?
         .set("enable.idempotence", "true")
@@ -295,11 +265,7 @@ pub async fn produce_files(
         .map_err(|e| Error::external("creating the producer").with_source(e))?;
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.')))
         .collect();
     files.sort();
     let mut sent = 0u64;
@@ -314,25 +280,17 @@ pub async fn produce_files(
         };
         let mut pending = Vec::new();
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let key = tributary_events::decode_event(line, source, usize::MAX)
-                .ok()
-                .and_then(|d| d.event_id);
+            let key = tributary_events::decode_event(line, source, usize::MAX).ok().and_then(|d| d.event_id);
             let producer = producer.clone();
             let topic_name = topic.to_string();
             let line = line.to_vec();
             let headers = trace::inject_current();
             pending.push(async move {
-                let mut rec = FutureRecord::to(&topic_name)
-                    .payload(&line)
-                    .headers(headers);
+                let mut rec = FutureRecord::to(&topic_name).payload(&line).headers(headers);
                 if let Some(k) = key.as_deref() {
                     rec = rec.key(k);
                 }
-                producer
-                    .send(rec, Duration::from_secs(60))
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e)
+                producer.send(rec, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
             });
             if pending.len() >= 5000 {
                 for r in futures::future::join_all(pending.drain(..)).await {

@@ -78,12 +78,7 @@ impl SilverTransform {
                 seen: HashSet::new(),
             });
         }
-        let mut me = Self {
-            cfg,
-            region: region.into(),
-            flows,
-            quarantine,
-        };
+        let mut me = Self { cfg, region: region.into(), flows, quarantine };
         me.recover().await?;
         Ok(me)
     }
@@ -108,16 +103,8 @@ impl SilverTransform {
     }
 
     /// Reads bronze versions `(after, up_to]` of one flow.
-    async fn read_input(
-        &mut self,
-        i: usize,
-        after: i64,
-        up_to: i64,
-    ) -> Result<Vec<(i64, RecordBatch)>> {
-        let input = self.flows[i]
-            .input
-            .as_ref()
-            .ok_or_else(|| Error::internal("input not open"))?;
+    async fn read_input(&mut self, i: usize, after: i64, up_to: i64) -> Result<Vec<(i64, RecordBatch)>> {
+        let input = self.flows[i].input.as_ref().ok_or_else(|| Error::internal("input not open"))?;
         let mut out = Vec::new();
         for (v, adds) in input.changes(after, up_to).await? {
             for b in input.read_adds(&adds).await? {
@@ -130,8 +117,7 @@ impl SilverTransform {
     async fn ensure_input(&mut self, i: usize) -> Result<bool> {
         if self.flows[i].input.is_none() {
             let name = format!("bronze/{}", self.flows[i].source);
-            self.flows[i].input =
-                Table::open_existing(&name, &self.flows[i].input_location).await?;
+            self.flows[i].input = Table::open_existing(&name, &self.flows[i].input_location).await?;
         }
         Ok(self.flows[i].input.is_some())
     }
@@ -203,9 +189,7 @@ impl SilverTransform {
             input_rows += b.num_rows() as u64;
             let valid = transform::validate(&source, &self.region, b, *v, &mut q)?;
             for row in valid {
-                if self.flows[i].seen.contains(&row.event_id)
-                    || !batch_ids.insert(row.event_id.clone())
-                {
+                if self.flows[i].seen.contains(&row.event_id) || !batch_ids.insert(row.event_id.clone()) {
                     duplicates += 1;
                     continue;
                 }
@@ -231,17 +215,10 @@ impl SilverTransform {
         fault::point("silver.before_commit");
         let version = self.flows[i]
             .output
-            .commit(
-                adds.into_iter().map(Action::Add).collect(),
-                vec![txn(&app_id, up_to)],
-                meta.clone(),
-                0,
-            )
+            .commit(adds.into_iter().map(Action::Add).collect(), vec![txn(&app_id, up_to)], meta.clone(), 0)
             .await?;
         fault::point("silver.after_data_commit");
-        self.flows[i]
-            .output
-            .notice(STAGE, &self.region, version, written, max_event_ms);
+        self.flows[i].output.notice(STAGE, &self.region, version, written, max_event_ms);
         self.flows[i].pos = up_to;
         self.flows[i].seen.extend(batch_ids);
         self.quarantine.refresh().await?;

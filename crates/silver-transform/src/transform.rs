@@ -1,9 +1,8 @@
 //! Pure row logic of silver: validation with reasons, typed field extraction, row building.
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Array,
-    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Array, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -45,11 +44,7 @@ pub struct SilverRow {
 /// Parses an exact decimal (JSON number or string) at scale 9; `None` if not exact at that scale.
 pub fn parse_decimal(raw: &RawValue) -> Option<i128> {
     let text = raw.get();
-    let s: String = if text.starts_with('"') {
-        serde_json::from_str(text).ok()?
-    } else {
-        text.to_string()
-    };
+    let s: String = if text.starts_with('"') { serde_json::from_str(text).ok()? } else { text.to_string() };
     let d = rust_decimal::Decimal::from_str_exact(s.trim()).ok()?;
     let d = d.normalize();
     if d.scale() > DECIMAL_SCALE {
@@ -75,25 +70,16 @@ fn parse_typed(kind: Kind, raw: &RawValue) -> Result<Typed, ()> {
         });
     }
     match kind {
-        Kind::Str => serde_json::from_str::<String>(t)
-            .map(|s| Typed::Str(Some(s)))
-            .map_err(|_| ()),
-        Kind::I64 => t
-            .parse::<i64>()
-            .map(|v| Typed::I64(Some(v)))
-            .map_err(|_| ()),
+        Kind::Str => serde_json::from_str::<String>(t).map(|s| Typed::Str(Some(s))).map_err(|_| ()),
+        Kind::I64 => t.parse::<i64>().map(|v| Typed::I64(Some(v))).map_err(|_| ()),
         Kind::F64 => {
             if t.starts_with('"') {
                 Err(())
             } else {
-                t.parse::<f64>()
-                    .map(|v| Typed::F64(Some(v)))
-                    .map_err(|_| ())
+                t.parse::<f64>().map(|v| Typed::F64(Some(v))).map_err(|_| ())
             }
         }
-        Kind::Ts => tributary_events::parse_event_time(raw)
-            .map(|v| Typed::Ts(Some(v)))
-            .ok_or(()),
+        Kind::Ts => tributary_events::parse_event_time(raw).map(|v| Typed::Ts(Some(v))).ok_or(()),
         Kind::Decimal => parse_decimal(raw).map(|v| Typed::Dec(Some(v))).ok_or(()),
     }
 }
@@ -111,19 +97,11 @@ fn none_of(kind: Kind) -> Typed {
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            Error::internal(format!(
-                "bronze batch lacks column {name} of the expected type"
-            ))
-        })
+        .ok_or_else(|| Error::internal(format!("bronze batch lacks column {name} of the expected type")))
 }
 
 fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
-    if a.is_valid(i) {
-        Some(a.value(i))
-    } else {
-        None
-    }
+    if a.is_valid(i) { Some(a.value(i)) } else { None }
 }
 
 /// Splits a bronze batch into valid silver rows and quarantined rows (appended to `q`).
@@ -152,25 +130,14 @@ pub fn validate(
     let mut out = Vec::with_capacity(b.num_rows());
     for i in 0..b.num_rows() {
         let file = opt_str(files, i);
-        let line = if lines.is_valid(i) {
-            Some(lines.value(i))
-        } else {
-            None
-        };
+        let line = if lines.is_valid(i) { Some(lines.value(i)) } else { None };
         let k_topic = opt_str(k_topics, i);
-        let k_partition = if k_parts.is_valid(i) {
-            Some(k_parts.value(i))
-        } else {
-            None
-        };
-        let k_offset = if k_offsets.is_valid(i) {
-            Some(k_offsets.value(i))
-        } else {
-            None
-        };
+        let k_partition = if k_parts.is_valid(i) { Some(k_parts.value(i)) } else { None };
+        let k_offset = if k_offsets.is_valid(i) { Some(k_offsets.value(i)) } else { None };
         let lineage = match (k_topic, k_partition, k_offset) {
             (Some(t), Some(p), Some(o)) => {
-                serde_json::json!({"bronze_version": bronze_version, "topic": t, "partition": p, "offset": o}).to_string()
+                serde_json::json!({"bronze_version": bronze_version, "topic": t, "partition": p, "offset": o})
+                    .to_string()
             }
             _ => format!("{{\"bronze_version\":{bronze_version}}}"),
         };
@@ -179,27 +146,16 @@ pub fn validate(
             m.insert("event_id".into(), opt_str(ids, i).into());
             m.insert(
                 "event_time".into(),
-                if times.is_valid(i) {
-                    times.value(i).into()
-                } else {
-                    serde_json::Value::Null
-                },
+                if times.is_valid(i) { times.value(i).into() } else { serde_json::Value::Null },
             );
             m.insert("region".into(), opt_str(regions, i).into());
             m.insert("workspace_id".into(), opt_str(ws, i).into());
             m.insert("customer_id".into(), opt_str(cust, i).into());
             m.insert(
                 "egress_approved".into(),
-                if egress.is_valid(i) {
-                    egress.value(i).into()
-                } else {
-                    serde_json::Value::Null
-                },
+                if egress.is_valid(i) { egress.value(i).into() } else { serde_json::Value::Null },
             );
-            m.insert(
-                "payload".into(),
-                serde_json::from_str(payload.value(i)).unwrap_or(serde_json::Value::Null),
-            );
+            m.insert("payload".into(), serde_json::from_str(payload.value(i)).unwrap_or(serde_json::Value::Null));
             m.insert("_rescued_data".into(), opt_str(rescued, i).into());
             serde_json::to_vec(&m).unwrap_or_default()
         };
@@ -268,11 +224,7 @@ pub fn validate(
                     Ok(t) => {
                         let is_null = matches!(
                             &t,
-                            Typed::Str(None)
-                                | Typed::I64(None)
-                                | Typed::F64(None)
-                                | Typed::Ts(None)
-                                | Typed::Dec(None)
+                            Typed::Str(None) | Typed::I64(None) | Typed::F64(None) | Typed::Ts(None) | Typed::Dec(None)
                         );
                         if is_null && f.required {
                             reject = Some((
@@ -305,30 +257,15 @@ pub fn validate(
             }
         }
         if let Some((reason, rule, detail)) = reject {
-            q.push(
-                source,
-                &reason,
-                Some(&rule),
-                &detail,
-                &raw_row(),
-                Some(event_id),
-                file,
-                line,
-                Some(&lineage),
-            );
+            q.push(source, &reason, Some(&rule), &detail, &raw_row(), Some(event_id), file, line, Some(&lineage));
             continue;
         }
         let mut rescued_out = opt_str(rescued, i).map(|s| s.to_string());
         if !extra_rescued.is_empty() {
-            let mut m: serde_json::Map<String, serde_json::Value> = rescued_out
-                .as_deref()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_default();
+            let mut m: serde_json::Map<String, serde_json::Value> =
+                rescued_out.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
             for (k, v) in extra_rescued {
-                m.insert(
-                    k,
-                    serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v)),
-                );
+                m.insert(k, serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v)));
             }
             rescued_out = Some(serde_json::Value::Object(m).to_string());
         }
@@ -338,11 +275,7 @@ pub fn validate(
             region: opt_str(regions, i).unwrap_or(region).to_string(),
             workspace_id: opt_str(ws, i).map(str::to_string),
             customer_id: opt_str(cust, i).map(str::to_string),
-            egress_approved: if egress.is_valid(i) {
-                Some(egress.value(i))
-            } else {
-                None
-            },
+            egress_approved: if egress.is_valid(i) { Some(egress.value(i)) } else { None },
             typed,
             payload: payload.value(i).to_string(),
             rescued: rescued_out,
@@ -366,10 +299,7 @@ pub struct SilverRows {
 
 impl SilverRows {
     pub fn new(source: &str, _region: &str) -> Self {
-        Self {
-            source: source.into(),
-            rows: Vec::new(),
-        }
+        Self { source: source.into(), rows: Vec::new() }
     }
     pub fn push(&mut self, r: SilverRow) {
         self.rows.push(r);
@@ -428,42 +358,26 @@ impl SilverRows {
                 Kind::I64 => {
                     let mut b = Int64Builder::new();
                     for r in rows {
-                        b.append_option(if let Typed::I64(v) = r.typed[k] {
-                            v
-                        } else {
-                            None
-                        });
+                        b.append_option(if let Typed::I64(v) = r.typed[k] { v } else { None });
                     }
                     Arc::new(b.finish())
                 }
                 Kind::F64 => {
                     let mut b = Float64Builder::new();
                     for r in rows {
-                        b.append_option(if let Typed::F64(v) = r.typed[k] {
-                            v
-                        } else {
-                            None
-                        });
+                        b.append_option(if let Typed::F64(v) = r.typed[k] { v } else { None });
                     }
                     Arc::new(b.finish())
                 }
                 Kind::Ts => ts_col(&|r| {
-                    if let Typed::Ts(v) = r.typed[k] {
-                        v
-                    } else {
-                        None
-                    }
+                    if let Typed::Ts(v) = r.typed[k] { v } else { None }
                 }),
                 Kind::Decimal => {
                     let mut b = Decimal128Builder::new()
                         .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE as i8)
                         .map_err(|e| Error::internal("decimal type").with_source(e))?;
                     for r in rows {
-                        b.append_option(if let Typed::Dec(v) = r.typed[k] {
-                            v
-                        } else {
-                            None
-                        });
+                        b.append_option(if let Typed::Dec(v) = r.typed[k] { v } else { None });
                     }
                     Arc::new(b.finish())
                 }
@@ -473,28 +387,16 @@ impl SilverRows {
         cols.push(str_col(&|r| Some(r.payload.as_str())));
         cols.push(str_col(&|r| r.rescued.as_deref()));
         cols.push(str_col(&|r| r.file.as_deref()));
-        cols.push(Arc::new(
-            rows.iter().map(|r| r.line).collect::<Int64Array>(),
-        ));
+        cols.push(Arc::new(rows.iter().map(|r| r.line).collect::<Int64Array>()));
         cols.push(str_col(&|r| r.k_topic.as_deref()));
-        cols.push(Arc::new(
-            rows.iter().map(|r| r.k_partition).collect::<Int32Array>(),
-        ));
-        cols.push(Arc::new(
-            rows.iter().map(|r| r.k_offset).collect::<Int64Array>(),
-        ));
-        cols.push(Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|r| r.bronze_version),
-        )));
+        cols.push(Arc::new(rows.iter().map(|r| r.k_partition).collect::<Int32Array>()));
+        cols.push(Arc::new(rows.iter().map(|r| r.k_offset).collect::<Int64Array>()));
+        cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.bronze_version))));
         cols.push(ts_col(&|r| Some(r.ingested_at)));
-        let dates: Vec<String> = rows
-            .iter()
-            .map(|r| tributary_events::date_of_micros(r.event_time))
-            .collect();
+        let dates: Vec<String> = rows.iter().map(|r| tributary_events::date_of_micros(r.event_time)).collect();
         cols.push(Arc::new(StringArray::from(dates)));
-        let b = RecordBatch::try_new(schemas::silver(&self.source), cols).map_err(|e| {
-            Error::internal(format!("building silver/{} batch", self.source)).with_source(e)
-        })?;
+        let b = RecordBatch::try_new(schemas::silver(&self.source), cols)
+            .map_err(|e| Error::internal(format!("building silver/{} batch", self.source)).with_source(e))?;
         Ok(vec![b])
     }
 }
@@ -511,11 +413,7 @@ mod tests {
     fn decimals_are_exact_or_rejected() {
         assert_eq!(parse_decimal(&raw("12.345678")), Some(12_345_678_000));
         assert_eq!(parse_decimal(&raw("\"0.000000001\"")), Some(1));
-        assert_eq!(
-            parse_decimal(&raw("0.0000000001")),
-            None,
-            "scale 10 would need rounding"
-        );
+        assert_eq!(parse_decimal(&raw("0.0000000001")), None, "scale 10 would need rounding");
         assert_eq!(parse_decimal(&raw("\"abc\"")), None);
         assert_eq!(parse_decimal(&raw("-3")), Some(-3_000_000_000));
     }

@@ -137,26 +137,20 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    pub fn apply(
-        &self,
-        mut ep: tonic::transport::Endpoint,
-    ) -> Result<tonic::transport::Endpoint, String> {
+    pub fn apply(&self, mut ep: tonic::transport::Endpoint) -> Result<tonic::transport::Endpoint, String> {
         let Some(ca) = &self.ca_cert else {
             return Ok(ep);
         };
-        let read =
-            |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-        let mut tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let mut tls =
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
         if let Some(d) = &self.tls_domain {
             tls = tls.domain_name(d.clone());
         }
         if let (Some(c), Some(k)) = (&self.client_cert, &self.client_key) {
             tls = tls.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
         }
-        ep = ep
-            .tls_config(tls)
-            .map_err(|e| format!("invalid TLS settings: {e}"))?;
+        ep = ep.tls_config(tls).map_err(|e| format!("invalid TLS settings: {e}"))?;
         Ok(ep)
     }
 }
@@ -189,11 +183,7 @@ enum Cmd {
         #[arg(long)]
         exit_when_idle: bool,
         /// Stages to run (comma separated): bronze, silver, gold, federator.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "bronze,silver,gold,federator"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "bronze,silver,gold,federator")]
         stages: Vec<String>,
         /// Give up (exit code 2) after this many seconds.
         #[arg(long)]
@@ -259,10 +249,7 @@ enum Cmd {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -273,12 +260,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Generate {
-            common,
-            gen_args,
-            kafka,
-            partitions,
-        } => {
+        Cmd::Generate { common, gen_args, kafka, partitions } => {
             let cfg = match common.load() {
                 Ok(c) => c,
                 Err(e) => return fail(e),
@@ -295,14 +277,7 @@ pub fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Cmd::Standalone {
-            common,
-            generate,
-            gen_args,
-            exit_when_idle,
-            stages,
-            timeout_secs,
-        } => {
+        Cmd::Standalone { common, generate, gen_args, exit_when_idle, stages, timeout_secs } => {
             let exit_when_idle = exit_when_idle || common.trigger == "available-now";
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -314,50 +289,28 @@ pub fn main() -> ExitCode {
                     return fail(e);
                 }
             }
-            runtime().block_on(crate::standalone::run(
-                Arc::new(cfg),
-                &stages,
-                exit_when_idle,
-                timeout_secs,
-            ))
+            runtime().block_on(crate::standalone::run(Arc::new(cfg), &stages, exit_when_idle, timeout_secs))
         }
-        Cmd::BronzeIngest {
-            common,
-            region,
-            from,
-        } => service(common, "bronze-ingest", move |cfg, sd, n| async move {
+        Cmd::BronzeIngest { common, region, from } => service(common, "bronze-ingest", move |cfg, sd, n| async move {
             if from == "kafka" {
                 bronze_ingest::kafka::run(cfg, &region, sd, n).await
             } else {
                 bronze_ingest::run(cfg, &region, sd, n).await
             }
         }),
-        Cmd::SilverTransform { common, region } => {
-            service(common, "silver-transform", move |cfg, sd, n| async move {
-                silver_transform::run(cfg, &region, sd, n).await
-            })
-        }
-        Cmd::GoldAggregate { common, region } => {
-            service(common, "gold-aggregate", move |cfg, sd, n| async move {
-                gold_aggregate::run(cfg, &region, sd, n).await
-            })
-        }
+        Cmd::SilverTransform { common, region } => service(common, "silver-transform", move |cfg, sd, n| async move {
+            silver_transform::run(cfg, &region, sd, n).await
+        }),
+        Cmd::GoldAggregate { common, region } => service(common, "gold-aggregate", move |cfg, sd, n| async move {
+            gold_aggregate::run(cfg, &region, sd, n).await
+        }),
         Cmd::CentralFederator { common, region } => {
             service(common, "central-federator", move |cfg, sd, n| async move {
-                let regions = if region.is_empty() {
-                    cfg.regions.clone()
-                } else {
-                    region
-                };
+                let regions = if region.is_empty() { cfg.regions.clone() } else { region };
                 central_federator::run(cfg, &regions, sd, n).await
             })
         }
-        Cmd::Status {
-            addr,
-            tls,
-            stats,
-            json,
-        } => runtime().block_on(status(addr, tls, stats, json)),
+        Cmd::Status { addr, tls, stats, json } => runtime().block_on(status(addr, tls, stats, json)),
         Cmd::Report { common, json } => {
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -405,9 +358,7 @@ fn notice_hook(cfg: &Config) -> Result<Option<tributary_core::stage::NoticeHook>
     }
     tributary_kafka::KafkaNotices::install(&cfg.kafka).map_err(|e| e.to_string())?;
     let k = cfg.kafka.clone();
-    Ok(Some(Box::new(move |interest, sd| {
-        tributary_kafka::spawn_listener(&k, interest, sd).map(|_| ())
-    })))
+    Ok(Some(Box::new(move |interest, sd| tributary_kafka::spawn_listener(&k, interest, sd).map(|_| ()))))
 }
 
 fn service<F, Fut>(common: Common, name: &'static str, f: F) -> ExitCode
@@ -452,19 +403,10 @@ async fn status(addr: String, tls: ClientTls, stats: bool, json: bool) -> ExitCo
         Ok(c) => PipelineStatusClient::new(c),
         Err(e) => return fail(format!("cannot connect to {addr}: {e}")),
     };
-    let resp = match client
-        .get_status(GetStatusRequest {
-            include_table_stats: stats,
-        })
-        .await
-    {
+    let resp = match client.get_status(GetStatusRequest { include_table_stats: stats }).await {
         Ok(r) => r.into_inner(),
         Err(e) => {
-            return fail(format!(
-                "GetStatus failed: {} ({:?})",
-                e.message(),
-                e.code()
-            ));
+            return fail(format!("GetStatus failed: {} ({:?})", e.message(), e.code()));
         }
     };
     if json {
@@ -483,51 +425,30 @@ async fn status(addr: String, tls: ClientTls, stats: bool, json: bool) -> ExitCo
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    println!(
-        "service {} (pipeline {}, build {})",
-        resp.service, resp.pipeline, resp.build_version
-    );
+    println!("service {} (pipeline {}, build {})", resp.service, resp.pipeline, resp.build_version);
     for s in &resp.stages {
         println!(
             "\n[{} / {}]{}",
             s.stage,
             s.region,
-            if s.last_error.is_empty() {
-                String::new()
-            } else {
-                format!("  last error: {}", s.last_error)
-            }
+            if s.last_error.is_empty() { String::new() } else { format!("  last error: {}", s.last_error) }
         );
-        println!(
-            "  {:<36} {:>8} {:>10} {:>8} {:>25}",
-            "table", "version", "rows", "files", "max event_time"
-        );
+        println!("  {:<36} {:>8} {:>10} {:>8} {:>25}", "table", "version", "rows", "files", "max event_time");
         for t in &s.tables {
             let max = chrono::DateTime::from_timestamp_millis(t.max_event_time_unix_ms)
                 .filter(|_| t.max_event_time_unix_ms > 0)
                 .map(|d| d.to_rfc3339())
                 .unwrap_or_else(|| "-".into());
-            println!(
-                "  {:<36} {:>8} {:>10} {:>8} {:>25}",
-                t.name, t.version, t.row_count, t.file_count, max
-            );
+            println!("  {:<36} {:>8} {:>10} {:>8} {:>25}", t.name, t.version, t.row_count, t.file_count, max);
         }
         println!("  input positions:");
         for p in &s.positions {
-            println!(
-                "    {:<60} -> {:<28} {}",
-                p.app_id, p.output_table, p.version
-            );
+            println!("    {:<60} -> {:<28} {}", p.app_id, p.output_table, p.version);
         }
         if !s.counters.is_empty() {
             println!("  counters:");
             for c in &s.counters {
-                println!(
-                    "    {:<22} {:<34} {}",
-                    c.name,
-                    c.labels.get("table").cloned().unwrap_or_default(),
-                    c.value
-                );
+                println!("    {:<22} {:<34} {}", c.name, c.labels.get("table").cloned().unwrap_or_default(), c.value);
             }
         }
     }

@@ -36,12 +36,7 @@ async fn rows_by_partition(location: &str, partition: &str) -> Result<BTreeMap<S
     let mut out = BTreeMap::new();
     if let Some(t) = Table::open_existing("q", location).await? {
         for f in t.files()? {
-            let key = f
-                .partition_values
-                .get(partition)
-                .cloned()
-                .flatten()
-                .unwrap_or_default();
+            let key = f.partition_values.get(partition).cloned().flatten().unwrap_or_default();
             *out.entry(key).or_insert(0) += f.num_records.unwrap_or(0) as u64;
         }
     }
@@ -56,19 +51,15 @@ async fn row_count(location: &str) -> Result<u64> {
 }
 
 fn dec(v: i128) -> String {
-    rust_decimal::Decimal::from_i128_with_scale(v, tributary_events::contract::DECIMAL_SCALE)
-        .normalize()
-        .to_string()
+    rust_decimal::Decimal::from_i128_with_scale(v, tributary_events::contract::DECIMAL_SCALE).normalize().to_string()
 }
 
 fn sum_dbu(batches: &[deltalake::arrow::array::RecordBatch], region: Option<&str>) -> i128 {
     let mut total = 0i128;
     for b in batches {
         let (Some(d), Some(r)) = (
-            b.column_by_name("dbu")
-                .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>()),
-            b.column_by_name("region")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+            b.column_by_name("dbu").and_then(|c| c.as_any().downcast_ref::<Decimal128Array>()),
+            b.column_by_name("region").and_then(|c| c.as_any().downcast_ref::<StringArray>()),
         ) else {
             continue;
         };
@@ -84,9 +75,7 @@ fn sum_dbu(batches: &[deltalake::arrow::array::RecordBatch], region: Option<&str
 impl Report {
     pub async fn collect(cfg: &Config) -> Result<Self> {
         let truth = tributary_events::truth::Truth::load(&crate::standalone::truth_path(cfg)).ok();
-        let central_events =
-            Table::open_existing("central/events", &central_federator::events_location(cfg))
-                .await?;
+        let central_events = Table::open_existing("central/events", &central_federator::events_location(cfg)).await?;
         let central_batches = match &central_events {
             Some(t) => t.read_all().await?,
             None => vec![],
@@ -94,85 +83,60 @@ impl Report {
         let mut central_counts: BTreeMap<(String, String), u64> = BTreeMap::new();
         for b in &central_batches {
             let (Some(r), Some(s)) = (
-                b.column_by_name("region")
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-                b.column_by_name("source")
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+                b.column_by_name("region").and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+                b.column_by_name("source").and_then(|c| c.as_any().downcast_ref::<StringArray>()),
             ) else {
                 continue;
             };
             for i in 0..b.num_rows() {
-                *central_counts
-                    .entry((r.value(i).to_string(), s.value(i).to_string()))
-                    .or_insert(0) += 1;
+                *central_counts.entry((r.value(i).to_string(), s.value(i).to_string())).or_insert(0) += 1;
             }
         }
-        let central_billing = match Table::open_existing(
-            "central/billing",
-            &central_federator::gold_location(cfg, GoldKind::Billing),
-        )
-        .await?
-        {
-            Some(t) => t.read_all().await?,
-            None => vec![],
-        };
-        let mut report = Report::default();
-        let mut all_match = truth.is_some();
-        for region in &cfg.regions {
-            let bq = rows_by_partition(&bronze_ingest::quarantine_location(cfg, region), "source")
-                .await?;
-            let sq = rows_by_partition(
-                &silver_transform::quarantine_location(cfg, region),
-                "source",
-            )
-            .await?;
-            let mut gold_by_source: BTreeMap<String, u64> = BTreeMap::new();
-            if let Some(t) = Table::open_existing(
-                "gold",
-                &gold_aggregate::table_location(cfg, region, GoldKind::EventCounts),
-            )
-            .await?
-            {
-                for b in t.read_all().await? {
-                    let (Some(s), Some(n)) = (
-                        b.column_by_name("source")
-                            .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-                        b.column_by_name("event_count")
-                            .and_then(|c| c.as_any().downcast_ref::<Int64Array>()),
-                    ) else {
-                        continue;
-                    };
-                    for i in 0..b.num_rows() {
-                        *gold_by_source.entry(s.value(i).to_string()).or_insert(0) +=
-                            n.value(i) as u64;
-                    }
-                }
-            }
-            let gold_billing = match Table::open_existing(
-                "gold",
-                &gold_aggregate::table_location(cfg, region, GoldKind::Billing),
-            )
-            .await?
+        let central_billing =
+            match Table::open_existing("central/billing", &central_federator::gold_location(cfg, GoldKind::Billing))
+                .await?
             {
                 Some(t) => t.read_all().await?,
                 None => vec![],
             };
+        let mut report = Report::default();
+        let mut all_match = truth.is_some();
+        for region in &cfg.regions {
+            let bq = rows_by_partition(&bronze_ingest::quarantine_location(cfg, region), "source").await?;
+            let sq = rows_by_partition(&silver_transform::quarantine_location(cfg, region), "source").await?;
+            let mut gold_by_source: BTreeMap<String, u64> = BTreeMap::new();
+            if let Some(t) =
+                Table::open_existing("gold", &gold_aggregate::table_location(cfg, region, GoldKind::EventCounts))
+                    .await?
+            {
+                for b in t.read_all().await? {
+                    let (Some(s), Some(n)) = (
+                        b.column_by_name("source").and_then(|c| c.as_any().downcast_ref::<StringArray>()),
+                        b.column_by_name("event_count").and_then(|c| c.as_any().downcast_ref::<Int64Array>()),
+                    ) else {
+                        continue;
+                    };
+                    for i in 0..b.num_rows() {
+                        *gold_by_source.entry(s.value(i).to_string()).or_insert(0) += n.value(i) as u64;
+                    }
+                }
+            }
+            let gold_billing =
+                match Table::open_existing("gold", &gold_aggregate::table_location(cfg, region, GoldKind::Billing))
+                    .await?
+                {
+                    Some(t) => t.read_all().await?,
+                    None => vec![],
+                };
             report.billing_dbu.insert(
                 region.clone(),
-                (
-                    dec(sum_dbu(&gold_billing, None)),
-                    dec(sum_dbu(&central_billing, Some(region))),
-                ),
+                (dec(sum_dbu(&gold_billing, None)), dec(sum_dbu(&central_billing, Some(region)))),
             );
             for source in &cfg.bronze.sources {
                 let bronze = row_count(&bronze_ingest::table_location(cfg, region, source)).await?;
-                let silver =
-                    row_count(&silver_transform::table_location(cfg, region, source)).await?;
+                let silver = row_count(&silver_transform::table_location(cfg, region, source)).await?;
                 let silver_q = sq.get(source).copied().unwrap_or(0);
-                let t = truth
-                    .as_ref()
-                    .and_then(|t| t.regions.get(region))
-                    .and_then(|m| m.get(source));
+                let t = truth.as_ref().and_then(|t| t.regions.get(region)).and_then(|m| m.get(source));
                 let row = Row {
                     region: region.clone(),
                     source: source.clone(),
@@ -183,10 +147,7 @@ impl Report {
                     duplicates_removed: bronze.saturating_sub(silver + silver_q),
                     silver,
                     gold_events: gold_by_source.get(source).copied().unwrap_or(0),
-                    central: central_counts
-                        .get(&(region.clone(), source.clone()))
-                        .copied()
-                        .unwrap_or(0),
+                    central: central_counts.get(&(region.clone(), source.clone())).copied().unwrap_or(0),
                     expected_silver: t.map(|t| t.unique_valid),
                     expected_central: t.map(|t| t.egress_unique),
                 };
@@ -243,10 +204,7 @@ impl Report {
         }
         println!("  billing DBU per region (gold = central):");
         for (region, (g, c)) in &self.billing_dbu {
-            println!(
-                "    {region:<12} gold {g:>22}   central {c:>22}   {}",
-                if g == c { "ok" } else { "MISMATCH" }
-            );
+            println!("    {region:<12} gold {g:>22}   central {c:>22}   {}", if g == c { "ok" } else { "MISMATCH" });
         }
         match self.all_match {
             Some(true) => println!("  every layer matches the generator's ground truth exactly"),
@@ -261,39 +219,20 @@ pub async fn fingerprints(cfg: &Config) -> Result<Vec<(String, String)>> {
     let mut locations: Vec<(String, String)> = Vec::new();
     for region in &cfg.regions {
         for source in &cfg.bronze.sources {
-            locations.push((
-                format!("{region}/bronze/{source}"),
-                bronze_ingest::table_location(cfg, region, source),
-            ));
-            locations.push((
-                format!("{region}/silver/{source}"),
-                silver_transform::table_location(cfg, region, source),
-            ));
+            locations.push((format!("{region}/bronze/{source}"), bronze_ingest::table_location(cfg, region, source)));
+            locations
+                .push((format!("{region}/silver/{source}"), silver_transform::table_location(cfg, region, source)));
         }
-        locations.push((
-            format!("{region}/bronze/_quarantine"),
-            bronze_ingest::quarantine_location(cfg, region),
-        ));
-        locations.push((
-            format!("{region}/silver/_quarantine"),
-            silver_transform::quarantine_location(cfg, region),
-        ));
+        locations.push((format!("{region}/bronze/_quarantine"), bronze_ingest::quarantine_location(cfg, region)));
+        locations.push((format!("{region}/silver/_quarantine"), silver_transform::quarantine_location(cfg, region)));
         for k in [GoldKind::EventCounts, GoldKind::Billing] {
-            locations.push((
-                format!("{region}/gold/{}", k.table_name()),
-                gold_aggregate::table_location(cfg, region, k),
-            ));
+            locations
+                .push((format!("{region}/gold/{}", k.table_name()), gold_aggregate::table_location(cfg, region, k)));
         }
     }
-    locations.push((
-        "central/events".into(),
-        central_federator::events_location(cfg),
-    ));
+    locations.push(("central/events".into(), central_federator::events_location(cfg)));
     for k in [GoldKind::EventCounts, GoldKind::Billing] {
-        locations.push((
-            format!("central/{}", k.table_name()),
-            central_federator::gold_location(cfg, k),
-        ));
+        locations.push((format!("central/{}", k.table_name()), central_federator::gold_location(cfg, k)));
     }
     let mut out = Vec::new();
     for (name, loc) in locations {

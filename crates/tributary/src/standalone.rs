@@ -11,9 +11,7 @@ use tributary_core::{Config, Shutdown};
 use tributary_proto::v1::StageStatus;
 
 pub fn truth_path(cfg: &Config) -> std::path::PathBuf {
-    std::path::Path::new(&cfg.data_root)
-        .join("truth")
-        .join("truth.json")
+    std::path::Path::new(&cfg.data_root).join("truth").join("truth.json")
 }
 
 pub fn generate(cfg: &Config, args: &GenArgs) -> Result<(), String> {
@@ -23,8 +21,8 @@ pub fn generate(cfg: &Config, args: &GenArgs) -> Result<(), String> {
     let gc = args.to_config(cfg);
     let started = Instant::now();
     let landing = |r: &str| std::path::PathBuf::from(cfg.landing(r));
-    let out = tributary_events::generator::generate(&gc, &landing, Some(&truth_path(cfg)))
-        .map_err(|e| e.to_string())?;
+    let out =
+        tributary_events::generator::generate(&gc, &landing, Some(&truth_path(cfg))).map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "generated {} lines ({} files, {:.1} MB) for {} regions x {} sources in {:.2}s ({:.0} events/s); truth: {}",
@@ -49,32 +47,22 @@ pub async fn produce(cfg: &Config, partitions: i32) -> Result<(), String> {
             topics.push((k.topic_for(s).replace("{region}", region), partitions));
         }
     }
-    tributary_kafka::ensure_topics(k, &topics)
-        .await
-        .map_err(|e| e.to_string())?;
+    tributary_kafka::ensure_topics(k, &topics).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut total = 0;
     for region in &cfg.regions {
         for s in &cfg.bronze.sources {
             let dir = std::path::PathBuf::from(cfg.landing(region)).join(s);
             let topic = k.topic_for(s).replace("{region}", region);
-            total += tributary_kafka::produce_files(k, &dir, s, &topic)
-                .await
-                .map_err(|e| e.to_string())?;
+            total += tributary_kafka::produce_files(k, &dir, s, &topic).await.map_err(|e| e.to_string())?;
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "produced {total} messages to Kafka in {secs:.2}s ({:.0} msg/s)",
-        total as f64 / secs.max(1e-9)
-    );
+    println!("produced {total} messages to Kafka in {secs:.2}s ({:.0} msg/s)", total as f64 / secs.max(1e-9));
     Ok(())
 }
 
-async fn build_stages(
-    cfg: &Arc<Config>,
-    which: &[String],
-) -> tributary_core::Result<Vec<Box<dyn Stage>>> {
+async fn build_stages(cfg: &Arc<Config>, which: &[String]) -> tributary_core::Result<Vec<Box<dyn Stage>>> {
     for w in which {
         if !["bronze", "silver", "gold", "federator"].contains(&w.as_str()) {
             return Err(tributary_core::Error::user(format!(
@@ -86,40 +74,25 @@ async fn build_stages(
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     for region in &cfg.regions {
         if on("bronze") {
-            stages.push(Box::new(
-                bronze_ingest::BronzeIngest::build(cfg.clone(), region).await?,
-            ));
+            stages.push(Box::new(bronze_ingest::BronzeIngest::build(cfg.clone(), region).await?));
         }
         if on("silver") {
-            stages.push(Box::new(
-                silver_transform::SilverTransform::build(cfg.clone(), region).await?,
-            ));
+            stages.push(Box::new(silver_transform::SilverTransform::build(cfg.clone(), region).await?));
         }
         if on("gold") {
-            stages.push(Box::new(
-                gold_aggregate::GoldAggregate::build(cfg.clone(), region).await?,
-            ));
+            stages.push(Box::new(gold_aggregate::GoldAggregate::build(cfg.clone(), region).await?));
         }
         if on("federator") {
             // One federator per region, as in production: they commit to the central tables at once.
             stages.push(Box::new(
-                central_federator::CentralFederator::build(
-                    cfg.clone(),
-                    std::slice::from_ref(region),
-                )
-                .await?,
+                central_federator::CentralFederator::build(cfg.clone(), std::slice::from_ref(region)).await?,
             ));
         }
     }
     Ok(stages)
 }
 
-pub async fn run(
-    cfg: Arc<Config>,
-    which: &[String],
-    exit_when_idle: bool,
-    timeout_secs: Option<u64>,
-) -> ExitCode {
+pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeout_secs: Option<u64>) -> ExitCode {
     let shutdown = Shutdown::new();
     shutdown.install_signal_handlers();
     let started = Instant::now();
@@ -156,16 +129,13 @@ pub async fn run(
             started_unix_ms: tributary_core::now_ms(),
             provider: Arc::new(SharedStatus(statuses.clone())),
         };
-        if let Err(e) = tributary_core::server::serve_grpc(&cfg.server, svc, shutdown.clone()).await
-        {
+        if let Err(e) = tributary_core::server::serve_grpc(&cfg.server, svc, shutdown.clone()).await {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     }
     if !cfg.server.admin_addr.is_empty() {
-        if let Err(e) =
-            tributary_core::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await
-        {
+        if let Err(e) = tributary_core::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
@@ -196,9 +166,7 @@ pub async fn run(
         let _ = t.await;
     }
     let wall = started.elapsed().as_secs_f64();
-    println!(
-        "\npipeline idle after {wall:.2}s; per stage (units = input rows; all regions together):"
-    );
+    println!("\npipeline idle after {wall:.2}s; per stage (units = input rows; all regions together):");
     println!(
         "  {:<12} {:>12} {:>10} {:>14} {:>14} {:>9}",
         "stage", "rows", "busy s", "rows/busy s", "rows/wall s", "failures"
@@ -228,19 +196,12 @@ pub async fn run(
     for s in &statuses {
         let st = s.read().unwrap_or_else(|e| e.into_inner());
         if !st.last_error.is_empty() {
-            println!(
-                "  last error in {}/{}: {}",
-                st.stage, st.region, st.last_error
-            );
+            println!("  last error in {}/{}: {}", st.stage, st.region, st.last_error);
         }
     }
     match crate::report::Report::collect(&cfg).await {
         Ok(r) => r.print(),
         Err(e) => eprintln!("error: building the reconciliation report: {e}"),
     }
-    if timed_out {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if timed_out { ExitCode::from(2) } else { ExitCode::SUCCESS }
 }
