@@ -108,10 +108,7 @@ impl Pipeline {
     }
 
     pub fn config(&self) -> Config {
-        let mut c = Config::default();
-        c.data_root = self.data.display().to_string();
-        c.regions = self.regions.clone();
-        c
+        Config { data_root: self.data.display().to_string(), regions: self.regions.clone(), ..Config::default() }
     }
 
     /// `tributary fingerprint`: table -> fingerprint of its logical content.
@@ -244,10 +241,10 @@ fn sorted_ids(batches: &[RecordBatch], filter: Option<(&str, &str)>) -> Result<V
             None => None,
         };
         for i in 0..ids.len() {
-            if let (Some(f), Some((_, want))) = (&f, filter) {
-                if f.value(i) != want {
-                    continue;
-                }
+            if let (Some(f), Some((_, want))) = (&f, filter)
+                && f.value(i) != want
+            {
+                continue;
             }
             v.push(ids.value(i).to_string());
         }

@@ -405,10 +405,10 @@ impl KafkaIngest {
                     )
                     .await?;
                 for mv in &data_moves {
-                    if let Some(p) = parse_partition(&mv.app_id) {
-                        if let Some(st) = self.assigned.get_mut(&(topic.clone(), p)) {
-                            st.data_pos = mv.to;
-                        }
+                    if let Some(p) = parse_partition(&mv.app_id)
+                        && let Some(st) = self.assigned.get_mut(&(topic.clone(), p))
+                    {
+                        st.data_pos = mv.to;
                     }
                 }
                 tributary_core::notices::publish(CommitNotice {
@@ -436,10 +436,10 @@ impl KafkaIngest {
                     )
                     .await?;
                 for mv in &q_moves {
-                    if let Some(p) = parse_partition(&mv.app_id) {
-                        if let Some(st) = self.assigned.get_mut(&(topic.clone(), p)) {
-                            st.q_pos = mv.to;
-                        }
+                    if let Some(p) = parse_partition(&mv.app_id)
+                        && let Some(st) = self.assigned.get_mut(&(topic.clone(), p))
+                    {
+                        st.q_pos = mv.to;
                     }
                 }
             }
@@ -462,10 +462,10 @@ impl KafkaIngest {
         }
         fault::point("kafka.after_commit_before_offset_commit");
         // The table is the truth; the group offsets are for lag tools. A failure here is logged.
-        if offsets.count() > 0 {
-            if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(error = %e, "committing consumer-group offsets failed; the Delta txn positions remain authoritative");
-            }
+        if offsets.count() > 0
+            && let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "committing consumer-group offsets failed; the Delta txn positions remain authoritative");
         }
         Ok(total_in.max(1))
     }

@@ -285,10 +285,10 @@ impl CentralFederator {
         }
         let mut batches = Vec::new();
         for f in t.files()? {
-            if let Some(Some(d)) = f.partition_values.get("event_date") {
-                if dates.contains(d) {
-                    batches.extend(t.read_file(&f.path, Some(f.size), &f.partition_values).await?);
-                }
+            if let Some(Some(d)) = f.partition_values.get("event_date")
+                && dates.contains(d)
+            {
+                batches.extend(t.read_file(&f.path, Some(f.size), &f.partition_values).await?);
             }
         }
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();

@@ -441,6 +441,11 @@ mod tests {
         assert!(Config::from_toml_str("[server]\ngrpc_addr = \"nope\"").is_err());
         assert!(Config::from_toml_str("[bronze]\nsources = [\"nosuch\"]").is_err());
         assert!(Config::from_toml_str("pipeline = \"a/b\"").is_err());
+        let secret = Config::from_toml_str("[kafka.properties]\n\"sasl.password\" = \"hunter2\"").unwrap_err();
+        assert!(secret.to_string().contains("environment") && !secret.to_string().contains("hunter2"), "{secret}");
+        assert!(
+            Config::from_toml_str("[kafka]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\"").is_err()
+        );
     }
 
     #[test]

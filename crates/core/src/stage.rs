@@ -206,10 +206,10 @@ pub async fn serve_stages(
             wake,
         )));
     }
-    if let Some(hook) = notices {
-        if !interest.is_empty() {
-            hook(interest, shutdown.clone())?;
-        }
+    if let Some(hook) = notices
+        && !interest.is_empty()
+    {
+        hook(interest, shutdown.clone())?;
     }
     let mut servers = Vec::new();
     if !cfg.server.grpc_addr.is_empty() {

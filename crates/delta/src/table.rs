@@ -369,10 +369,10 @@ impl Table {
         for f in snapshot.log_data().iter() {
             s.file_count += 1;
             s.row_count += f.num_records().unwrap_or(0) as i64;
-            if let (Some(col), Some(stats)) = (time_column, f.stats()) {
-                if let Some(ms) = max_time_from_stats(&stats, col) {
-                    s.max_time_unix_ms = s.max_time_unix_ms.max(ms);
-                }
+            if let (Some(col), Some(stats)) = (time_column, f.stats())
+                && let Some(ms) = max_time_from_stats(&stats, col)
+            {
+                s.max_time_unix_ms = s.max_time_unix_ms.max(ms);
             }
         }
         Ok(s)

@@ -165,7 +165,7 @@ fn build_line(
     let mut need = target.saturating_sub(base.len() + 16);
     let mut k = 0;
     while need > 24 {
-        let len = need.saturating_sub(14).min(200).max(1);
+        let len = need.saturating_sub(14).clamp(1, 200);
         attrs.insert(format!("attr_{k:02}"), rng.alnum(len).into());
         need = need.saturating_sub(len + 14);
         k += 1;
@@ -315,7 +315,7 @@ pub fn generate(
                     }
                 }
                 file_no += 1;
-                let gz = cfg.gzip_every > 0 && file_no % cfg.gzip_every == 0;
+                let gz = cfg.gzip_every > 0 && file_no.is_multiple_of(cfg.gzip_every);
                 let name = format!("{}-{:06}.ndjson{}", cfg.file_prefix, file_no, if gz { ".gz" } else { "" });
                 let tmp = dir.join(format!(".tmp-{name}"));
                 let mut body = Vec::new();

@@ -13,7 +13,7 @@
 pub mod window;
 
 use deltalake::arrow::array::RecordBatch;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tributary_core::metrics::BatchCommitted;
@@ -136,27 +136,28 @@ impl GoldAggregate {
         // final because the watermark advanced.
         let mut dates: BTreeSet<String> = state.dates();
         let existing: Vec<tributary_delta::FileRef> = flow.output.files()?;
-        if let Some(nw) = new_wm {
-            if old_wm != Some(nw) {
-                let lo = tributary_events::date_of_micros(old_wm.unwrap_or(i64::MIN / 2).max(0) - 3_600_000_000);
-                let hi = tributary_events::date_of_micros(nw);
-                for f in &existing {
-                    if let Some(Some(d)) = f.partition_values.get("event_date") {
-                        if d.as_str() >= lo.as_str() && d.as_str() <= hi.as_str() {
-                            dates.insert(d.clone());
-                        }
-                    }
+        if let Some(nw) = new_wm
+            && old_wm != Some(nw)
+        {
+            let lo = tributary_events::date_of_micros(old_wm.unwrap_or(i64::MIN / 2).max(0) - 3_600_000_000);
+            let hi = tributary_events::date_of_micros(nw);
+            for f in &existing {
+                if let Some(Some(d)) = f.partition_values.get("event_date")
+                    && d.as_str() >= lo.as_str()
+                    && d.as_str() <= hi.as_str()
+                {
+                    dates.insert(d.clone());
                 }
             }
         }
         let mut old_files: HashSet<String> = HashSet::new();
         let mut current: Vec<RecordBatch> = Vec::new();
         for f in &existing {
-            if let Some(Some(d)) = f.partition_values.get("event_date") {
-                if dates.contains(d) {
-                    old_files.insert(f.path.clone());
-                    current.extend(flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?);
-                }
+            if let Some(Some(d)) = f.partition_values.get("event_date")
+                && dates.contains(d)
+            {
+                old_files.insert(f.path.clone());
+                current.extend(flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?);
             }
         }
         let now_us = tributary_core::now_ms() * 1000;
@@ -281,7 +282,7 @@ impl Stage for GoldAggregate {
 }
 
 /// Exact billing sums per (customer, sku, hour) as read back from a gold billing table.
-pub fn billing_sums(batches: &[RecordBatch]) -> Result<BTreeMap<(String, String, i64), (i128, i64)>> {
+pub fn billing_sums(batches: &[RecordBatch]) -> Result<window::BillingSums> {
     window::billing_sums(batches)
 }
 

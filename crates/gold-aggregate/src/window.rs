@@ -203,8 +203,11 @@ pub fn max_watermark(batches: &[RecordBatch]) -> Result<Option<i64>> {
     Ok(m)
 }
 
+/// (customer, sku, window_start_us) -> (dbu at scale 9, events).
+pub type BillingSums = BTreeMap<(String, String, i64), (i128, i64)>;
+
 /// (customer, sku, window_start_us) -> (dbu at scale 9, events), from gold billing rows.
-pub fn billing_sums(batches: &[RecordBatch]) -> Result<BTreeMap<(String, String, i64), (i128, i64)>> {
+pub fn billing_sums(batches: &[RecordBatch]) -> Result<BillingSums> {
     let mut out = BTreeMap::new();
     for b in batches {
         let s: &TimestampMicrosecondArray = col(b, "window_start")?;

@@ -284,10 +284,8 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             let _guard = tributary_core::telemetry::init("tributary-standalone", &cfg.telemetry);
-            if generate {
-                if let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
-                    return fail(e);
-                }
+            if generate && let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
+                return fail(e);
             }
             runtime().block_on(crate::standalone::run(Arc::new(cfg), &stages, exit_when_idle, timeout_secs))
         }

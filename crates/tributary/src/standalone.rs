@@ -134,11 +134,11 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
             return ExitCode::from(1);
         }
     }
-    if !cfg.server.admin_addr.is_empty() {
-        if let Err(e) = tributary_core::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    if !cfg.server.admin_addr.is_empty()
+        && let Err(e) = tributary_core::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
     }
     let mut timed_out = false;
     loop {
@@ -153,13 +153,13 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
                 break;
             }
         }
-        if let Some(t) = timeout_secs {
-            if started.elapsed() > Duration::from_secs(t) {
-                eprintln!("error: standalone did not become idle within {t}s");
-                timed_out = true;
-                shutdown.trigger();
-                break;
-            }
+        if let Some(t) = timeout_secs
+            && started.elapsed() > Duration::from_secs(t)
+        {
+            eprintln!("error: standalone did not become idle within {t}s");
+            timed_out = true;
+            shutdown.trigger();
+            break;
         }
     }
     for t in tasks {
