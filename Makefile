@@ -16,6 +16,8 @@ TANSU := $(TANSU_ROOT)/bin/tansu
 DEMO_DATA ?= data/demo
 DEMO_REGIONS ?= us-east-1,eu-west-1,ap-south-1
 DEMO_EVENTS ?= 2000
+CARGO_FUZZ := $(CACHE)/cargo-fuzz/bin/cargo-fuzz
+FUZZ_SECONDS ?= 60
 
 .PHONY: help
 help: ## List targets
@@ -70,6 +72,13 @@ test: test-deps ## Install what the tests need, then run the whole suite
 _test:
 	$(CARGO) build --workspace --bins
 	TRIBUTARY_PYTHON=$(PYTHON) TRIBUTARY_TANSU=$(TANSU) $(CARGO) test --workspace --no-fail-fast -- --test-threads 2
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-30}
+
+.PHONY: fuzz
+fuzz: ## Fuzz the event decoder with cargo-fuzz (libFuzzer, nightly) for FUZZ_SECONDS (default 60)
+	@if [ ! -x $(CARGO_FUZZ) ]; then $(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(CACHE)/cargo-fuzz; fi
+	cd fuzz && mkdir -p corpus-work && RUSTFLAGS= $(CARGO_FUZZ) +nightly fuzz run decode_event corpus-work corpus/decode_event -- \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1
 
 .PHONY: bench
 bench: test-deps build ## Load harness: events/s, latency percentiles, peak RSS (files and Kafka paths)

@@ -3,6 +3,7 @@
 mod e2e;
 mod federation;
 mod kafka;
+mod quality;
 mod restart;
 mod security;
 mod status_api;

@@ -1,9 +1,16 @@
 //! Columnar builders for bronze rows.
 
-use deltalake::arrow::array::{
-    ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+use crate::schema::{
+    Finding, Mode, Seen, SourceSchema, classify, fits, parse_decimal, parse_timestamp, reserved, seen_name,
 };
+use deltalake::arrow::array::{
+    ArrayRef, BooleanArray, BooleanBuilder, Decimal128Array, Float64Array, Int32Builder, Int64Array, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder, new_null_array,
+};
+use deltalake::arrow::datatypes::{Field, Schema};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use tributary_core::field_type::FieldType;
 use tributary_core::{Error, Result};
 use tributary_delta::schemas;
 use tributary_events::Decoded;
@@ -18,6 +25,14 @@ pub enum Lineage<'a> {
 }
 
 impl Lineage<'_> {
+    /// Human form for messages: `file:line` or `topic[partition]@offset`.
+    pub fn describe(&self) -> String {
+        match self {
+            Lineage::File { path, line } => format!("{path}:{line}"),
+            Lineage::Kafka { topic, partition, offset, .. } => format!("{topic}[{partition}]@{offset}"),
+        }
+    }
+
     /// JSON form kept in quarantine rows.
     pub fn json(&self) -> String {
         match self {
@@ -27,6 +42,40 @@ impl Lineage<'_> {
             }
         }
     }
+}
+
+/// Everything bronze saw of one payload field in a batch.
+#[derive(Debug, Default, Clone)]
+pub struct FieldCells {
+    /// Rows carrying the field (null included).
+    pub present: u64,
+    /// Value kinds seen, with counts.
+    pub seen: BTreeMap<Seen, u64>,
+    /// Where the field was first seen in the batch (file:line or topic/partition@offset).
+    pub first_lineage: String,
+    /// (row, start, end): the raw value's byte range inside that row's payload.
+    pub(crate) cells: Vec<(u32, u32, u32)>,
+    /// The first string values (raw JSON text), for timestamp inference.
+    pub string_samples: Vec<String>,
+}
+
+impl FieldCells {
+    pub fn nulls(&self) -> u64 {
+        self.seen.get(&Seen::Null).copied().unwrap_or(0)
+    }
+    pub fn non_null(&self) -> u64 {
+        self.present - self.nulls()
+    }
+}
+
+/// A finished bronze batch and what typing it found.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub batches: Vec<RecordBatch>,
+    /// Fields whose values did not fit their column (rescued): type-change findings.
+    pub type_changes: Vec<Finding>,
+    /// Field values moved to `_rescued_data` (mismatches, unknown fields in rescue mode, clashes).
+    pub rescued_values: u64,
 }
 
 pub struct BronzeRows {
@@ -39,8 +88,8 @@ pub struct BronzeRows {
     workspace: StringBuilder,
     customer: StringBuilder,
     egress: BooleanBuilder,
-    payload: StringBuilder,
-    rescued: StringBuilder,
+    payloads: Vec<String>,
+    rescued: Vec<Option<String>>,
     file: StringBuilder,
     line: Int64Builder,
     k_topic: StringBuilder,
@@ -49,6 +98,7 @@ pub struct BronzeRows {
     k_ts: TimestampMicrosecondBuilder,
     ingested: TimestampMicrosecondBuilder,
     date: StringBuilder,
+    fields: BTreeMap<String, FieldCells>,
     len: usize,
 }
 
@@ -64,8 +114,8 @@ impl BronzeRows {
             workspace: StringBuilder::new(),
             customer: StringBuilder::new(),
             egress: BooleanBuilder::new(),
-            payload: StringBuilder::new(),
-            rescued: StringBuilder::new(),
+            payloads: Vec::new(),
+            rescued: Vec::new(),
             file: StringBuilder::new(),
             line: Int64Builder::new(),
             k_topic: StringBuilder::new(),
@@ -74,6 +124,7 @@ impl BronzeRows {
             k_ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             ingested: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             date: StringBuilder::new(),
+            fields: BTreeMap::new(),
             len: 0,
         }
     }
@@ -85,7 +136,27 @@ impl BronzeRows {
         self.len == 0
     }
 
+    /// The payload fields seen so far, by name.
+    pub fn observed(&self) -> &BTreeMap<String, FieldCells> {
+        &self.fields
+    }
+
     pub fn push(&mut self, d: Decoded, lineage: &Lineage<'_>) {
+        let row = self.len as u32;
+        for (key, range) in &d.payload_fields {
+            let raw = &d.payload[range.start as usize..range.end as usize];
+            let seen = classify(raw);
+            let cells = self
+                .fields
+                .entry(key.clone())
+                .or_insert_with(|| FieldCells { first_lineage: lineage.describe(), ..Default::default() });
+            cells.present += 1;
+            *cells.seen.entry(seen).or_insert(0) += 1;
+            if seen == Seen::Str && cells.string_samples.len() < 64 {
+                cells.string_samples.push(raw.to_string());
+            }
+            cells.cells.push((row, range.start, range.end));
+        }
         self.event_id.append_option(d.event_id.as_deref());
         self.event_time.append_option(d.event_time);
         self.src.append_value(&self.source);
@@ -93,8 +164,7 @@ impl BronzeRows {
         self.workspace.append_option(d.workspace_id.as_deref());
         self.customer.append_option(d.customer_id.as_deref());
         self.egress.append_option(d.egress_approved);
-        self.payload.append_value(&d.payload);
-        self.rescued.append_option(d.rescued.as_deref());
+        self.rescued.push(d.rescued);
         match lineage {
             Lineage::File { path, line } => {
                 self.file.append_value(path);
@@ -115,14 +185,97 @@ impl BronzeRows {
         }
         self.ingested.append_value(self.now_us);
         self.date.append_option(d.event_time.map(tributary_events::date_of_micros));
+        self.payloads.push(d.payload);
         self.len += 1;
     }
 
-    pub fn finish(mut self) -> Result<Vec<RecordBatch>> {
+    /// Builds the batch in the bronze schema plus the typed columns of `schema`. Values that do
+    /// not fit their column, fields that clash with a column by case, and (in `rescue` mode)
+    /// fields without a column go to `_rescued_data`.
+    pub fn finish(mut self, schema: &SourceSchema, mode: Mode) -> Result<Built> {
+        let mut built = Built::default();
         if self.len == 0 {
-            return Ok(vec![]);
+            return Ok(built);
         }
-        let cols: Vec<ArrayRef> = vec![
+        let n = self.len;
+        let mut extra: Vec<Vec<(String, (u32, u32, u32))>> = vec![Vec::new(); n];
+        let mut typed: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
+        for (name, t) in &schema.columns {
+            let Some(cells) = self.fields.get(name) else {
+                typed.push(new_null_array(&schemas::field_type_arrow(*t), n));
+                continue;
+            };
+            let mut mismatched = 0u64;
+            let mut mismatch_kinds = BTreeMap::<&str, u64>::new();
+            let mut first_bad: Option<u32> = None;
+            let mut values: Vec<Option<&str>> = vec![None; n];
+            for &(row, a, b) in &cells.cells {
+                let raw = &self.payloads[row as usize][a as usize..b as usize];
+                if fits(*t, raw) {
+                    if raw != "null" {
+                        values[row as usize] = Some(raw);
+                    }
+                } else {
+                    mismatched += 1;
+                    *mismatch_kinds.entry(seen_name(classify(raw))).or_insert(0) += 1;
+                    first_bad.get_or_insert(row);
+                    extra[row as usize].push((name.clone(), (row, a, b)));
+                }
+            }
+            typed.push(typed_array(*t, &values)?);
+            if mismatched > 0 {
+                built.type_changes.push(Finding {
+                    kind: "type_change",
+                    field: name.clone(),
+                    details: serde_json::json!({
+                        "expected": t.to_string(),
+                        "seen": mismatch_kinds,
+                        "rows": mismatched,
+                        "first_row_in_batch": first_bad,
+                        "action": "rescued",
+                    }),
+                });
+            }
+        }
+        for (name, cells) in &self.fields {
+            if schema.get(name).is_some() {
+                continue;
+            }
+            let clash = reserved(name) || schema.case_clash(name).is_some();
+            if clash || mode == Mode::Rescue {
+                for &c in &cells.cells {
+                    extra[c.0 as usize].push((name.clone(), c));
+                }
+            }
+        }
+        // Merge rescued field values into each row's `_rescued_data` object.
+        for (row, fields) in extra.iter().enumerate() {
+            if fields.is_empty() {
+                continue;
+            }
+            built.rescued_values += fields.len() as u64;
+            let mut obj = match self.rescued[row].take() {
+                Some(s) if s.len() > 2 => {
+                    let mut s = s;
+                    s.pop();
+                    s
+                }
+                _ => String::from("{"),
+            };
+            for (k, (_, a, b)) in fields {
+                if obj.len() > 1 {
+                    obj.push(',');
+                }
+                obj.push_str(&serde_json::to_string(k).unwrap_or_else(|_| "\"?\"".into()));
+                obj.push(':');
+                obj.push_str(&self.payloads[row][*a as usize..*b as usize]);
+            }
+            obj.push('}');
+            self.rescued[row] = Some(obj);
+        }
+        let payload: ArrayRef = Arc::new(StringArray::from_iter_values(self.payloads.iter()));
+        let rescued: ArrayRef = Arc::new(StringArray::from_iter(self.rescued.iter().map(|r| r.as_deref())));
+        let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
             Arc::new(self.event_time.finish()),
             Arc::new(self.src.finish()),
@@ -130,8 +283,8 @@ impl BronzeRows {
             Arc::new(self.workspace.finish()),
             Arc::new(self.customer.finish()),
             Arc::new(self.egress.finish()),
-            Arc::new(self.payload.finish()),
-            Arc::new(self.rescued.finish()),
+            payload,
+            rescued,
             Arc::new(self.file.finish()),
             Arc::new(self.line.finish()),
             Arc::new(self.k_topic.finish()),
@@ -141,8 +294,36 @@ impl BronzeRows {
             Arc::new(self.ingested.finish()),
             Arc::new(self.date.finish()),
         ];
-        let b = RecordBatch::try_new(schemas::bronze(), cols)
+        let mut fields: Vec<Field> = schemas::bronze().fields().iter().map(|f| f.as_ref().clone()).collect();
+        for ((name, t), col) in schema.columns.iter().zip(typed) {
+            fields.push(Field::new(name, schemas::field_type_arrow(*t), true));
+            cols.push(col);
+        }
+        let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
             .map_err(|e| Error::internal("building bronze batch").with_source(e))?;
-        Ok(vec![b])
+        built.batches.push(b);
+        Ok(built)
     }
+}
+
+/// One typed column from raw values that already passed `fits`.
+fn typed_array(t: FieldType, values: &[Option<&str>]) -> Result<ArrayRef> {
+    Ok(match t {
+        FieldType::String => Arc::new(StringArray::from_iter(
+            values.iter().map(|v| v.and_then(|r| serde_json::from_str::<String>(r).ok())),
+        )),
+        FieldType::Json => Arc::new(StringArray::from_iter(values.iter().copied())),
+        FieldType::Long => Arc::new(Int64Array::from_iter(values.iter().map(|v| v.and_then(|r| r.parse().ok())))),
+        FieldType::Double => Arc::new(Float64Array::from_iter(values.iter().map(|v| v.and_then(|r| r.parse().ok())))),
+        FieldType::Boolean => Arc::new(BooleanArray::from_iter(values.iter().map(|v| v.map(|r| r == "true")))),
+        FieldType::Timestamp => Arc::new(
+            TimestampMicrosecondArray::from_iter(values.iter().map(|v| v.and_then(parse_timestamp)))
+                .with_timezone("UTC"),
+        ),
+        FieldType::Decimal { precision, scale } => Arc::new(
+            Decimal128Array::from_iter(values.iter().map(|v| v.and_then(|r| parse_decimal(r, precision, scale))))
+                .with_precision_and_scale(precision, scale)
+                .map_err(|e| Error::internal("decimal column").with_source(e))?,
+        ),
+    })
 }

@@ -15,8 +15,8 @@
 //!   consumer does not poll while a batch is flushed and the fetcher is paused, so memory is
 //!   bounded by the batch size plus librdkafka's bounded prefetch queue.
 
+use crate::STAGE;
 use crate::builder::{BronzeRows, Lineage, QuarantineRows};
-use crate::{STAGE, status_counters, table_status};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tributary_core::metrics::BatchCommitted;
-use tributary_core::notices::CommitNotice;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
 use tributary_delta::{Action, PositionMove, Table, schemas};
@@ -88,6 +87,11 @@ struct Buffered {
 struct TopicOut {
     source: String,
     table: Table,
+    mode: crate::schema::Mode,
+    hints: Vec<(String, tributary_core::field_type::FieldType)>,
+    drift: crate::schema::DriftTracker,
+    /// `failOnNewColumns` stopped this source: its partitions stay paused, nothing is committed.
+    stopped: Option<String>,
 }
 
 pub struct KafkaIngest {
@@ -143,7 +147,17 @@ impl KafkaIngest {
                 schemas::BRONZE_PARTITIONS,
             )
             .await?;
-            topics.insert(k.topic_for(source).replace("{region}", region), TopicOut { source: source.clone(), table });
+            topics.insert(
+                k.topic_for(source).replace("{region}", region),
+                TopicOut {
+                    source: source.clone(),
+                    table,
+                    mode: crate::schema::Mode::parse(cfg.bronze.evolution_mode(source))?,
+                    hints: crate::schema::hints(&cfg.bronze, source)?,
+                    drift: crate::schema::DriftTracker::new(cfg.bronze.drift.clone()),
+                    stopped: None,
+                },
+            );
         }
         let names: Vec<&str> = topics.keys().map(|s| s.as_str()).collect();
         consumer.subscribe(&names).map_err(|e| Error::external(format!("subscribing to {names:?}")).with_source(e))?;
@@ -277,12 +291,12 @@ impl KafkaIngest {
             return false;
         }
         tokio::task::block_in_place(|| {
-            self.assigned.iter().all(|((t, p), st)| {
-                match self.consumer.fetch_watermarks(t, *p, Duration::from_secs(5)) {
+            self.assigned.iter().filter(|((t, _), _)| self.topics.get(t).is_none_or(|o| o.stopped.is_none())).all(
+                |((t, p), st)| match self.consumer.fetch_watermarks(t, *p, Duration::from_secs(5)) {
                     Ok((_low, high)) => st.data_pos.min(st.q_pos) + 1 >= high,
                     Err(_) => false,
-                }
-            })
+                },
+            )
         })
     }
 
@@ -309,7 +323,21 @@ impl KafkaIngest {
         let _ = self.consumer.pause(&paused);
         let result = self.flush_inner(started).await;
         let _ = self.consumer.resume(&paused);
+        self.pause_stopped();
         result
+    }
+
+    /// Keeps the partitions of stopped sources paused (also after a rebalance assigns them).
+    fn pause_stopped(&self) {
+        let mut l = TopicPartitionList::new();
+        for (t, p) in self.assigned.keys() {
+            if self.topics.get(t).is_some_and(|o| o.stopped.is_some()) {
+                l.add_partition(t, *p);
+            }
+        }
+        if l.count() > 0 {
+            let _ = self.consumer.pause(&l);
+        }
     }
 
     async fn flush_inner(&mut self, started: Instant) -> Result<u64> {
@@ -326,6 +354,10 @@ impl KafkaIngest {
         let mut offsets = TopicPartitionList::new();
         for (topic, msgs) in by_topic {
             let out = self.topics.get_mut(&topic).ok_or_else(|| Error::internal(format!("unknown topic {topic}")))?;
+            if out.stopped.is_some() {
+                // Not committed, so not lost: a restart after the config is fixed reads them again.
+                continue;
+            }
             let source = out.source.clone();
             let mut rows = BronzeRows::new(&source, now_us);
             let mut q = QuarantineRows::new(now_us);
@@ -388,22 +420,24 @@ impl KafkaIngest {
                                    "offsets": last.iter().map(|(p, o)| (p.to_string(), *o)).collect::<BTreeMap<_, _>>()}),
             )]);
             let mut version = out.table.version();
+            out.table.refresh().await?;
+            let prepared = match crate::schema::prepare(&mut out.table, out.mode, &out.hints, rows)? {
+                crate::schema::Step::Ready(p) => p,
+                crate::schema::Step::Stop(message) => {
+                    crate::schema::stopped(&self.region, &out.table.name, &message);
+                    out.stopped = Some(message);
+                    continue;
+                }
+            };
             if !data_moves.is_empty() {
                 fault::point("kafka.before_upload");
-                let adds = out.table.write_files(&rows.finish()?).await?;
+                let mut actions: Vec<Action> = prepared.metadata.iter().cloned().collect();
+                actions.extend(out.table.write_files(&prepared.batches).await?.into_iter().map(Action::Add));
                 fault::point("kafka.after_upload_before_commit");
-                out.table.refresh().await?;
-                check_positions(&out.table, &data_moves).await?;
-                version = out
-                    .table
-                    .commit_contended(
-                        adds.into_iter().map(Action::Add).collect(),
-                        &data_moves,
-                        meta.clone(),
-                        (STAGE, &self.region),
-                        5,
-                    )
-                    .await?;
+                let expected: Vec<(&str, i64)> = data_moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
+                out.table.expect_positions(&expected, -1).await?;
+                version =
+                    out.table.commit_contended(actions, &data_moves, meta.clone(), (STAGE, &self.region), 5).await?;
                 for mv in &data_moves {
                     if let Some(p) = parse_partition(&mv.app_id)
                         && let Some(st) = self.assigned.get_mut(&(topic.clone(), p))
@@ -411,21 +445,20 @@ impl KafkaIngest {
                         st.data_pos = mv.to;
                     }
                 }
-                tributary_core::notices::publish(CommitNotice {
-                    table: out.table.url.to_string(),
-                    name: out.table.name.clone(),
-                    version,
-                    rows: written,
-                    max_event_time_ms: max_event_time,
-                    stage: STAGE.into(),
-                    region: self.region.clone(),
-                    committed_at_ms: tributary_core::now_ms(),
-                });
+                out.table.notice(STAGE, &self.region, version, written, max_event_time);
+                crate::schema::committed(
+                    &self.region,
+                    &out.table.name,
+                    &prepared,
+                    &mut out.drift,
+                    msgs.len() as u64,
+                    quarantined,
+                );
             }
             if !q_moves.is_empty() {
                 let qadds = self.quarantine.write_files(&q.finish()?).await?;
-                self.quarantine.refresh().await?;
-                check_positions(&self.quarantine, &q_moves).await?;
+                let expected: Vec<(&str, i64)> = q_moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
+                self.quarantine.expect_positions(&expected, -1).await?;
                 self.quarantine
                     .commit_contended(
                         qadds.into_iter().map(Action::Add).collect(),
@@ -455,6 +488,7 @@ impl KafkaIngest {
                 written,
                 quarantined,
                 duplicates: 0,
+                dropped: 0,
                 seconds: started.elapsed().as_secs_f64(),
                 input_position: &last.iter().map(|(p, o)| format!("{topic}/{p}={o}")).collect::<Vec<_>>().join(","),
             }
@@ -473,20 +507,6 @@ impl KafkaIngest {
 
 fn parse_partition(app_id: &str) -> Option<i32> {
     app_id.rsplit('/').next()?.parse().ok()
-}
-
-/// Zombie check: every position must still be where this member believes it is.
-async fn check_positions(table: &Table, moves: &[PositionMove]) -> Result<()> {
-    for m in moves {
-        let now = table.txn_version(&m.app_id).await?.unwrap_or(-1);
-        if now != m.from {
-            return Err(Error::conflict(format!(
-                "{}: {} is at {now} in the table but this member expected {}; it lost the partition (zombie) — batch dropped",
-                table.name, m.app_id, m.from
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -562,9 +582,9 @@ impl Stage for KafkaIngest {
     async fn status(&mut self) -> StageStatus {
         let mut tables = Vec::new();
         for t in self.topics.values() {
-            tables.push(table_status(&t.table, Some("event_time")));
+            tables.push(t.table.status(Some("event_time")));
         }
-        tables.push(table_status(&self.quarantine, None));
+        tables.push(self.quarantine.status(None));
         let mut positions = Vec::new();
         for ((t, p), st) in &self.assigned {
             let id = app_id(&self.cfg.pipeline, t, *p);
@@ -572,7 +592,7 @@ impl Stage for KafkaIngest {
             positions.push(InputPosition { app_id: id.clone(), output_table: name, version: st.data_pos });
             positions.push(InputPosition { app_id: id, output_table: self.quarantine.name.clone(), version: st.q_pos });
         }
-        let mut counters = status_counters(STAGE, &self.region);
+        let mut counters = tributary_core::metrics::stage_counters(STAGE, &self.region);
         counters.push(tributary_proto::v1::Counter {
             name: "kafka_replayed_messages_skipped".into(),
             labels: Default::default(),
@@ -584,7 +604,7 @@ impl Stage for KafkaIngest {
             tables,
             positions,
             counters,
-            last_error: String::new(),
+            last_error: self.topics.values().filter_map(|o| o.stopped.as_deref()).collect::<Vec<_>>().join("; "),
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod builder;
 pub mod files;
 pub mod kafka;
+pub mod schema;
 
 use crate::builder::{BronzeRows, Lineage, QuarantineRows};
 use deltalake::arrow::array::RecordBatch;
@@ -23,7 +24,7 @@ use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
 use tributary_delta::{Action, Table, schemas, txn};
-use tributary_proto::v1::{InputPosition, StageStatus, TableStatus};
+use tributary_proto::v1::{InputPosition, StageStatus};
 
 pub const STAGE: &str = "bronze";
 
@@ -45,6 +46,11 @@ struct Flow {
     done: HashSet<String>,
     /// File lists of committed batches, kept until quarantine has caught up.
     manifests: HashMap<i64, Vec<String>>,
+    mode: schema::Mode,
+    hints: Vec<(String, tributary_core::field_type::FieldType)>,
+    drift: schema::DriftTracker,
+    /// Set when the source was stopped (`failOnNewColumns`); the other sources go on.
+    stopped: Option<String>,
 }
 
 pub struct BronzeIngest {
@@ -92,6 +98,10 @@ impl BronzeIngest {
                 quarantine_seq: 0,
                 done: HashSet::new(),
                 manifests: HashMap::new(),
+                mode: schema::Mode::parse(cfg.bronze.evolution_mode(source))?,
+                hints: schema::hints(&cfg.bronze, source)?,
+                drift: schema::DriftTracker::new(cfg.bronze.drift.clone()),
+                stopped: None,
             });
         }
         let mut me = Self { cfg, region: region.to_string(), landing, landing_uri, flows, quarantine, next_flow: 0 };
@@ -188,8 +198,9 @@ impl BronzeIngest {
         Ok(())
     }
 
-    /// Reads and decodes files into bronze and quarantine rows.
-    async fn decode_files(&self, source: &str, paths: &[String]) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, u64)> {
+    /// Reads and decodes files into bronze rows (typed later, once the schema is decided) and
+    /// quarantine rows.
+    async fn decode_files(&self, source: &str, paths: &[String]) -> Result<(BronzeRows, Vec<RecordBatch>, u64)> {
         let now = tributary_core::now_ms() * 1000;
         let mut bronze = BronzeRows::new(source, now);
         let mut quarantine = QuarantineRows::new(now);
@@ -233,7 +244,7 @@ impl BronzeIngest {
                 }
             }
         }
-        Ok((bronze.finish()?, quarantine.finish()?, lines_in))
+        Ok((bronze, quarantine.finish()?, lines_in))
     }
 
     /// Brings the quarantine table up to the data table's sequence for one flow.
@@ -270,6 +281,9 @@ impl BronzeIngest {
     }
 
     async fn run_flow(&mut self, i: usize) -> Result<u64> {
+        if self.flows[i].stopped.is_some() {
+            return Ok(0);
+        }
         self.catch_up_quarantine(i).await?;
         let source = self.flows[i].source.clone();
         let listed = files::list_new(&self.landing, &source, &self.flows[i].done).await?;
@@ -281,14 +295,7 @@ impl BronzeIngest {
         // The table is the checkpoint: re-read it so a concurrent writer is noticed before work.
         {
             let f = &mut self.flows[i];
-            f.table.refresh().await?;
-            let committed = f.table.txn_version(&f.app_id).await?.unwrap_or(0);
-            if committed != f.seq {
-                return Err(Error::conflict(format!(
-                    "bronze/{source}: table records batch {committed} but this process expected {}; another writer is active",
-                    f.seq
-                )));
-            }
+            f.table.expect_positions(&[(&f.app_id, f.seq)], 0).await?;
         }
         let seq = self.flows[i].seq + 1;
         let paths: Vec<String> = batch.iter().map(|m| m.location.to_string()).collect();
@@ -302,21 +309,35 @@ impl BronzeIngest {
             .map_err(|e| Error::external("writing batch manifest").with_source(e))?;
 
         let (rows, q, lines_in) = self.decode_files(&source, &paths).await?;
-        let written: u64 = rows.iter().map(|b| b.num_rows() as u64).sum();
+        let prepared = {
+            let f = &mut self.flows[i];
+            match schema::prepare(&mut f.table, f.mode, &f.hints, rows)? {
+                schema::Step::Ready(p) => p,
+                schema::Step::Stop(message) => {
+                    schema::stopped(&self.region, &f.table.name, &message);
+                    f.stopped = Some(message);
+                    return Ok(0);
+                }
+            }
+        };
+        let written: u64 = prepared.rows;
         let quarantined: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         fault::point("bronze.before_write");
         let app_id = self.flows[i].app_id.clone();
-        let adds = self.flows[i].table.write_files(&rows).await?;
+        let mut actions: Vec<Action> = prepared.metadata.iter().cloned().collect();
+        let adds = self.flows[i].table.write_files(&prepared.batches).await?;
+        actions.extend(adds.into_iter().map(Action::Add));
         fault::point("bronze.after_upload_before_commit");
         let meta = HashMap::from([(
             "tributary.batch".to_string(),
             serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": paths.len(), "lines": lines_in, "rows": written, "quarantined": quarantined}),
         )]);
-        let version = self.flows[i]
-            .table
-            .commit(adds.into_iter().map(Action::Add).collect(), vec![txn(&app_id, seq)], meta.clone(), 0)
-            .await?;
+        let version = self.flows[i].table.commit(actions, vec![txn(&app_id, seq)], meta.clone(), 0).await?;
         fault::point("bronze.after_data_commit");
+        {
+            let f = &mut self.flows[i];
+            schema::committed(&self.region, &f.table.name, &prepared, &mut f.drift, lines_in, quarantined);
+        }
         self.flows[i].table.notice(STAGE, &self.region, version, written, 0);
         {
             let f = &mut self.flows[i];
@@ -352,6 +373,7 @@ impl BronzeIngest {
             written,
             quarantined,
             duplicates: 0,
+            dropped: 0,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={seq}"),
         }
@@ -395,8 +417,9 @@ impl Stage for BronzeIngest {
     async fn status(&mut self) -> StageStatus {
         let mut tables = Vec::new();
         let mut positions = Vec::new();
+        let stopped: Vec<&str> = self.flows.iter().filter_map(|f| f.stopped.as_deref()).collect();
         for f in &self.flows {
-            tables.push(table_status(&f.table, Some("event_time")));
+            tables.push(f.table.status(Some("event_time")));
             positions.push(InputPosition {
                 app_id: f.app_id.clone(),
                 output_table: f.table.name.clone(),
@@ -408,46 +431,16 @@ impl Stage for BronzeIngest {
                 version: f.quarantine_seq,
             });
         }
-        tables.push(table_status(&self.quarantine, None));
+        tables.push(self.quarantine.status(None));
         StageStatus {
             stage: STAGE.into(),
             region: self.region.clone(),
             tables,
             positions,
-            counters: status_counters(STAGE, &self.region),
-            last_error: String::new(),
+            counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
+            last_error: stopped.join("; "),
         }
     }
-}
-
-/// Status of one table from its loaded snapshot.
-pub fn table_status(t: &Table, time_column: Option<&str>) -> TableStatus {
-    match t.stats(time_column) {
-        Ok(s) => TableStatus {
-            name: t.name.clone(),
-            uri: t.url.to_string(),
-            version: s.version,
-            last_commit_unix_ms: s.last_commit_unix_ms,
-            max_event_time_unix_ms: s.max_time_unix_ms,
-            row_count: s.row_count,
-            file_count: s.file_count,
-        },
-        Err(_) => {
-            TableStatus { name: t.name.clone(), uri: t.url.to_string(), version: t.version(), ..Default::default() }
-        }
-    }
-}
-
-pub fn status_counters(stage: &str, region: &str) -> Vec<tributary_proto::v1::Counter> {
-    tributary_core::metrics::Metrics::global()
-        .status_counters(stage, region)
-        .into_iter()
-        .map(|(name, table, value)| tributary_proto::v1::Counter {
-            name,
-            labels: HashMap::from([("table".to_string(), table)]),
-            value,
-        })
-        .collect()
 }
 
 /// Runs the service for one region until `shutdown`.

@@ -216,13 +216,7 @@ impl CentralFederator {
             }
         }
         let written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        self.events.refresh().await?;
-        let committed = self.events.txn_version(&app_id).await?.unwrap_or(-1);
-        if committed != from {
-            return Err(Error::conflict(format!(
-                "central/events: {app_id} is at {committed}, expected {from}; another federator is active"
-            )));
-        }
+        self.events.expect_positions(&[(&app_id, from)], -1).await?;
         let adds = self.events.write_files(&batches).await?;
         fault::point("federator.before_commit");
         let meta = HashMap::from([(
@@ -251,6 +245,7 @@ impl CentralFederator {
             written,
             quarantined: 0,
             duplicates: rows_in - written,
+            dropped: 0,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={up_to}"),
         }
@@ -297,14 +292,7 @@ impl CentralFederator {
             .iter_mut()
             .find(|(k, _)| *k == kind)
             .ok_or_else(|| Error::internal("central gold table missing"))?;
-        central.refresh().await?;
-        let committed = central.txn_version(&app_id).await?.unwrap_or(-1);
-        if committed != from {
-            return Err(Error::conflict(format!(
-                "{}: {app_id} is at {committed}, expected {from}; another federator is active",
-                central.name
-            )));
-        }
+        central.expect_positions(&[(&app_id, from)], -1).await?;
         let old: HashSet<String> = central
             .files()?
             .into_iter()
@@ -343,6 +331,7 @@ impl CentralFederator {
             written: rows,
             quarantined: 0,
             duplicates: 0,
+            dropped: 0,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={v}"),
         }
@@ -396,9 +385,9 @@ impl Stage for CentralFederator {
             .collect()
     }
     async fn status(&mut self) -> StageStatus {
-        let mut tables = vec![bronze_ingest::table_status(&self.events, Some("event_time"))];
+        let mut tables = vec![self.events.status(Some("event_time"))];
         for (_, t) in &self.gold {
-            tables.push(bronze_ingest::table_status(t, Some("window_start")));
+            tables.push(t.status(Some("window_start")));
         }
         let mut positions = Vec::new();
         for feed in &self.feeds {
@@ -419,7 +408,7 @@ impl Stage for CentralFederator {
         }
         let mut counters = Vec::new();
         for feed in &self.feeds {
-            counters.extend(bronze_ingest::status_counters(STAGE, &feed.region));
+            counters.extend(tributary_core::metrics::stage_counters(STAGE, &feed.region));
         }
         StageStatus {
             stage: STAGE.into(),

@@ -38,6 +38,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub server: ServerConfig,
     pub telemetry: TelemetryConfig,
+    pub event_log: EventLogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,6 +53,53 @@ pub struct BronzeConfig {
     /// Every this many batches the set of ingested files is snapshotted, so a restart reads one
     /// index plus at most this many batch manifests.
     pub index_every_batches: i64,
+    /// Schema evolution of sources without their own setting: `addNewColumns` (new fields become
+    /// new columns), `rescue` (the schema never changes; unknown fields go to `_rescued_data`),
+    /// `failOnNewColumns` (a new field stops that source) or `none` (new fields stay in `payload`).
+    pub schema_evolution: String,
+    /// Per-source settings, keyed by source.
+    pub source_options: std::collections::BTreeMap<String, SourceOptions>,
+    pub drift: DriftConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceOptions {
+    /// Overrides `bronze.schema_evolution` for this source.
+    pub schema_evolution: Option<String>,
+    /// Types that override inferred ones: `"dbu decimal(38,9), duration_ms long"`. The data
+    /// contract's typed fields are hinted by default; these win over them.
+    pub schema_hints: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    pub enabled: bool,
+    /// Rates are judged over windows of at least this many rows (several small batches add up).
+    pub window_rows: u64,
+    /// A field's null-or-absent rate rising by more than this (absolute, 0..1) over its baseline.
+    pub null_rate_jump: f64,
+    /// The malformed (quarantined) line rate rising by more than this over its baseline.
+    pub malformed_rate_jump: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self { enabled: true, window_rows: 1000, null_rate_jump: 0.25, malformed_rate_jump: 0.05 }
+    }
+}
+
+pub const EVOLUTION_MODES: &[&str] = &["addNewColumns", "rescue", "failOnNewColumns", "none"];
+
+impl BronzeConfig {
+    /// The schema evolution mode of `source`.
+    pub fn evolution_mode(&self, source: &str) -> &str {
+        self.source_options
+            .get(source)
+            .and_then(|o| o.schema_evolution.as_deref())
+            .unwrap_or(self.schema_evolution.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,6 +107,38 @@ pub struct BronzeConfig {
 pub struct SilverConfig {
     /// Bronze versions read per silver commit at most.
     pub max_versions_per_batch: usize,
+    /// Data-quality expectations, evaluated on every batch of the silver table they name.
+    pub expectations: Vec<ExpectationConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectationConfig {
+    pub name: String,
+    /// The source whose silver table the rule applies to, or `*` for every source.
+    pub table: String,
+    /// A boolean SQL expression over the silver row, e.g. `dbu >= 0`. NULL counts as failed.
+    pub expr: String,
+    /// `warn` (keep, count), `drop` (remove, count), `quarantine` (to silver/_quarantine with the
+    /// rule) or `fail` (stop the table's flow; nothing of the batch is committed).
+    pub action: String,
+}
+
+pub const EXPECTATION_ACTIONS: &[&str] = &["warn", "drop", "quarantine", "fail"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventLogConfig {
+    /// Write records to `<data_root>/_tributary/event_log`. Off: records only go to the log.
+    pub enabled: bool,
+    /// Buffered records are appended at least this often.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for EventLogConfig {
+    fn default() -> Self {
+        Self { enabled: true, flush_interval_ms: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,6 +273,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             server: ServerConfig::default(),
             telemetry: TelemetryConfig::default(),
+            event_log: EventLogConfig::default(),
         }
     }
 }
@@ -204,12 +285,15 @@ impl Default for BronzeConfig {
             max_bytes_per_batch: 128 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
             index_every_batches: 32,
+            schema_evolution: "addNewColumns".into(),
+            source_options: Default::default(),
+            drift: DriftConfig::default(),
         }
     }
 }
 impl Default for SilverConfig {
     fn default() -> Self {
-        Self { max_versions_per_batch: 64 }
+        Self { max_versions_per_batch: 64, expectations: Vec::new() }
     }
 }
 impl Default for GoldConfig {
@@ -302,6 +386,60 @@ impl Config {
         }
         if self.bronze.index_every_batches < 1 {
             return bad("bronze.index_every_batches must be >= 1".into());
+        }
+        for (source, mode) in std::iter::once(("*", self.bronze.schema_evolution.as_str())).chain(
+            self.bronze
+                .source_options
+                .iter()
+                .filter_map(|(s, o)| o.schema_evolution.as_deref().map(|m| (s.as_str(), m))),
+        ) {
+            if !EVOLUTION_MODES.contains(&mode) {
+                return bad(format!(
+                    "schema evolution mode {mode:?} of source {source:?} must be one of {}",
+                    EVOLUTION_MODES.join(", ")
+                ));
+            }
+        }
+        for (source, o) in &self.bronze.source_options {
+            if !SOURCES.contains(&source.as_str()) {
+                return bad(format!("bronze.source_options names unknown source {source:?}"));
+            }
+            if let Err(e) = crate::field_type::parse_hints(&o.schema_hints) {
+                return bad(format!("bronze.source_options.{source}.schema_hints: {e}"));
+            }
+        }
+        let d = &self.bronze.drift;
+        if d.window_rows == 0
+            || !(0.0..=1.0).contains(&d.null_rate_jump)
+            || !(0.0..=1.0).contains(&d.malformed_rate_jump)
+        {
+            return bad("bronze.drift: window_rows must be > 0 and the rate jumps within 0..1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for e in &self.silver.expectations {
+            if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return bad(format!("expectation name {:?} must be non-empty [A-Za-z0-9_-]", e.name));
+            }
+            if !names.insert((&e.table, &e.name)) {
+                return bad(format!("expectation {:?} is declared twice for table {:?}", e.name, e.table));
+            }
+            if e.table != "*" && !SOURCES.contains(&e.table.as_str()) {
+                return bad(format!("expectation {:?}: table {:?} is not a source (or `*`)", e.name, e.table));
+            }
+            if !EXPECTATION_ACTIONS.contains(&e.action.as_str()) {
+                return bad(format!(
+                    "expectation {:?}: action {:?} must be one of {}",
+                    e.name,
+                    e.action,
+                    EXPECTATION_ACTIONS.join(", ")
+                ));
+            }
+            if e.expr.trim().is_empty() {
+                return bad(format!("expectation {:?} has an empty expression", e.name));
+            }
+        }
+        if self.event_log.flush_interval_ms == 0 {
+            return bad("event_log.flush_interval_ms must be > 0".into());
         }
         if self.bronze.max_event_bytes < 64 {
             return bad("bronze.max_event_bytes must be at least 64".into());
@@ -423,6 +561,23 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quality_settings_are_validated_with_names() {
+        let bad = |t: &str| Config::from_toml_str(t).unwrap_err().to_string();
+        assert!(bad("[bronze]\nschema_evolution = \"merge\"\n").contains("merge"));
+        assert!(bad("[bronze.source_options.billing]\nschema_hints = \"dbu money\"\n").contains("dbu money"));
+        assert!(bad("[bronze.source_options.nope]\n").contains("nope"));
+        let e =
+            "[[silver.expectations]]\nname = \"r\"\ntable = \"billing\"\nexpr = \"dbu >= 0\"\naction = \"explode\"\n";
+        assert!(bad(e).contains("explode"));
+        let ok = Config::from_toml_str(
+            "[bronze]\nschema_evolution = \"rescue\"\n[bronze.source_options.job]\nschema_evolution = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.bronze.evolution_mode("job"), "none");
+        assert_eq!(ok.bronze.evolution_mode("audit"), "rescue");
+    }
 
     #[test]
     fn defaults_validate() {

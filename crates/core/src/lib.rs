@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod error;
+pub mod event_log;
 pub mod fault;
+pub mod field_type;
 pub mod metrics;
 pub mod notices;
 pub mod server;

@@ -29,6 +29,32 @@ pub struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event_type: String,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpectationLabels {
+    pub region: String,
+    pub table: String,
+    pub expectation: String,
+    /// warn | drop | quarantine | fail
+    pub action: String,
+    /// passed | failed
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub region: String,
+    pub table: String,
+    /// new_field | missing_field | type_change | null_rate | malformed_rate
+    pub kind: String,
+    pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub path: String,
     pub code: String,
@@ -44,6 +70,10 @@ pub struct Metrics {
     pub table_version: Family<TableLabels, Gauge>,
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub notice_wakeups: Family<TableLabels, Counter>,
+    pub event_log_records: Family<EventLabels, Counter>,
+    pub expectation_rows: Family<ExpectationLabels, Counter>,
+    pub drift_events: Family<DriftLabels, Counter>,
+    pub schema_version: Family<TableLabels, Gauge>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
     status_counters: Mutex<BTreeMap<(String, String, String, String), u64>>,
 }
@@ -65,6 +95,30 @@ impl Metrics {
             let table_version = Family::<TableLabels, Gauge>::default();
             let notice_wakeups = Family::<TableLabels, Counter>::default();
             let grpc_requests = Family::<GrpcLabels, Counter>::default();
+            let event_log_records = Family::<EventLabels, Counter>::default();
+            let expectation_rows = Family::<ExpectationLabels, Counter>::default();
+            let drift_events = Family::<DriftLabels, Counter>::default();
+            let schema_version = Family::<TableLabels, Gauge>::default();
+            registry.register(
+                "event_log_records",
+                "Records made in the pipeline event log, by type and level",
+                event_log_records.clone(),
+            );
+            registry.register(
+                "expectation_rows",
+                "Rows checked by each data-quality expectation, by outcome",
+                expectation_rows.clone(),
+            );
+            registry.register(
+                "drift_events",
+                "Source drift findings (new or missing field, type change, null or malformed rate jump)",
+                drift_events.clone(),
+            );
+            registry.register(
+                "schema_version",
+                "Current inferred schema version of a bronze table",
+                schema_version.clone(),
+            );
             registry.register("rows", "Rows per stage, table and outcome", rows.clone());
             registry.register("commits", "Delta commits made", commits.clone());
             registry.register(
@@ -95,6 +149,10 @@ impl Metrics {
                 table_version,
                 grpc_requests,
                 notice_wakeups,
+                event_log_records,
+                expectation_rows,
+                drift_events,
+                schema_version,
                 status_counters: Mutex::new(BTreeMap::new()),
             }
         })
@@ -136,6 +194,8 @@ pub struct BatchCommitted<'a> {
     pub written: u64,
     pub quarantined: u64,
     pub duplicates: u64,
+    /// Rows removed by `drop` expectations.
+    pub dropped: u64,
     pub seconds: f64,
     pub input_position: &'a str,
 }
@@ -151,7 +211,8 @@ impl BatchCommitted<'_> {
             written = self.written,
             quarantined = self.quarantined,
             duplicates = self.duplicates,
-            reconciled = self.input_rows == self.written + self.quarantined + self.duplicates,
+            dropped = self.dropped,
+            reconciled = self.reconciled(),
             seconds = self.seconds,
             input_position = self.input_position,
             "batch committed"
@@ -163,6 +224,7 @@ impl BatchCommitted<'_> {
             ("written", self.written),
             ("quarantined", self.quarantined),
             ("duplicate", self.duplicates),
+            ("dropped", self.dropped),
         ] {
             m.rows
                 .get_or_create(&RowLabels {
@@ -178,7 +240,75 @@ impl BatchCommitted<'_> {
         m.bump(self.stage, self.region, "commits", self.table, 1);
         m.batch_seconds.get_or_create(&tl).observe(self.seconds);
         m.table_version.get_or_create(&tl).set(self.version);
+        crate::event_log::emit(
+            if self.reconciled() { crate::event_log::Level::Info } else { crate::event_log::Level::Error },
+            self.stage,
+            self.region,
+            self.table,
+            "flow_progress",
+            serde_json::json!({
+                "version": self.version,
+                "input_position": self.input_position,
+                "input_rows": self.input_rows,
+                "written": self.written,
+                "quarantined": self.quarantined,
+                "duplicates": self.duplicates,
+                "dropped": self.dropped,
+                "reconciled": self.reconciled(),
+                "seconds": self.seconds,
+            }),
+        );
     }
+
+    /// input = written + quarantined + duplicates + dropped.
+    pub fn reconciled(&self) -> bool {
+        self.input_rows == self.written + self.quarantined + self.duplicates + self.dropped
+    }
+}
+
+/// Internal event: a record was made in the event log.
+pub fn event_logged(event_type: &str, level: &str) {
+    Metrics::global()
+        .event_log_records
+        .get_or_create(&EventLabels { event_type: event_type.into(), level: level.into() })
+        .inc();
+}
+
+/// Internal event: one expectation evaluated over one batch.
+pub fn expectation_checked(region: &str, table: &str, expectation: &str, action: &str, passed: u64, failed: u64) {
+    let m = Metrics::global();
+    for (outcome, n) in [("passed", passed), ("failed", failed)] {
+        m.expectation_rows
+            .get_or_create(&ExpectationLabels {
+                region: region.into(),
+                table: table.into(),
+                expectation: expectation.into(),
+                action: action.into(),
+                outcome: outcome.into(),
+            })
+            .inc_by(n);
+    }
+}
+
+/// Internal event: a drift finding on a source.
+pub fn drift_detected(region: &str, table: &str, kind: &str, field: &str) {
+    Metrics::global()
+        .drift_events
+        .get_or_create(&DriftLabels {
+            region: region.into(),
+            table: table.into(),
+            kind: kind.into(),
+            field: field.into(),
+        })
+        .inc();
+}
+
+/// Internal event: a bronze table's schema version.
+pub fn schema_version(stage: &str, region: &str, table: &str, version: i64) {
+    Metrics::global()
+        .schema_version
+        .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: table.into() })
+        .set(version);
 }
 
 /// Internal event: a commit lost a race to a concurrent writer and is retried.
@@ -189,6 +319,14 @@ pub fn commit_conflict(stage: &str, region: &str, table: &str, attempt: u32, rea
         .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: table.into() })
         .inc();
     m.bump(stage, region, "commit_conflicts", table, 1);
+    crate::event_log::emit(
+        crate::event_log::Level::Warn,
+        stage,
+        region,
+        table,
+        "commit_conflict",
+        serde_json::json!({"attempt": attempt, "reason": reason}),
+    );
 }
 
 /// Internal event: a stage was woken by a commit notice of one of its inputs.
@@ -208,4 +346,25 @@ pub fn batch_failed(stage: &str, region: &str, table: &str, error: &dyn std::fmt
         .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: table.into() })
         .inc();
     m.bump(stage, region, "batch_errors", table, 1);
+    crate::event_log::emit(
+        crate::event_log::Level::Error,
+        stage,
+        region,
+        table,
+        "error",
+        serde_json::json!({"message": error.to_string(), "retrying": true}),
+    );
+}
+
+/// The status RPC's counters of one stage (a mirror of its Prometheus counters).
+pub fn stage_counters(stage: &str, region: &str) -> Vec<tributary_proto::v1::Counter> {
+    Metrics::global()
+        .status_counters(stage, region)
+        .into_iter()
+        .map(|(name, table, value)| tributary_proto::v1::Counter {
+            name,
+            labels: std::collections::HashMap::from([("table".to_string(), table)]),
+            value,
+        })
+        .collect()
 }

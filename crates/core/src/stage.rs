@@ -136,7 +136,11 @@ pub async fn run_loop(
                 *status.write().unwrap_or_else(|e| e.into_inner()) = st;
             }
             Err(e) => {
-                batch_failed(stage.stage(), stage.region(), "batch", &e);
+                if e.kind == crate::ErrorKind::Conflict {
+                    crate::metrics::commit_conflict(stage.stage(), stage.region(), "batch", 0, &e.to_string());
+                } else {
+                    batch_failed(stage.stage(), stage.region(), "batch", &e);
+                }
                 me.failures.fetch_add(1, Ordering::Relaxed);
                 me.idle_valid.store(false, Ordering::SeqCst);
                 st.last_error = e.to_string();
@@ -173,44 +177,43 @@ impl crate::status::StatusProvider for SharedStatus {
     }
 }
 
-/// Runs `stages` as one service: status gRPC + admin HTTP when configured, a loop per stage,
-/// until `shutdown`.
-pub async fn serve_stages(
-    service: &str,
-    cfg: &crate::Config,
-    stages: Vec<Box<dyn Stage>>,
-    shutdown: Shutdown,
-    notices: Option<NoticeHook>,
-) -> crate::Result<()> {
+/// Stages spawned as tasks, with what a supervisor needs to watch them.
+pub struct Running {
+    pub progress: Arc<Progress>,
+    pub statuses: Vec<Arc<RwLock<StageStatus>>>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Input table URI -> the wakers of the stages reading it (for commit notices).
+    pub interest: std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>>,
+}
+
+/// Spawns one `run_loop` per stage.
+pub fn spawn_stages(stages: Vec<Box<dyn Stage>>, poll: Duration, shutdown: &Shutdown) -> Running {
     let progress = Arc::new(Progress::default());
-    let mut statuses = Vec::new();
-    let mut tasks = Vec::new();
-    let mut interest: std::collections::HashMap<String, Vec<Arc<tokio::sync::Notify>>> = Default::default();
+    let mut running =
+        Running { progress: progress.clone(), statuses: Vec::new(), tasks: Vec::new(), interest: Default::default() };
     for s in stages {
         let st = Arc::new(RwLock::new(StageStatus {
             stage: s.stage().into(),
             region: s.region().into(),
             ..Default::default()
         }));
-        statuses.push(st.clone());
+        running.statuses.push(st.clone());
         let wake = Arc::new(tokio::sync::Notify::new());
         for input in s.inputs() {
-            interest.entry(input).or_default().push(wake.clone());
+            running.interest.entry(input).or_default().push(wake.clone());
         }
-        tasks.push(tokio::spawn(run_loop(
-            s,
-            Duration::from_millis(cfg.server.poll_interval_ms),
-            shutdown.clone(),
-            progress.clone(),
-            st,
-            wake,
-        )));
+        running.tasks.push(tokio::spawn(run_loop(s, poll, shutdown.clone(), progress.clone(), st, wake)));
     }
-    if let Some(hook) = notices
-        && !interest.is_empty()
-    {
-        hook(interest, shutdown.clone())?;
-    }
+    running
+}
+
+/// Starts the status gRPC server and the admin HTTP server when their addresses are configured.
+pub async fn start_servers(
+    service: &str,
+    cfg: &crate::Config,
+    statuses: Vec<Arc<RwLock<StageStatus>>>,
+    shutdown: &Shutdown,
+) -> crate::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut servers = Vec::new();
     if !cfg.server.grpc_addr.is_empty() {
         let svc = crate::status::StatusService {
@@ -224,6 +227,26 @@ pub async fn serve_stages(
     if !cfg.server.admin_addr.is_empty() {
         servers.push(crate::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await?.1);
     }
+    Ok(servers)
+}
+
+/// Runs `stages` as one service: status gRPC + admin HTTP when configured, a loop per stage,
+/// until `shutdown`.
+pub async fn serve_stages(
+    service: &str,
+    cfg: &crate::Config,
+    stages: Vec<Box<dyn Stage>>,
+    shutdown: Shutdown,
+    notices: Option<NoticeHook>,
+) -> crate::Result<()> {
+    let Running { progress, statuses, tasks, interest } =
+        spawn_stages(stages, Duration::from_millis(cfg.server.poll_interval_ms), &shutdown);
+    if let Some(hook) = notices
+        && !interest.is_empty()
+    {
+        hook(interest, shutdown.clone())?;
+    }
+    let servers = start_servers(service, cfg, statuses, &shutdown).await?;
     if shutdown.wants_exit_when_idle() {
         while !shutdown.is_triggered() {
             if progress.all_idle() {

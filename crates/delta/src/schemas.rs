@@ -160,5 +160,39 @@ pub fn logical_columns(schema: &Schema) -> Vec<String> {
         "_bronze_version",
         "_origin_version",
     ];
-    schema.fields().iter().map(|f| f.name().clone()).filter(|n| !SKIP.contains(&n.as_str())).collect()
+    // Sorted: tables that evolved their schemas in different batches can differ in column order.
+    let mut cols: Vec<String> =
+        schema.fields().iter().map(|f| f.name().clone()).filter(|n| !SKIP.contains(&n.as_str())).collect();
+    cols.sort();
+    cols
+}
+
+/// The pipeline event log (`<data_root>/_tributary/event_log`), partitioned by `event_date`.
+pub fn event_log() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("timestamp", ts(), false),
+        Field::new("level", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("table", DataType::Utf8, false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new("details", DataType::Utf8, false),
+        Field::new("event_date", DataType::Utf8, false),
+    ]))
+}
+pub const EVENT_LOG_PARTITIONS: &[&str] = &["event_date"];
+
+/// The Arrow type a bronze column of an inferred schema is stored as.
+pub fn field_type_arrow(t: tributary_core::field_type::FieldType) -> DataType {
+    use tributary_core::field_type::FieldType as F;
+    match t {
+        F::String | F::Json => DataType::Utf8,
+        F::Long => DataType::Int64,
+        F::Double => DataType::Float64,
+        F::Boolean => DataType::Boolean,
+        F::Timestamp => ts(),
+        F::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+    }
 }

@@ -152,9 +152,77 @@ impl Table {
         &self.partition_columns
     }
 
+    /// Table properties (`configuration`) of the loaded snapshot.
+    pub fn properties(&self) -> Result<HashMap<String, String>> {
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
+        Ok(snapshot.metadata().configuration().clone())
+    }
+
+    /// Makes the writer schema the loaded snapshot's (after another writer evolved the table).
+    pub fn sync_schema(&mut self) -> Result<()> {
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
+        self.schema = snapshot.snapshot().arrow_schema();
+        Ok(())
+    }
+
+    /// Schema evolution: the `metadata` action that adds `fields` (nullable, after the existing
+    /// columns) and sets `properties`, to commit atomically with the data written in the new
+    /// schema. The writer schema switches at once; a failed commit must be followed by
+    /// `refresh` + `sync_schema`.
+    pub fn evolve(
+        &mut self,
+        fields: &[deltalake::arrow::datatypes::Field],
+        properties: &[(String, String)],
+    ) -> Result<Action> {
+        use deltalake::kernel::MetadataExt as _;
+        let mut all: Vec<deltalake::arrow::datatypes::Field> =
+            self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for f in fields {
+            if all.iter().any(|x| x.name().eq_ignore_ascii_case(f.name())) {
+                return Err(Error::internal(format!("{}: column {} exists already", self.name, f.name())));
+            }
+            all.push(f.clone().with_nullable(true));
+        }
+        let arrow = Arc::new(deltalake::arrow::datatypes::Schema::new(all));
+        let kernel: StructType = arrow.as_ref().try_into_kernel().map_err(|e| {
+            Error::internal(format!("evolved schema of {} is not a Delta schema", self.name)).with_source(e)
+        })?;
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
+        let mut md = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&kernel)
+            .map_err(|e| Error::internal(format!("evolving schema of {}", self.name)).with_source(e))?;
+        for (k, v) in properties {
+            md = md
+                .add_config_key(k.clone(), v.clone())
+                .map_err(|e| Error::internal(format!("properties of {}", self.name)).with_source(e))?;
+        }
+        self.schema = arrow;
+        Ok(Action::Metadata(md))
+    }
+
     /// The loaded snapshot's version.
     pub fn version(&self) -> i64 {
         self.table.version().map(|v| v as i64).unwrap_or(-1)
+    }
+
+    /// Re-reads the table and checks that every input position is still where this writer left
+    /// it (`absent` stands for "no txn yet"). A moved position means another writer is active, or
+    /// this one is a zombie that lost its input: `ErrorKind::Conflict`, and nothing is committed.
+    pub async fn expect_positions(&mut self, expected: &[(&str, i64)], absent: i64) -> Result<()> {
+        self.refresh().await?;
+        for (app_id, want) in expected {
+            let now = self.txn_version(app_id).await?.unwrap_or(absent);
+            if now != *want {
+                return Err(Error::conflict(format!(
+                    "{}: {app_id} is at {now} in the table but this writer expected {want}; another writer is active \
+                     (or this one lost its input) — batch dropped",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Loads every commit made since the snapshot was read.
@@ -176,8 +244,20 @@ impl Table {
         if batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(vec![]);
         }
-        let mut writer =
-            RecordBatchWriter::for_table(&self.table).map_err(|e| delta_err(format!("writer for {}", self.name), e))?;
+        let snapshot_schema = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?.snapshot().arrow_schema();
+        let mut writer = if snapshot_schema.fields().len() == self.schema.fields().len() {
+            RecordBatchWriter::for_table(&self.table).map_err(|e| delta_err(format!("writer for {}", self.name), e))?
+        } else {
+            // An evolved schema not committed yet: files in the new schema, committed with the
+            // metadata action from `evolve`.
+            RecordBatchWriter::try_new(
+                self.url.as_str(),
+                self.schema.clone(),
+                Some(self.partition_columns.clone()),
+                None,
+            )
+            .map_err(|e| delta_err(format!("writer for {}", self.name), e))?
+        };
         for b in batches.iter().filter(|b| b.num_rows() > 0) {
             writer.write(b.clone()).await.map_err(|e| delta_err(format!("writing files of {}", self.name), e))?;
         }
@@ -297,16 +377,47 @@ impl Table {
         if let Some(size) = size.filter(|s| *s > 0) {
             reader = reader.with_file_size(size as u64);
         }
-        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        let batches = self.read_parquet(reader, path, None).await?;
+        batches.into_iter().map(|b| self.conform(b, partition_values)).collect()
+    }
+
+    #[allow(deprecated)]
+    async fn read_parquet(
+        &self,
+        reader: ParquetObjectReader,
+        path: &str,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .map_err(|e| Error::external(format!("opening {path} of {}", self.name)).with_source(e))?
-            .build()
-            .map_err(|e| Error::external(format!("reading {path} of {}", self.name)).with_source(e))?;
-        let batches: Vec<RecordBatch> = stream
+            .map_err(|e| Error::external(format!("opening {path} of {}", self.name)).with_source(e))?;
+        if let Some(cols) = columns {
+            let mask =
+                deltalake::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), cols.iter().copied());
+            builder = builder.with_projection(mask);
+        }
+        let stream =
+            builder.build().map_err(|e| Error::external(format!("reading {path} of {}", self.name)).with_source(e))?;
+        stream
             .try_collect()
             .await
-            .map_err(|e| Error::external(format!("reading {path} of {}", self.name)).with_source(e))?;
-        batches.into_iter().map(|b| self.conform(b, partition_values)).collect()
+            .map_err(|e| Error::external(format!("reading {path} of {}", self.name)).with_source(e))
+    }
+
+    /// Reads only the named (non-partition) columns of every file of the loaded snapshot.
+    #[allow(deprecated)]
+    pub async fn read_columns(&self, columns: &[&str]) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for f in self.files()? {
+            let location = Path::from_url_path(&f.path)
+                .map_err(|e| Error::internal(format!("bad file path {:?} in {}", f.path, self.name)).with_source(e))?;
+            let mut reader = ParquetObjectReader::new(self.store(), location);
+            if f.size > 0 {
+                reader = reader.with_file_size(f.size as u64);
+            }
+            out.extend(self.read_parquet(reader, &f.path, Some(columns)).await?);
+        }
+        Ok(out)
     }
 
     fn conform(&self, batch: RecordBatch, partition_values: &HashMap<String, Option<String>>) -> Result<RecordBatch> {
@@ -406,6 +517,28 @@ impl Table {
             region: region.into(),
             committed_at_ms: tributary_core::now_ms(),
         });
+    }
+}
+
+impl Table {
+    /// Status of this table for the PipelineStatus RPC, from the loaded snapshot's log.
+    pub fn status(&self, time_column: Option<&str>) -> tributary_proto::v1::TableStatus {
+        let base = tributary_proto::v1::TableStatus {
+            name: self.name.clone(),
+            uri: self.url.to_string(),
+            ..Default::default()
+        };
+        match self.stats(time_column) {
+            Ok(s) => tributary_proto::v1::TableStatus {
+                version: s.version,
+                last_commit_unix_ms: s.last_commit_unix_ms,
+                max_event_time_unix_ms: s.max_time_unix_ms,
+                row_count: s.row_count,
+                file_count: s.file_count,
+                ..base
+            },
+            Err(_) => tributary_proto::v1::TableStatus { version: self.version(), ..base },
+        }
     }
 }
 

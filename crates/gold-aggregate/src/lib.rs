@@ -105,16 +105,8 @@ impl GoldAggregate {
         if plan.is_empty() {
             return Ok(0);
         }
-        flow.output.refresh().await?;
-        for input in &flow.inputs {
-            let committed = flow.output.txn_version(&input.app_id).await?.unwrap_or(-1);
-            if committed != input.pos {
-                return Err(Error::conflict(format!(
-                    "{}: table records {} at {committed} but this process expected {}; another writer is active",
-                    flow.output.name, input.app_id, input.pos
-                )));
-            }
-        }
+        let expected: Vec<(&str, i64)> = flow.inputs.iter().map(|i| (i.app_id.as_str(), i.pos)).collect();
+        flow.output.expect_positions(&expected, -1).await?;
         let mut state = WindowState::new(flow.kind, &region);
         let mut input_rows = 0u64;
         for (ii, up_to) in &plan {
@@ -190,6 +182,7 @@ impl GoldAggregate {
             written: input_rows,
             quarantined: 0,
             duplicates: 0,
+            dropped: 0,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &plan
                 .iter()
@@ -261,7 +254,7 @@ impl Stage for GoldAggregate {
         let mut tables = Vec::new();
         let mut positions = Vec::new();
         for f in &self.flows {
-            tables.push(bronze_ingest::table_status(&f.output, Some("window_start")));
+            tables.push(f.output.status(Some("window_start")));
             for i in &f.inputs {
                 positions.push(InputPosition {
                     app_id: i.app_id.clone(),
@@ -275,7 +268,7 @@ impl Stage for GoldAggregate {
             region: self.region.clone(),
             tables,
             positions,
-            counters: bronze_ingest::status_counters(STAGE, &self.region),
+            counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
             last_error: String::new(),
         }
     }

@@ -9,12 +9,14 @@
 //! loaded, so it always agrees with the committed position. (Bounded-memory dedup over a 30-day
 //! horizon is a later issue.)
 
+pub mod expectations;
 pub mod transform;
 
 use deltalake::arrow::array::{Array, RecordBatch, StringArray};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
+use tributary_core::event_log::{self, Level};
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
@@ -33,6 +35,17 @@ struct Flow {
     pos: i64,
     quarantine_pos: i64,
     seen: HashSet<String>,
+    expectations: Vec<expectations::Expectation>,
+    /// Set when a `fail` expectation stopped this flow; the other flows go on.
+    stopped: Option<String>,
+}
+
+/// What expectations did to one batch.
+enum Judged {
+    /// Rows dropped (the quarantined ones went to `q`).
+    Applied { dropped: u64 },
+    /// A `fail` expectation failed: the message; nothing of the batch may be committed.
+    Stop(String),
 }
 
 pub struct SilverTransform {
@@ -60,6 +73,7 @@ impl SilverTransform {
         .await?;
         let mut flows = Vec::new();
         for source in &cfg.bronze.sources {
+            let expectations = expectations::for_source(&cfg.silver.expectations, source, &schemas::silver(source))?;
             let output = Table::open_or_create(
                 &format!("silver/{source}"),
                 &table_location(&cfg, region, source),
@@ -76,6 +90,8 @@ impl SilverTransform {
                 pos: -1,
                 quarantine_pos: -1,
                 seen: HashSet::new(),
+                expectations,
+                stopped: None,
             });
         }
         let mut me = Self { cfg, region: region.into(), flows, quarantine };
@@ -88,7 +104,8 @@ impl SilverTransform {
         flow.pos = flow.output.txn_version(&flow.app_id).await?.unwrap_or(-1);
         flow.quarantine_pos = quarantine.txn_version(&flow.app_id).await?.unwrap_or(-1);
         flow.seen.clear();
-        for b in flow.output.read_all().await? {
+        // Only the key column: the dedup state is the set of event_ids already in silver.
+        for b in flow.output.read_columns(&["event_id"]).await? {
             let ids = b
                 .column_by_name("event_id")
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
@@ -131,8 +148,19 @@ impl SilverTransform {
         }
         let input = self.read_input(i, from, to).await?;
         let mut q = QuarantineRows::new(tributary_core::now_ms() * 1000);
+        // Validation rejects, then the expectation quarantines: the rows that were new to silver
+        // (not in it now: the rows the batch wrote are) and failed a quarantine rule.
+        let mut candidates = transform::SilverRows::new(&self.flows[i].source, &self.region);
+        let mut batch_ids = HashSet::new();
         for (v, b) in &input {
-            transform::validate(&self.flows[i].source, &self.region, b, *v, &mut q)?;
+            for row in transform::validate(&self.flows[i].source, &self.region, b, *v, &mut q)? {
+                if !self.flows[i].seen.contains(&row.event_id) && batch_ids.insert(row.event_id.clone()) {
+                    candidates.push(row);
+                }
+            }
+        }
+        if let Judged::Stop(message) = self.judge(i, &mut candidates, &mut batch_ids, &mut q, (from + 1, to), false)? {
+            return Err(Error::internal(format!("a committed batch now fails a `fail` expectation: {message}")));
         }
         let rows = q.len();
         self.quarantine.refresh().await?;
@@ -151,7 +179,101 @@ impl SilverTransform {
         Ok(())
     }
 
+    /// Evaluates the flow's expectations over the batch's new rows: quarantined rows go to `q`
+    /// (reason `expectation_failed`), dropped ones are counted, and neither joins the dedup set
+    /// (`batch_ids`), so a replay of them is judged again the same way.
+    fn judge(
+        &self,
+        i: usize,
+        out: &mut transform::SilverRows,
+        batch_ids: &mut HashSet<String>,
+        q: &mut QuarantineRows,
+        input: (i64, i64),
+        record: bool,
+    ) -> Result<Judged> {
+        let f = &self.flows[i];
+        if f.expectations.is_empty() || out.is_empty() {
+            return Ok(Judged::Applied { dropped: 0 });
+        }
+        let table = f.output.name.clone();
+        let batch = out.to_batch()?;
+        let verdict = expectations::judge(&f.expectations, &batch)?;
+        if record {
+            let rules: Vec<serde_json::Value> = f
+                .expectations
+                .iter()
+                .zip(&verdict.counts)
+                .map(|(e, (passed, failed))| {
+                    tributary_core::metrics::expectation_checked(
+                        &self.region,
+                        &table,
+                        &e.name,
+                        e.action.as_str(),
+                        *passed,
+                        *failed,
+                    );
+                    serde_json::json!({"name": e.name, "expr": e.expr, "action": e.action.as_str(),
+                                       "passed": passed, "failed": failed})
+                })
+                .collect();
+            let level = if verdict.counts.iter().any(|(_, failed)| *failed > 0) { Level::Warn } else { Level::Info };
+            event_log::emit(
+                level,
+                STAGE,
+                &self.region,
+                &table,
+                "data_quality",
+                serde_json::json!({"input_from": input.0, "input_to": input.1, "rows": batch.num_rows(),
+                                   "expectations": rules}),
+            );
+        }
+        if let Some((k, row)) = verdict.failure {
+            let e = &f.expectations[k];
+            let r = &out.rows()[row];
+            return Ok(Judged::Stop(format!(
+                "{table}: expectation {:?} (`{}`, action fail) failed for event_id {} at {}; {} of {} rows of bronze \
+                 versions {}..={} fail it. The flow is stopped and nothing of the batch was committed",
+                e.name,
+                e.expr,
+                r.event_id,
+                r.lineage(),
+                verdict.counts[k].1,
+                batch.num_rows(),
+                input.0,
+                input.1
+            )));
+        }
+        let removed = out.retain(&verdict.keep);
+        let kept_quarantine: Vec<Option<usize>> =
+            verdict.quarantined_by.iter().zip(&verdict.keep).filter(|(_, k)| !**k).map(|(q, _)| *q).collect();
+        let mut dropped = 0;
+        for (r, by) in removed.iter().zip(kept_quarantine) {
+            batch_ids.remove(&r.event_id);
+            match by {
+                Some(k) => {
+                    let e = &f.expectations[k];
+                    q.push(
+                        &f.source,
+                        "expectation_failed",
+                        Some(&e.name),
+                        &format!("expectation {} failed: {}", e.name, e.expr),
+                        &r.to_json(),
+                        Some(&r.event_id),
+                        r.file.as_deref(),
+                        r.line,
+                        Some(&r.lineage()),
+                    );
+                }
+                None => dropped += 1,
+            }
+        }
+        Ok(Judged::Applied { dropped })
+    }
+
     async fn run_flow(&mut self, i: usize) -> Result<u64> {
+        if self.flows[i].stopped.is_some() {
+            return Ok(0);
+        }
         if !self.ensure_input(i).await? {
             return Ok(0);
         }
@@ -168,14 +290,7 @@ impl SilverTransform {
         let up_to = latest.min(pos + self.cfg.silver.max_versions_per_batch as i64);
         {
             let f = &mut self.flows[i];
-            f.output.refresh().await?;
-            let committed = f.output.txn_version(&f.app_id).await?.unwrap_or(-1);
-            if committed != f.pos {
-                return Err(Error::conflict(format!(
-                    "silver/{}: table records bronze version {committed} but this process expected {}; another writer is active",
-                    f.source, f.pos
-                )));
-            }
+            f.output.expect_positions(&[(&f.app_id, f.pos)], -1).await?;
         }
         let input = self.read_input(i, pos, up_to).await?;
         let source = self.flows[i].source.clone();
@@ -196,19 +311,34 @@ impl SilverTransform {
                 out.push(row);
             }
         }
+        let dropped = match self.judge(i, &mut out, &mut batch_ids, &mut q, (pos + 1, up_to), true)? {
+            Judged::Applied { dropped } => dropped,
+            Judged::Stop(message) => {
+                event_log::emit(
+                    Level::Error,
+                    STAGE,
+                    &self.region,
+                    &self.flows[i].output.name,
+                    "error",
+                    serde_json::json!({"message": message, "stopped": true}),
+                );
+                self.flows[i].stopped = Some(message);
+                return Ok(0);
+            }
+        };
         let written = out.len() as u64;
         let max_event_ms = out.max_event_time_us() / 1000;
         let quarantined = q.len() as u64;
-        if input_rows != written + quarantined + duplicates {
+        if input_rows != written + quarantined + duplicates + dropped {
             return Err(Error::internal(format!(
-                "silver/{source}: reconciliation failed: {input_rows} in != {written} written + {quarantined} quarantined + {duplicates} duplicates"
+                "silver/{source}: reconciliation failed: {input_rows} in != {written} written + {quarantined} quarantined + {duplicates} duplicates + {dropped} dropped"
             )));
         }
         let app_id = self.flows[i].app_id.clone();
         let meta = HashMap::from([(
             "tributary.reconciliation".to_string(),
             serde_json::json!({"input_from": pos + 1, "input_to": up_to, "input_rows": input_rows, "written": written,
-                               "quarantined": quarantined, "duplicates": duplicates}),
+                               "quarantined": quarantined, "duplicates": duplicates, "dropped": dropped}),
         )]);
         let batches = out.finish()?;
         let adds = self.flows[i].output.write_files(&batches).await?;
@@ -242,6 +372,7 @@ impl SilverTransform {
             written,
             quarantined,
             duplicates,
+            dropped,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={up_to}"),
         }
@@ -285,8 +416,9 @@ impl Stage for SilverTransform {
     async fn status(&mut self) -> StageStatus {
         let mut tables = Vec::new();
         let mut positions = Vec::new();
+        let stopped: Vec<&str> = self.flows.iter().filter_map(|f| f.stopped.as_deref()).collect();
         for f in &self.flows {
-            tables.push(bronze_ingest::table_status(&f.output, Some("event_time")));
+            tables.push(f.output.status(Some("event_time")));
             positions.push(InputPosition {
                 app_id: f.app_id.clone(),
                 output_table: f.output.name.clone(),
@@ -298,14 +430,14 @@ impl Stage for SilverTransform {
                 version: f.quarantine_pos,
             });
         }
-        tables.push(bronze_ingest::table_status(&self.quarantine, None));
+        tables.push(self.quarantine.status(None));
         StageStatus {
             stage: STAGE.into(),
             region: self.region.clone(),
             tables,
             positions,
-            counters: bronze_ingest::status_counters(STAGE, &self.region),
-            last_error: String::new(),
+            counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
+            last_error: stopped.join("; "),
         }
     }
 }

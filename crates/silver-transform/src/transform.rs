@@ -291,6 +291,35 @@ pub fn validate(
     Ok(out)
 }
 
+impl SilverRow {
+    /// Where the row came from, for messages and quarantine rows.
+    pub fn lineage(&self) -> String {
+        match (&self.k_topic, self.k_partition, self.k_offset) {
+            (Some(t), Some(p), Some(o)) => {
+                serde_json::json!({"bronze_version": self.bronze_version, "topic": t, "partition": p, "offset": o})
+                    .to_string()
+            }
+            _ => serde_json::json!({"bronze_version": self.bronze_version, "file": self.file, "line": self.line})
+                .to_string(),
+        }
+    }
+
+    /// The row as JSON (quarantine's `raw`).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "event_id": self.event_id,
+            "event_time": self.event_time,
+            "region": self.region,
+            "workspace_id": self.workspace_id,
+            "customer_id": self.customer_id,
+            "egress_approved": self.egress_approved,
+            "payload": serde_json::from_str::<serde_json::Value>(&self.payload).unwrap_or(serde_json::Value::Null),
+            "_rescued_data": self.rescued,
+        }))
+        .unwrap_or_default()
+    }
+}
+
 /// Accumulates silver rows and builds the batch in the silver schema of the source.
 pub struct SilverRows {
     source: String,
@@ -318,6 +347,25 @@ impl SilverRows {
         if self.rows.is_empty() {
             return Ok(vec![]);
         }
+        Ok(vec![self.to_batch()?])
+    }
+
+    /// Keeps the rows whose `keep` is true; returns the others, in order.
+    pub fn retain(&mut self, keep: &[bool]) -> Vec<SilverRow> {
+        let all = std::mem::take(&mut self.rows);
+        let mut removed = Vec::new();
+        for (r, k) in all.into_iter().zip(keep.iter().copied().chain(std::iter::repeat(true))) {
+            if k { self.rows.push(r) } else { removed.push(r) }
+        }
+        removed
+    }
+
+    pub fn rows(&self) -> &[SilverRow] {
+        &self.rows
+    }
+
+    /// The rows as one batch in the silver schema of the source.
+    pub fn to_batch(&self) -> Result<RecordBatch> {
         let rows = &self.rows;
         let source = self.source.clone();
         let ts_col = |f: &dyn Fn(&SilverRow) -> Option<i64>| -> ArrayRef {
@@ -395,9 +443,8 @@ impl SilverRows {
         cols.push(ts_col(&|r| Some(r.ingested_at)));
         let dates: Vec<String> = rows.iter().map(|r| tributary_events::date_of_micros(r.event_time)).collect();
         cols.push(Arc::new(StringArray::from(dates)));
-        let b = RecordBatch::try_new(schemas::silver(&self.source), cols)
-            .map_err(|e| Error::internal(format!("building silver/{} batch", self.source)).with_source(e))?;
-        Ok(vec![b])
+        RecordBatch::try_new(schemas::silver(&self.source), cols)
+            .map_err(|e| Error::internal(format!("building silver/{} batch", self.source)).with_source(e))
     }
 }
 

@@ -246,6 +246,25 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Print the pipeline event log (`<data_root>/_tributary/event_log`), oldest first.
+    Events {
+        #[command(flatten)]
+        common: Common,
+        /// RFC 3339 time, or a duration back from now: 90s, 15m, 2h, 7d.
+        #[arg(long, default_value = "1d")]
+        since: String,
+        /// Only these event types (repeatable / comma separated): flow_progress, data_quality,
+        /// schema_change, drift, commit_conflict, error, user_action.
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        #[arg(long, default_value = "")]
+        stage: String,
+        #[arg(long, default_value = "")]
+        region: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -287,7 +306,17 @@ pub fn main() -> ExitCode {
             if generate && let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
                 return fail(e);
             }
-            runtime().block_on(crate::standalone::run(Arc::new(cfg), &stages, exit_when_idle, timeout_secs))
+            runtime().block_on(async move {
+                let started_us = tributary_core::now_ms() * 1000;
+                start_event_log(&cfg, "standalone");
+                let cfg = Arc::new(cfg);
+                let code = crate::standalone::run(cfg.clone(), &stages, exit_when_idle, timeout_secs).await;
+                tributary_core::event_log::flush().await;
+                if exit_when_idle && cfg.event_log.enabled {
+                    crate::events::summary(&cfg, started_us).await;
+                }
+                code
+            })
         }
         Cmd::BronzeIngest { common, region, from } => service(common, "bronze-ingest", move |cfg, sd, n| async move {
             if from == "kafka" {
@@ -328,6 +357,33 @@ pub fn main() -> ExitCode {
                 }
             })
         }
+        Cmd::Events { common, since, types, stage, region, json } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            for t in &types {
+                if !tributary_core::event_log::EVENT_TYPES.contains(&t.as_str()) {
+                    return fail(format!(
+                        "unknown event type {t:?}; known: {}",
+                        tributary_core::event_log::EVENT_TYPES.join(", ")
+                    ));
+                }
+            }
+            let since_us = match crate::events::parse_since(&since, tributary_core::now_ms() * 1000) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            runtime().block_on(async move {
+                match crate::events::read(&cfg, since_us, &types, &stage, &region).await {
+                    Ok(records) => {
+                        crate::events::print(&records, json);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            })
+        }
         Cmd::Fingerprint { common } => {
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -359,6 +415,20 @@ fn notice_hook(cfg: &Config) -> Result<Option<tributary_core::stage::NoticeHook>
     Ok(Some(Box::new(move |interest, sd| tributary_kafka::spawn_listener(&k, interest, sd).map(|_| ()))))
 }
 
+/// Starts the event-log writer and records the start as a `user_action`.
+fn start_event_log(cfg: &Config, service: &str) {
+    tributary_delta::event_log::start(cfg);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    tributary_core::event_log::emit(
+        tributary_core::event_log::Level::Info,
+        service,
+        "",
+        "",
+        "user_action",
+        serde_json::json!({"action": "start", "args": args, "build_version": tributary_core::BUILD_VERSION}),
+    );
+}
+
 fn service<F, Fut>(common: Common, name: &'static str, f: F) -> ExitCode
 where
     F: FnOnce(Arc<Config>, Shutdown, Option<tributary_core::stage::NoticeHook>) -> Fut,
@@ -380,7 +450,20 @@ where
             Ok(h) => h,
             Err(e) => return fail(e),
         };
-        match f(Arc::new(cfg), sd, hook).await {
+        start_event_log(&cfg, name);
+        let result = f(Arc::new(cfg), sd, hook).await;
+        if let Err(e) = &result {
+            tributary_core::event_log::emit(
+                tributary_core::event_log::Level::Error,
+                name,
+                "",
+                "",
+                "error",
+                serde_json::json!({"message": e.to_string(), "fatal": true}),
+            );
+        }
+        tributary_core::event_log::flush().await;
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }

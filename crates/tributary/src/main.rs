@@ -2,6 +2,7 @@
 //! generator and the status client.
 
 mod cli;
+mod events;
 mod report;
 mod standalone;
 

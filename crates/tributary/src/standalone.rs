@@ -3,12 +3,11 @@
 
 use crate::cli::GenArgs;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tributary_core::stage::{Progress, SharedStatus, Stage, run_loop};
+use tributary_core::stage::{Stage, spawn_stages, start_servers};
 use tributary_core::{Config, Shutdown};
-use tributary_proto::v1::StageStatus;
 
 pub fn truth_path(cfg: &Config) -> std::path::PathBuf {
     std::path::Path::new(&cfg.data_root).join("truth").join("truth.json")
@@ -103,40 +102,10 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
             return ExitCode::from(1);
         }
     };
-    let progress = Arc::new(Progress::default());
-    let mut statuses = Vec::new();
-    let mut tasks = Vec::new();
-    for s in stages {
-        let st = Arc::new(RwLock::new(StageStatus {
-            stage: s.stage().into(),
-            region: s.region().into(),
-            ..Default::default()
-        }));
-        statuses.push(st.clone());
-        tasks.push(tokio::spawn(run_loop(
-            s,
-            Duration::from_millis(cfg.server.poll_interval_ms.min(200)),
-            shutdown.clone(),
-            progress.clone(),
-            st,
-            Arc::new(tokio::sync::Notify::new()),
-        )));
-    }
-    if !cfg.server.grpc_addr.is_empty() {
-        let svc = tributary_core::status::StatusService {
-            service: "standalone".into(),
-            pipeline: cfg.pipeline.clone(),
-            started_unix_ms: tributary_core::now_ms(),
-            provider: Arc::new(SharedStatus(statuses.clone())),
-        };
-        if let Err(e) = tributary_core::server::serve_grpc(&cfg.server, svc, shutdown.clone()).await {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    }
-    if !cfg.server.admin_addr.is_empty()
-        && let Err(e) = tributary_core::server::serve_admin(&cfg.server.admin_addr, shutdown.clone()).await
-    {
+    // Standalone has no broker: no commit notices, a short poll instead.
+    let running = spawn_stages(stages, Duration::from_millis(cfg.server.poll_interval_ms.min(200)), &shutdown);
+    let (progress, statuses, tasks) = (running.progress, running.statuses, running.tasks);
+    if let Err(e) = start_servers("standalone", &cfg, statuses.clone(), &shutdown).await {
         eprintln!("error: {e}");
         return ExitCode::from(1);
     }
