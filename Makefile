@@ -77,7 +77,7 @@ _test:
 .PHONY: fuzz
 fuzz: ## Fuzz the event decoder with cargo-fuzz (libFuzzer, nightly) for FUZZ_SECONDS (default 60)
 	@if [ ! -x $(CARGO_FUZZ) ]; then $(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(CACHE)/cargo-fuzz; fi
-	cd fuzz && mkdir -p corpus-work && RUSTFLAGS= $(CARGO_FUZZ) +nightly fuzz run decode_event corpus-work corpus/decode_event -- \
+	cd fuzz && mkdir -p corpus-work && PATH=$(CACHE)/cargo-fuzz/bin:$$PATH RUSTFLAGS= cargo +nightly fuzz run decode_event corpus-work corpus/decode_event -- \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1
 
 .PHONY: bench

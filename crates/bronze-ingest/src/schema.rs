@@ -194,7 +194,8 @@ pub fn fits(t: FieldType, raw: &str) -> bool {
         (_, Seen::Null) => true,
         (FieldType::String, s) => s == Seen::Str,
         (FieldType::Long, s) => s == Seen::Int,
-        (FieldType::Double, s) => matches!(s, Seen::Int | Seen::Float) && raw.parse::<f64>().is_ok(),
+        // 1e400 is valid JSON but no double: rescued, never stored as infinity.
+        (FieldType::Double, s) => matches!(s, Seen::Int | Seen::Float) && raw.parse::<f64>().is_ok_and(f64::is_finite),
         (FieldType::Boolean, s) => s == Seen::Bool,
         (FieldType::Timestamp, s) => s == Seen::Str && parse_timestamp(raw).is_some(),
         (FieldType::Json, _) => true,
@@ -571,6 +572,7 @@ mod tests {
         assert_eq!(classify("{\"a\":1}"), Seen::Nested);
         assert!(fits(FieldType::Double, "12"));
         assert!(!fits(FieldType::Long, "12.5"));
+        assert!(!fits(FieldType::Double, "1761955e200124"), "found by cargo-fuzz: out of f64 range");
         assert!(!fits(FieldType::Long, "\"12\""));
         assert!(!fits(FieldType::String, "12"));
         assert!(fits(FieldType::String, "null"));
