@@ -14,7 +14,10 @@ fn http_get(port: u16, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_rpc_and_metrics_of_a_running_pipeline() {
-    let p = Pipeline::new(&["r1"]);
+    let p = Pipeline::new(&["r1"]).with_env(
+        "TRIBUTARY__SILVER__EXPECTATIONS",
+        r#"[{name = "dbu_non_negative", table = "billing", expr = "dbu >= 0", action = "warn"}]"#,
+    );
     let truth = p.generate(&GenSpec { events_per_source: 200, files_per_source: 2, seed: 9 }).unwrap();
     let (grpc, admin) = (free_port(), free_port());
     let mut child = p
@@ -72,6 +75,16 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
     assert!(metrics.contains("tributary_rows_total{"), "{metrics}");
     assert!(metrics.contains("tributary_commits_total{"), "{metrics}");
     assert!(metrics.contains("tributary_grpc_requests_total{"), "{metrics}");
+    // Issue #4's metrics: expectations per rule and outcome, schema versions, event-log records.
+    let exp: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tributary_expectation_rows_total{") && l.contains("expectation=\"dbu_non_negative\"")
+        })
+        .collect();
+    assert!(exp.iter().any(|l| l.contains("outcome=\"passed\"") && !l.ends_with(" 0")), "{exp:?}");
+    assert!(metrics.contains("tributary_schema_version{"), "{metrics}");
+    assert!(metrics.contains("tributary_event_log_records_total{event_type=\"flow_progress\""), "{metrics}");
     assert!(http_get(admin, "/healthz").contains("ok"));
 
     // gRPC health and reflection are always registered.
