@@ -44,6 +44,9 @@ impl Lineage<'_> {
     }
 }
 
+/// (row, start, end): a raw value's byte range inside that row's payload.
+type Cell = (u32, u32, u32);
+
 /// Everything bronze saw of one payload field in a batch.
 #[derive(Debug, Default, Clone)]
 pub struct FieldCells {
@@ -54,7 +57,7 @@ pub struct FieldCells {
     /// Where the field was first seen in the batch (file:line or topic/partition@offset).
     pub first_lineage: String,
     /// (row, start, end): the raw value's byte range inside that row's payload.
-    pub(crate) cells: Vec<(u32, u32, u32)>,
+    pub(crate) cells: Vec<Cell>,
     /// The first string values (raw JSON text), for timestamp inference.
     pub string_samples: Vec<String>,
 }
@@ -198,7 +201,7 @@ impl BronzeRows {
             return Ok(built);
         }
         let n = self.len;
-        let mut extra: Vec<Vec<(String, (u32, u32, u32))>> = vec![Vec::new(); n];
+        let mut extra: Vec<Vec<(String, Cell)>> = vec![Vec::new(); n];
         let mut typed: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
         for (name, t) in &schema.columns {
             let Some(cells) = self.fields.get(name) else {

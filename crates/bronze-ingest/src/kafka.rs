@@ -424,7 +424,7 @@ impl KafkaIngest {
             let prepared = match crate::schema::prepare(&mut out.table, out.mode, &out.hints, rows)? {
                 crate::schema::Step::Ready(p) => p,
                 crate::schema::Step::Stop(message) => {
-                    crate::schema::stopped(&self.region, &out.table.name, &message);
+                    tributary_core::event_log::flow_stopped(STAGE, &self.region, &out.table.name, &message);
                     out.stopped = Some(message);
                     continue;
                 }

@@ -314,7 +314,7 @@ impl BronzeIngest {
             match schema::prepare(&mut f.table, f.mode, &f.hints, rows)? {
                 schema::Step::Ready(p) => p,
                 schema::Step::Stop(message) => {
-                    schema::stopped(&self.region, &f.table.name, &message);
+                    tributary_core::event_log::flow_stopped(STAGE, &self.region, &f.table.name, &message);
                     f.stopped = Some(message);
                     return Ok(0);
                 }

@@ -32,7 +32,10 @@ pub const PROP_MODE: &str = "tributary.schema.mode";
 
 /// Columns a payload field may never become (bronze's own columns, compared case-insensitively).
 pub fn reserved(name: &str) -> bool {
-    tributary_delta::schemas::bronze().fields().iter().any(|f| f.name().eq_ignore_ascii_case(name))
+    static NAMES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        tributary_delta::schemas::bronze().fields().iter().map(|f| f.name().to_ascii_lowercase()).collect()
+    });
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,7 +464,7 @@ pub struct Prepared {
 }
 
 pub enum Step {
-    Ready(Prepared),
+    Ready(Box<Prepared>),
     /// `failOnNewColumns` met a new field: the message; nothing may be committed.
     Stop(String),
 }
@@ -509,7 +512,7 @@ pub fn prepare(table: &mut Table, mode: Mode, hints: &[(String, FieldType)], row
     let n = rows.len() as u64;
     let built = rows.finish(&decision.schema, mode)?;
     findings.extend(built.type_changes);
-    Ok(Step::Ready(Prepared {
+    Ok(Step::Ready(Box::new(Prepared {
         batches: built.batches,
         metadata,
         decision,
@@ -518,7 +521,7 @@ pub fn prepare(table: &mut Table, mode: Mode, hints: &[(String, FieldType)], row
         stats,
         rows: n,
         rescued_values: built.rescued_values,
-    }))
+    })))
 }
 
 /// After the batch committed: schema_change and drift records, metrics.
@@ -539,11 +542,6 @@ pub fn committed(region: &str, table: &str, p: &Prepared, drift: &mut DriftTrack
     let mut findings = p.findings.clone();
     findings.extend(drift.observe(p.rows, lines, malformed, &p.stats));
     report(region, table, &findings);
-}
-
-/// Records a stopped source.
-pub fn stopped(region: &str, table: &str, message: &str) {
-    emit(Level::Error, crate::STAGE, region, table, "error", serde_json::json!({"message": message, "stopped": true}));
 }
 
 /// Records findings in the event log and the drift metric.

@@ -112,6 +112,12 @@ pub fn emit(level: Level, stage: &str, region: &str, table: &str, event_type: &'
     record(LogEvent::new(level, stage, region, table, event_type, details));
 }
 
+/// Records that one table's flow stopped (a `fail` expectation, `failOnNewColumns`): it stays
+/// stopped until the service restarts, the stage's other flows go on.
+pub fn flow_stopped(stage: &str, region: &str, table: &str, message: &str) {
+    emit(Level::Error, stage, region, table, "error", serde_json::json!({"message": message, "stopped": true}));
+}
+
 /// Waits until every record made so far has been written (or the writer gave up on them).
 pub async fn flush() {
     let tx = SINK.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -122,7 +122,7 @@ fn to_batch(pipeline: &str, events: &[LogEvent]) -> Result<RecordBatch> {
         table.append_value(&e.table);
         ty.append_value(e.event_type);
         details.append_value(e.details.to_string());
-        date.append_value(tributary_events_date(e.timestamp_us));
+        date.append_value(tributary_events::date_of_micros(e.timestamp_us));
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(id.finish()),
@@ -138,8 +138,4 @@ fn to_batch(pipeline: &str, events: &[LogEvent]) -> Result<RecordBatch> {
     ];
     RecordBatch::try_new(schemas::event_log(), cols)
         .map_err(|e| Error::internal("building event log batch").with_source(e))
-}
-
-fn tributary_events_date(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
 }

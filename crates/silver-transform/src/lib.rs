@@ -12,7 +12,7 @@
 pub mod expectations;
 pub mod transform;
 
-use deltalake::arrow::array::{Array, RecordBatch, StringArray};
+use deltalake::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,8 +42,9 @@ struct Flow {
 
 /// What expectations did to one batch.
 enum Judged {
-    /// Rows dropped (the quarantined ones went to `q`).
-    Applied { dropped: u64 },
+    /// Rows dropped (the quarantined ones went to `q`); the batch the rules were evaluated on,
+    /// filtered to the kept rows, when there were rules (so it is not built twice).
+    Applied { dropped: u64, kept: Option<RecordBatch> },
     /// A `fail` expectation failed: the message; nothing of the batch may be committed.
     Stop(String),
 }
@@ -193,7 +194,7 @@ impl SilverTransform {
     ) -> Result<Judged> {
         let f = &self.flows[i];
         if f.expectations.is_empty() || out.is_empty() {
-            return Ok(Judged::Applied { dropped: 0 });
+            return Ok(Judged::Applied { dropped: 0, kept: None });
         }
         let table = f.output.name.clone();
         let batch = out.to_batch()?;
@@ -243,6 +244,8 @@ impl SilverTransform {
                 input.1
             )));
         }
+        let kept = deltalake::arrow::compute::filter_record_batch(&batch, &BooleanArray::from(verdict.keep.clone()))
+            .map_err(|e| Error::internal(format!("filtering {table}")).with_source(e))?;
         let removed = out.retain(&verdict.keep);
         let kept_quarantine: Vec<Option<usize>> =
             verdict.quarantined_by.iter().zip(&verdict.keep).filter(|(_, k)| !**k).map(|(q, _)| *q).collect();
@@ -267,7 +270,7 @@ impl SilverTransform {
                 None => dropped += 1,
             }
         }
-        Ok(Judged::Applied { dropped })
+        Ok(Judged::Applied { dropped, kept: Some(kept) })
     }
 
     async fn run_flow(&mut self, i: usize) -> Result<u64> {
@@ -311,17 +314,10 @@ impl SilverTransform {
                 out.push(row);
             }
         }
-        let dropped = match self.judge(i, &mut out, &mut batch_ids, &mut q, (pos + 1, up_to), true)? {
-            Judged::Applied { dropped } => dropped,
+        let (dropped, judged) = match self.judge(i, &mut out, &mut batch_ids, &mut q, (pos + 1, up_to), true)? {
+            Judged::Applied { dropped, kept } => (dropped, kept),
             Judged::Stop(message) => {
-                event_log::emit(
-                    Level::Error,
-                    STAGE,
-                    &self.region,
-                    &self.flows[i].output.name,
-                    "error",
-                    serde_json::json!({"message": message, "stopped": true}),
-                );
+                event_log::flow_stopped(STAGE, &self.region, &self.flows[i].output.name, &message);
                 self.flows[i].stopped = Some(message);
                 return Ok(0);
             }
@@ -340,7 +336,10 @@ impl SilverTransform {
             serde_json::json!({"input_from": pos + 1, "input_to": up_to, "input_rows": input_rows, "written": written,
                                "quarantined": quarantined, "duplicates": duplicates, "dropped": dropped}),
         )]);
-        let batches = out.finish()?;
+        let batches = match judged {
+            Some(b) => vec![b],
+            None => out.finish()?,
+        };
         let adds = self.flows[i].output.write_files(&batches).await?;
         fault::point("silver.before_commit");
         let version = self.flows[i]
