@@ -206,30 +206,46 @@ fn gold_counts(batches: &[RecordBatch], region: &str) -> Result<BTreeMap<String,
     Ok(m)
 }
 
-/// (region|customer|sku|hour -> (exact dbu text, events)) from a billing table.
-fn gold_billing(batches: &[RecordBatch], region: &str) -> Result<BTreeMap<String, (String, u64)>> {
-    let mut m = BTreeMap::new();
+/// (region|customer|sku|window -> (exact dbu text, events)) from a billing table: window and
+/// adjustment rows summed (the invoice); at most one `window` row per key.
+pub fn gold_billing(batches: &[RecordBatch], region: &str) -> Result<BTreeMap<String, (String, u64)>> {
+    let mut m: BTreeMap<String, (i128, u64)> = BTreeMap::new();
+    let mut windows = BTreeSet::new();
     for b in batches {
-        let (r, c, k, t, d, n) = (
+        let (r, c, k, t, d, n, ty) = (
             strs(b, "region")?,
             strs(b, "customer_id")?,
             strs(b, "sku")?,
             times(b, "window_start")?,
             decs(b, "dbu")?,
             i64s(b, "event_count")?,
+            strs(b, "record_type")?,
         );
         for i in 0..b.num_rows() {
             if r.value(i) != region {
                 continue;
             }
             let key = format!("{}|{}|{}|{}", r.value(i), c.value(i), k.value(i), ms_rfc3339(t.value(i)));
-            ensure!(
-                m.insert(key.clone(), (dec_text(d.value(i)), n.value(i) as u64)).is_none(),
-                "duplicate billing row {key}"
-            );
+            if ty.value(i) == "window" {
+                ensure!(windows.insert(key.clone()), "duplicate billing window row {key}");
+            }
+            let e = m.entry(key).or_insert((0, 0));
+            e.0 += d.value(i);
+            e.1 += n.value(i) as u64;
         }
     }
-    Ok(m)
+    Ok(m.into_iter().map(|(k, (d, n))| (k, (dec_text(d), n))).collect())
+}
+
+/// Rolls a truth map keyed "region|a|b|<RFC 3339 window start>" up to windows of `unit_us`.
+fn roll_up<V: Copy + std::ops::AddAssign + Default>(m: &BTreeMap<String, V>, unit_us: i64) -> BTreeMap<String, V> {
+    let mut out = BTreeMap::new();
+    for (k, v) in m {
+        let (head, t) = k.rsplit_once('|').unwrap_or(("", k));
+        let us = chrono::DateTime::parse_from_rfc3339(t).map(|t| t.timestamp_micros()).unwrap_or(0);
+        *out.entry(format!("{head}|{}", ms_rfc3339(us.div_euclid(unit_us) * unit_us))).or_default() += *v;
+    }
+    out
 }
 
 fn sorted_ids(batches: &[RecordBatch], filter: Option<(&str, &str)>) -> Result<Vec<String>> {
@@ -346,6 +362,10 @@ pub async fn verify_against_truth(cfg: &Config, truth: &Truth, truth_dir: &Path)
             gold_billing(&central_billing, region)? == billing,
             "central/billing_usage_hourly for {region} differs from the region's gold"
         );
+    }
+    for region in &cfg.regions {
+        verify_rollups(cfg, truth, region).await?;
+        verify_entities(cfg, region).await?;
     }
     let regions: BTreeSet<String> = counts_by(&central_events, "region")?.into_keys().collect();
     ensure!(regions.iter().all(|r| cfg.regions.contains(r)), "central holds rows of unknown regions: {regions:?}");
@@ -532,4 +552,83 @@ pub async fn bronze_kafka_positions_unique(cfg: &Config, region: &str) -> Result
         }
     }
     Ok(n)
+}
+
+/// Hourly and daily counts and daily billing: the truth's minute and hourly figures rolled up.
+async fn verify_rollups(cfg: &Config, truth: &Truth, region: &str) -> Result<()> {
+    let minute: BTreeMap<String, u64> =
+        truth.event_counts_minute.iter().filter(|(k, _)| k.starts_with(&format!("{region}|"))).map(|(k, v)| (k.clone(), *v)).collect();
+    for (kind, unit) in [(GoldKind::EventCountsHourly, 3_600_000_000i64), (GoldKind::EventCountsDaily, 86_400_000_000)] {
+        let got = gold_counts(&read(&gold_aggregate::table_location(cfg, region, kind)).await?, region)?;
+        ensure!(got == roll_up(&minute, unit), "{region}/gold/{} differs from the truth rolled up", kind.table_name());
+    }
+    let mut hourly: BTreeMap<String, (rust_decimal::Decimal, u64)> = BTreeMap::new();
+    for (k, v) in truth.billing_hourly.iter().filter(|(k, _)| k.starts_with(&format!("{region}|"))) {
+        let d: rust_decimal::Decimal = v.parse()?;
+        hourly.insert(k.clone(), (d, truth.billing_hourly_events.get(k).copied().unwrap_or(0)));
+    }
+    let mut daily: BTreeMap<String, (rust_decimal::Decimal, u64)> = BTreeMap::new();
+    for (k, (d, n)) in hourly {
+        let rolled = roll_up(&BTreeMap::from([(k, 0u64)]), 86_400_000_000);
+        let key = rolled.into_keys().next().unwrap_or_default();
+        let e = daily.entry(key).or_default();
+        e.0 += d;
+        e.1 += n;
+    }
+    let want: BTreeMap<String, (String, u64)> =
+        daily.into_iter().map(|(k, (d, n))| (k, (d.normalize().to_string(), n))).collect();
+    let got = gold_billing(&read(&gold_aggregate::table_location(cfg, region, GoldKind::BillingDaily)).await?, region)?;
+    ensure!(got == want, "{region}/gold/billing_usage_daily differs from the truth rolled up");
+    Ok(())
+}
+
+/// The entity tables against an independent reading of silver: per key, the change with the
+/// greatest (sequence, event_id) is the current row unless it is a delete; history holds every
+/// change with a non-NULL key and sequence, each ending where the key's next one starts.
+async fn verify_entities(cfg: &Config, region: &str) -> Result<()> {
+    use silver_transform::entities::{current_location, history_location};
+    for e in &cfg.silver.entities {
+        let silver = read(&silver_transform::table_location(cfg, region, &e.source)).await?;
+        let mut best: BTreeMap<String, (i64, String, bool)> = BTreeMap::new();
+        let mut changes = 0usize;
+        for b in &silver {
+            let keys = strs(b, &e.keys[0])?;
+            let ids = strs(b, "event_id")?;
+            let seq: Vec<Option<i64>> = match b.column_by_name(&e.sequence_by).map(|c| c.data_type().clone()) {
+                Some(deltalake::arrow::datatypes::DataType::Int64) => {
+                    let a = i64s(b, &e.sequence_by)?;
+                    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
+                }
+                _ => {
+                    let a = times(b, &e.sequence_by)?;
+                    (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
+                }
+            };
+            let state = b.column_by_name("state").map(|_| strs(b, "state")).transpose()?;
+            for i in 0..b.num_rows() {
+                let (Some(s), true) = (seq[i], keys.is_valid(i)) else { continue };
+                changes += 1;
+                let deleted = e.delete_when.is_some() && state.as_ref().is_some_and(|st| st.is_valid(i) && st.value(i) == "DELETED");
+                let cand = (s, ids.value(i).to_string(), deleted);
+                let entry = best.entry(keys.value(i).to_string()).or_insert(cand.clone());
+                if (cand.0, &cand.1) > (entry.0, &entry.1) {
+                    *entry = cand;
+                }
+            }
+        }
+        let want: BTreeMap<String, String> =
+            best.into_iter().filter(|(_, v)| !v.2).map(|(k, v)| (k, v.1)).collect();
+        let cur = read(&current_location(cfg, region, &e.name)).await?;
+        let hist = read(&history_location(cfg, region, &e.name)).await?;
+        let snap = silver_transform::entities::snapshot(&hist, &cur, &e.keys)?;
+        ensure!(snap.current == want, "{region}/silver/{}: current state differs from silver's latest changes", e.name);
+        ensure!(
+            snap.history.len() == changes,
+            "{region}/silver/{}_history: {} rows, silver has {changes} changes",
+            e.name,
+            snap.history.len()
+        );
+        ensure!(changes > 0, "{region}/silver/{}: no changes at all; the check proves nothing", e.name);
+    }
+    Ok(())
 }

@@ -83,7 +83,7 @@ impl CentralFederator {
         )
         .await?;
         let mut gold = Vec::new();
-        for kind in [GoldKind::EventCounts, GoldKind::Billing] {
+        for kind in GoldKind::ALL {
             let t = Table::open_or_create(
                 &format!("central/{}", kind.table_name()),
                 &gold_location(&cfg, kind),
@@ -114,7 +114,7 @@ impl CentralFederator {
                         )
                     })
                     .collect(),
-                gold: [GoldKind::EventCounts, GoldKind::Billing]
+                gold: GoldKind::ALL
                     .into_iter()
                     .map(|k| {
                         (

@@ -109,6 +109,69 @@ pub struct SilverConfig {
     pub max_versions_per_batch: usize,
     /// Data-quality expectations, evaluated on every batch of the silver table they name.
     pub expectations: Vec<ExpectationConfig>,
+    /// Exact dedup by (source, event_id) over an event-time horizon, in bounded memory.
+    pub dedup: DedupConfig,
+    /// Entity tables upserted by key with SEQUENCE BY ordering (SCD type 1 and 2).
+    pub entities: Vec<EntityConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// Keys are remembered for this long in event time (behind the flow's max event_time). An
+    /// event older than that cannot be proven new and goes to quarantine
+    /// (`beyond_dedup_horizon`), never silently in or out.
+    pub horizon_days: i64,
+    /// Hash buckets of the on-disk key index (`silver/_dedup/<source>`, one partition each).
+    pub buckets: u32,
+    /// Fixed size of the in-memory Bloom filter in front of the index (MiB). Only keys it may
+    /// hold are looked up on disk; its size, not the key count, bounds memory.
+    pub bloom_mb: u64,
+    /// Memory for index buckets kept loaded between batches (MiB, LRU; 0 = none).
+    pub cache_mb: u64,
+    /// Small files of one bucket merged once there are this many.
+    pub compact_min_files: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self { horizon_days: 30, buckets: 16, bloom_mb: 32, cache_mb: 64, compact_min_files: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// Tables `silver/<name>` (SCD type 1: current state) and `silver/<name>_history` (type 2).
+    pub name: String,
+    /// The silver table (source) the changes come from.
+    pub source: String,
+    /// Key columns.
+    pub keys: Vec<String>,
+    /// The ordering column (an integer or timestamp silver column); ties broken by event_id.
+    pub sequence_by: String,
+    /// `APPLY AS DELETE WHEN`: a boolean SQL expression over the silver row.
+    #[serde(default)]
+    pub delete_when: Option<String>,
+}
+
+pub fn default_entities() -> Vec<EntityConfig> {
+    vec![
+        EntityConfig {
+            name: "job_runs".into(),
+            source: "job".into(),
+            keys: vec!["run_id".into()],
+            sequence_by: "sequence".into(),
+            delete_when: Some("state = 'DELETED'".into()),
+        },
+        EntityConfig {
+            name: "clusters".into(),
+            source: "cluster_metrics".into(),
+            keys: vec!["cluster_id".into()],
+            sequence_by: "event_time".into(),
+            delete_when: None,
+        },
+    ]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -293,7 +356,12 @@ impl Default for BronzeConfig {
 }
 impl Default for SilverConfig {
     fn default() -> Self {
-        Self { max_versions_per_batch: 64, expectations: Vec::new() }
+        Self {
+            max_versions_per_batch: 64,
+            expectations: Vec::new(),
+            dedup: DedupConfig::default(),
+            entities: default_entities(),
+        }
     }
 }
 impl Default for GoldConfig {
@@ -436,6 +504,27 @@ impl Config {
             }
             if e.expr.trim().is_empty() {
                 return bad(format!("expectation {:?} has an empty expression", e.name));
+            }
+        }
+        let dd = &self.silver.dedup;
+        if dd.horizon_days < 1 || dd.buckets == 0 || dd.buckets > 4096 || dd.bloom_mb == 0 || dd.compact_min_files < 2 {
+            return bad(
+                "silver.dedup: horizon_days >= 1, buckets 1..=4096, bloom_mb >= 1 and compact_min_files >= 2".into(),
+            );
+        }
+        let mut entity_names = std::collections::HashSet::new();
+        for e in &self.silver.entities {
+            if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                return bad(format!("silver.entities: name {:?} must be non-empty [a-z0-9_]", e.name));
+            }
+            if !entity_names.insert(&e.name) || SOURCES.contains(&e.name.as_str()) {
+                return bad(format!("silver.entities: name {:?} is used twice or is a source name", e.name));
+            }
+            if !self.bronze.sources.contains(&e.source) {
+                return bad(format!("silver.entities.{}: source {:?} is not a configured source", e.name, e.source));
+            }
+            if e.keys.is_empty() || e.sequence_by.is_empty() {
+                return bad(format!("silver.entities.{}: keys and sequence_by are required", e.name));
             }
         }
         if self.event_log.flush_interval_ms == 0 {

@@ -17,6 +17,8 @@ pub const POINTS: &[&str] = &[
     "silver.before_commit",
     "silver.after_data_commit",
     "silver.after_quarantine_commit",
+    "silver.after_index_commit",
+    "silver.entity_after_history_commit",
     "gold.before_commit",
     "gold.after_commit",
     "federator.before_commit",

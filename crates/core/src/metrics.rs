@@ -55,6 +55,13 @@ pub struct DriftLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatermarkLabels {
+    pub region: String,
+    pub table: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub path: String,
     pub code: String,
@@ -74,6 +81,8 @@ pub struct Metrics {
     pub expectation_rows: Family<ExpectationLabels, Counter>,
     pub drift_events: Family<DriftLabels, Counter>,
     pub schema_version: Family<TableLabels, Gauge>,
+    pub late_events: Family<WatermarkLabels, Counter>,
+    pub watermark: Family<WatermarkLabels, Gauge>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
     status_counters: Mutex<BTreeMap<(String, String, String, String), u64>>,
 }
@@ -99,6 +108,18 @@ impl Metrics {
             let expectation_rows = Family::<ExpectationLabels, Counter>::default();
             let drift_events = Family::<DriftLabels, Counter>::default();
             let schema_version = Family::<TableLabels, Gauge>::default();
+            let late_events = Family::<WatermarkLabels, Counter>::default();
+            let watermark = Family::<WatermarkLabels, Gauge>::default();
+            registry.register(
+                "late_events",
+                "Events that arrived after their window was final (counted, applied as adjustments or late updates)",
+                late_events.clone(),
+            );
+            registry.register(
+                "watermark_unix_seconds",
+                "Event-time watermark per source and region (max committed event_time - allowed lateness)",
+                watermark.clone(),
+            );
             registry.register(
                 "event_log_records",
                 "Records made in the pipeline event log, by type and level",
@@ -153,6 +174,8 @@ impl Metrics {
                 expectation_rows,
                 drift_events,
                 schema_version,
+                late_events,
+                watermark,
                 status_counters: Mutex::new(BTreeMap::new()),
             }
         })
@@ -367,4 +390,16 @@ pub fn stage_counters(stage: &str, region: &str) -> Vec<tributary_proto::v1::Cou
             value,
         })
         .collect()
+}
+
+/// Late events of one gold batch and the source's watermark after it.
+pub fn late_and_watermark(region: &str, table: &str, source: &str, late: u64, watermark_us: Option<i64>) {
+    let m = Metrics::global();
+    let l = WatermarkLabels { region: region.into(), table: table.into(), source: source.into() };
+    if late > 0 {
+        m.late_events.get_or_create(&l).inc_by(late);
+    }
+    if let Some(w) = watermark_us {
+        m.watermark.get_or_create(&l).set(w.div_euclid(1_000_000));
+    }
 }

@@ -88,7 +88,10 @@ pub fn silver(source: &str) -> SchemaRef {
     Arc::new(Schema::new(f))
 }
 
-/// Gold event counts per minute per (region, source, workspace); partitioned by `event_date`.
+/// Gold event counts per window (minute / hour / day tables) per (region, source, workspace);
+/// partitioned by `event_date`. Monitoring output: rows are updated as data arrives (late data
+/// included, counted in `late_events`); `is_final` says the source's watermark has passed the
+/// window's end, `completeness` the fraction of the region's sources whose data has.
 pub fn gold_event_counts() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("window_start", ts(), false),
@@ -97,14 +100,20 @@ pub fn gold_event_counts() -> SchemaRef {
         Field::new("source", DataType::Utf8, false),
         Field::new("workspace_id", DataType::Utf8, false),
         Field::new("event_count", DataType::Int64, false),
+        Field::new("late_events", DataType::Int64, false),
         Field::new("is_final", DataType::Boolean, false),
         Field::new("watermark", ts(), true),
+        Field::new("sources_reported", DataType::Int32, false),
+        Field::new("completeness", DataType::Float64, false),
         Field::new("updated_at", ts(), false),
         Field::new("event_date", DataType::Utf8, false),
     ]))
 }
 
-/// Gold billing usage per (region, customer, sku, hour) with exact decimals.
+/// Gold billing usage per window (hour / day tables) per (region, customer, sku), exact decimals.
+/// Billing output: `record_type = 'window'` rows are provisional until the billing watermark
+/// passes the window's end, then final and never rewritten; events later than that become
+/// `record_type = 'adjustment'` rows (final at once) with the `reason`. Invoice = sum of both.
 pub fn gold_billing() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("window_start", ts(), false),
@@ -114,6 +123,8 @@ pub fn gold_billing() -> SchemaRef {
         Field::new("sku", DataType::Utf8, false),
         Field::new("dbu", decimal(), false),
         Field::new("event_count", DataType::Int64, false),
+        Field::new("record_type", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
         Field::new("is_final", DataType::Boolean, false),
         Field::new("watermark", ts(), true),
         Field::new("updated_at", ts(), false),

@@ -332,6 +332,26 @@ impl Table {
         Ok(out)
     }
 
+    /// The application metadata `key` of the commitInfo of `version`, if any.
+    pub async fn commit_metadata(&self, version: i64, key: &str) -> Result<Option<Value>> {
+        if version < 0 {
+            return Ok(None);
+        }
+        let bytes = self
+            .table
+            .log_store()
+            .read_commit_entry(version as u64)
+            .await
+            .map_err(|e| delta_err(format!("reading version {version} of {}", self.name), e))?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+            .map_err(|e| delta_err(format!("parsing version {version} of {}", self.name), e))?;
+        Ok(actions.into_iter().find_map(|a| match a {
+            Action::CommitInfo(ci) => ci.info.get(key).cloned(),
+            _ => None,
+        }))
+    }
+
     /// Files of the loaded snapshot.
     pub fn files(&self) -> Result<Vec<FileRef>> {
         let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;

@@ -134,7 +134,9 @@ fn build_line(
         "job" => {
             m.insert("job_id".into(), format!("job-{}", rng.below(200)).into());
             m.insert("run_id".into(), format!("run-{}", rng.below(5000)).into());
-            m.insert("state".into(), (*rng.pick(STATES)).into());
+            // A few runs are deleted (the entity tables apply them as deletes).
+            let state = if rng.pct(3.0) { "DELETED" } else { *rng.pick(STATES) };
+            m.insert("state".into(), state.into());
             m.insert("sequence".into(), (rng.below(8) + 1).into());
             m.insert("duration_ms".into(), rng.below(3_600_000).into());
         }

@@ -1,21 +1,28 @@
 //! gold-aggregate: silver → gold windows, per region.
 //!
-//! Two outputs, each exactly once on its own: `gold/event_counts_minute` (events per minute per
-//! region, source, workspace; inputs: every silver table) and `gold/billing_usage_hourly` (exact
-//! DBU per customer, sku and hour; input: silver billing). Windows are additive: new silver rows
-//! become deltas that are merged into the affected `event_date` partitions, which are rewritten
-//! (remove old file + add new) in one commit together with `txn(<pipeline>/gold/<region>/<output>/
-//! silver/<source>, silver version)` for each input that advanced. Rows carry the watermark
-//! (max committed event_time − allowed lateness) they were computed at and `is_final` =
-//! window end ≤ watermark. A late event still updates its window (adjustment rows come with the
-//! CAP issue).
+//! Outputs (each exactly once on its own, `txn(<pipeline>/gold/<region>/<output>/silver/<source>,
+//! silver version)` per input that advanced):
+//! - monitoring (availability): `gold/event_counts_{minute,hourly,daily}` — events per window per
+//!   (region, source, workspace), updated as data arrives, late data included (and counted in
+//!   `late_events`); `is_final` once the source's watermark passed the window end;
+//!   `sources_reported`/`completeness`: how many of the region's sources have data past it.
+//! - billing (consistency): `gold/billing_usage_{hourly,daily}` — exact DBU per (customer, sku,
+//!   window). Window rows are provisional until the billing watermark passes the window end; then
+//!   they are written once into files that are never removed. A later event never rewrites a final
+//!   row: it becomes an `adjustment` row (window, DBU, count, reason), final at once.
+//!
+//! Watermarks are per source and region: max committed event_time − `gold.allowed_lateness_secs`,
+//! kept in the output table's properties (`tributary.max_event_time`) in the same commit as the
+//! rows computed with them, so they advance only on committed data and survive restarts. Each
+//! source has its own watermark, so an idle source holds back only its own windows.
 
 pub mod window;
 
 use deltalake::arrow::array::RecordBatch;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
+use tributary_core::event_log::{self, Level};
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
@@ -24,6 +31,7 @@ use tributary_proto::v1::{InputPosition, StageStatus};
 use window::{GoldKind, WindowState};
 
 pub const STAGE: &str = "gold";
+const MAX_EVENT_TIME_PROPERTY: &str = "tributary.max_event_time";
 
 struct Input {
     source: String,
@@ -37,7 +45,8 @@ struct Flow {
     kind: GoldKind,
     output: Table,
     inputs: Vec<Input>,
-    watermark_us: Option<i64>,
+    /// Max committed event_time per source (µs).
+    max_event_time: BTreeMap<String, i64>,
 }
 
 pub struct GoldAggregate {
@@ -50,10 +59,24 @@ pub fn table_location(cfg: &Config, region: &str, kind: GoldKind) -> String {
     cfg.region_table(region, &format!("gold/{}", kind.table_name()))
 }
 
+/// Per-source watermarks (µs) from max event times.
+pub fn watermarks(max_event_time: &BTreeMap<String, i64>, lateness_us: i64) -> BTreeMap<String, i64> {
+    max_event_time.iter().map(|(s, m)| (s.clone(), m - lateness_us)).collect()
+}
+
+/// The per-source max event times recorded in a gold table's properties.
+pub fn recorded_max_event_time(t: &Table) -> Result<BTreeMap<String, i64>> {
+    match t.properties()?.get(MAX_EVENT_TIME_PROPERTY) {
+        Some(v) => serde_json::from_str(v)
+            .map_err(|e| Error::internal(format!("{}: bad {MAX_EVENT_TIME_PROPERTY} property", t.name)).with_source(e)),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
 impl GoldAggregate {
     pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
         let mut flows = Vec::new();
-        for kind in [GoldKind::EventCounts, GoldKind::Billing] {
+        for kind in GoldKind::ALL {
             let output = Table::open_or_create(
                 &format!("gold/{}", kind.table_name()),
                 &table_location(&cfg, region, kind),
@@ -61,9 +84,10 @@ impl GoldAggregate {
                 schemas::GOLD_PARTITIONS,
             )
             .await?;
-            let sources: Vec<String> = match kind {
-                GoldKind::EventCounts => cfg.bronze.sources.clone(),
-                GoldKind::Billing => cfg.bronze.sources.iter().filter(|s| *s == "billing").cloned().collect(),
+            let sources: Vec<String> = if kind.is_billing() {
+                cfg.bronze.sources.iter().filter(|s| *s == "billing").cloned().collect()
+            } else {
+                cfg.bronze.sources.clone()
             };
             let inputs = sources
                 .into_iter()
@@ -75,7 +99,7 @@ impl GoldAggregate {
                     pos: -1,
                 })
                 .collect();
-            flows.push(Flow { kind, output, inputs, watermark_us: None });
+            flows.push(Flow { kind, output, inputs, max_event_time: BTreeMap::new() });
         }
         let mut me = Self { cfg, region: region.into(), flows };
         me.recover().await?;
@@ -107,32 +131,36 @@ impl GoldAggregate {
         }
         let expected: Vec<(&str, i64)> = flow.inputs.iter().map(|i| (i.app_id.as_str(), i.pos)).collect();
         flow.output.expect_positions(&expected, -1).await?;
+        let old_wm = watermarks(&flow.max_event_time, lateness_us);
         let mut state = WindowState::new(flow.kind, &region);
         let mut input_rows = 0u64;
         for (ii, up_to) in &plan {
             let input = &flow.inputs[*ii];
             let t = input.table.as_ref().ok_or_else(|| Error::internal("input not open"))?;
+            let wm = old_wm.get(&input.source).copied();
             for (_, adds) in t.changes(input.pos, *up_to).await? {
                 for b in t.read_adds(&adds).await? {
-                    input_rows += state.add_silver(&input.source, &b)?;
+                    input_rows += state.add_silver(&input.source, &b, wm)?;
                 }
             }
         }
-        let old_wm = flow.watermark_us;
-        let new_wm = match (old_wm, state.max_event_time_us()) {
-            (Some(o), Some(m)) => Some(o.max(m - lateness_us)),
-            (None, Some(m)) => Some(m - lateness_us),
-            (o, None) => o,
-        };
-        // Partitions to rewrite: those with new data, plus those where windows may have become
-        // final because the watermark advanced.
+        let mut new_max = flow.max_event_time.clone();
+        for (s, m) in &state.max_event_time {
+            let e = new_max.entry(s.clone()).or_insert(*m);
+            *e = (*e).max(*m);
+        }
+        let new_wm = watermarks(&new_max, lateness_us);
+        // Partitions to rewrite: those with new data, plus those whose windows may have become
+        // final or more complete because a source's max event time advanced.
+        let w = flow.kind.window_us();
         let mut dates: BTreeSet<String> = state.dates();
+        let changed: Vec<&String> =
+            new_max.iter().filter(|(s, m)| flow.max_event_time.get(*s) != Some(*m)).map(|(s, _)| s).collect();
         let existing: Vec<tributary_delta::FileRef> = flow.output.files()?;
-        if let Some(nw) = new_wm
-            && old_wm != Some(nw)
-        {
-            let lo = tributary_events::date_of_micros(old_wm.unwrap_or(i64::MIN / 2).max(0) - 3_600_000_000);
-            let hi = tributary_events::date_of_micros(nw);
+        if !changed.is_empty() {
+            let lo_us = changed.iter().map(|s| old_wm.get(*s).copied().unwrap_or(i64::MIN / 4)).min().unwrap_or(0) - w;
+            let lo = tributary_events::date_of_micros(lo_us.max(0));
+            let hi = tributary_events::date_of_micros(new_max.values().copied().max().unwrap_or(0));
             for f in &existing {
                 if let Some(Some(d)) = f.partition_values.get("event_date")
                     && d.as_str() >= lo.as_str()
@@ -148,31 +176,80 @@ impl GoldAggregate {
             if let Some(Some(d)) = f.partition_values.get("event_date")
                 && dates.contains(d)
             {
+                let rows = flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?;
+                // Billing: files of final rows are immutable — never removed or rewritten.
+                if flow.kind.is_billing() && window::all_final(&rows)? {
+                    continue;
+                }
                 old_files.insert(f.path.clone());
-                current.extend(flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?);
+                current.extend(rows);
             }
         }
         let now_us = tributary_core::now_ms() * 1000;
-        let batches = state.merge_into(&current, &dates, new_wm, now_us)?;
-        let written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let adds = flow.output.write_files(&batches).await?;
+        let sources: Vec<String> = flow.inputs.iter().map(|i| i.source.clone()).collect();
+        let mut adds = Vec::new();
+        let mut written = 0u64;
+        if flow.kind.is_billing() {
+            let src = sources.first().cloned().unwrap_or_default();
+            let (fin, prov) =
+                state.merge_billing(&current, &dates, new_wm.get(&src).copied(), old_wm.get(&src).copied(), now_us)?;
+            // Two writes: final rows never share a file with provisional ones.
+            for b in [fin, prov].into_iter().flatten() {
+                written += b.num_rows() as u64;
+                adds.extend(flow.output.write_files(&[b]).await?);
+            }
+        } else {
+            let batches = state.merge_counts(&current, &dates, &new_wm, &sources, now_us)?;
+            written = batches.iter().map(|b| b.num_rows() as u64).sum();
+            adds = flow.output.write_files(&batches).await?;
+        }
         let mut actions = flow.output.remove_actions(&old_files)?;
         actions.extend(adds.into_iter().map(Action::Add));
+        let recorded = serde_json::to_string(&new_max).map_err(|e| Error::internal("watermark state").with_source(e))?;
+        if flow.output.properties()?.get(MAX_EVENT_TIME_PROPERTY) != Some(&recorded) {
+            actions.push(flow.output.evolve(&[], &[(MAX_EVENT_TIME_PROPERTY.to_string(), recorded)])?);
+        }
         let txns: Vec<_> = plan.iter().map(|(ii, up_to)| txn(&flow.inputs[*ii].app_id, *up_to)).collect();
+        let late = state.late_events();
         let meta = HashMap::from([(
             "tributary.gold".to_string(),
             serde_json::json!({"input_rows": input_rows, "partitions": dates.len(), "rows_written": written,
-                               "watermark_us": new_wm}),
+                               "late_events": late, "watermarks_us": new_wm}),
         )]);
         fault::point("gold.before_commit");
         let version = flow.output.commit(actions, txns, meta, 0).await?;
         fault::point("gold.after_commit");
-        flow.output.notice(STAGE, &region, version, written, state.max_event_time_us().unwrap_or(0) / 1000);
+        let name = flow.output.name.clone();
+        flow.output.notice(STAGE, &region, version, written, new_max.values().copied().max().unwrap_or(0) / 1000);
         for (ii, up_to) in &plan {
             flow.inputs[*ii].pos = *up_to;
         }
-        flow.watermark_us = new_wm;
-        let name = flow.output.name.clone();
+        flow.max_event_time = new_max;
+        for s in &sources {
+            let late_s: i64 = state.late.iter().filter(|(k, _)| flow.kind.is_billing() || k.1 == *s).map(|(_, a)| a.late).sum();
+            tributary_core::metrics::late_and_watermark(&region, &name, s, late_s as u64, new_wm.get(s).copied());
+        }
+        if late > 0 {
+            let windows: Vec<serde_json::Value> = state
+                .late
+                .iter()
+                .take(50)
+                .map(|(k, a)| {
+                    serde_json::json!({"window_start_us": k.0, "key": [k.1, k.2], "events": a.count,
+                                       "dbu_scale9": a.dbu.to_string()})
+                })
+                .collect();
+            event_log::emit(
+                Level::Warn,
+                STAGE,
+                &region,
+                &name,
+                "late_events",
+                serde_json::json!({"events": late, "windows": state.late.len(), "version": version,
+                                   "handling": if flow.kind.is_billing() { "adjustment rows" } else { "window updated, counted in late_events" },
+                                   "watermarks_us": watermarks(&flow.max_event_time, lateness_us), "first_windows": windows}),
+            );
+        }
         BatchCommitted {
             stage: STAGE,
             region: &region,
@@ -216,29 +293,7 @@ impl Stage for GoldAggregate {
             for input in &mut flow.inputs {
                 input.pos = flow.output.txn_version(&input.app_id).await?.unwrap_or(-1);
             }
-            // The watermark is the largest one any committed row was computed at. Statistics are
-            // millisecond-truncated, so the exact value is read from the files that hold the max.
-            let files = flow.output.files()?;
-            let per_file: Vec<(i64, &tributary_delta::FileRef)> = files
-                .iter()
-                .filter_map(|f| {
-                    f.stats
-                        .as_deref()
-                        .and_then(|s| tributary_delta::max_time_from_stats(s, "watermark"))
-                        .map(|ms| (ms, f))
-                })
-                .collect();
-            let mut wm: Option<i64> = None;
-            if let Some(max_ms) = per_file.iter().map(|(ms, _)| *ms).max() {
-                for (ms, f) in per_file.iter().filter(|(ms, _)| *ms == max_ms) {
-                    let _ = ms;
-                    let rows = flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?;
-                    if let Some(w) = window::max_watermark(&rows)? {
-                        wm = Some(wm.map_or(w, |x: i64| x.max(w)));
-                    }
-                }
-            }
-            flow.watermark_us = wm;
+            flow.max_event_time = recorded_max_event_time(&flow.output)?;
         }
         Ok(())
     }

@@ -1,8 +1,12 @@
-//! Pure window logic: silver rows → additive deltas → merged gold rows.
+//! Pure window logic: silver rows → additive deltas → gold rows.
+//!
+//! Watermarks are per source (the region is the process): `max committed event_time −
+//! allowed lateness`. An event is *late* when its window had already ended at or before its
+//! source's watermark as of the previous commit (the window was final when it arrived).
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BooleanArray, Decimal128Array, Decimal128Builder, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Decimal128Builder, Float64Array, Int32Array, Int64Array,
+    RecordBatch, StringArray, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::datatypes::SchemaRef;
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,49 +17,74 @@ use tributary_events::contract::{DECIMAL_PRECISION, DECIMAL_SCALE};
 
 pub const MINUTE_US: i64 = 60_000_000;
 pub const HOUR_US: i64 = 3_600_000_000;
+pub const DAY_US: i64 = 86_400_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoldKind {
+    /// Event counts per minute.
     EventCounts,
+    EventCountsHourly,
+    EventCountsDaily,
+    /// Billing usage per hour.
     Billing,
+    BillingDaily,
 }
 
 impl GoldKind {
+    pub const ALL: [GoldKind; 5] =
+        [Self::EventCounts, Self::EventCountsHourly, Self::EventCountsDaily, Self::Billing, Self::BillingDaily];
+
     pub fn table_name(self) -> &'static str {
         match self {
-            GoldKind::EventCounts => "event_counts_minute",
-            GoldKind::Billing => "billing_usage_hourly",
+            Self::EventCounts => "event_counts_minute",
+            Self::EventCountsHourly => "event_counts_hourly",
+            Self::EventCountsDaily => "event_counts_daily",
+            Self::Billing => "billing_usage_hourly",
+            Self::BillingDaily => "billing_usage_daily",
         }
     }
+    pub fn is_billing(self) -> bool {
+        matches!(self, Self::Billing | Self::BillingDaily)
+    }
     pub fn schema(self) -> SchemaRef {
-        match self {
-            GoldKind::EventCounts => schemas::gold_event_counts(),
-            GoldKind::Billing => schemas::gold_billing(),
-        }
+        if self.is_billing() { schemas::gold_billing() } else { schemas::gold_event_counts() }
     }
     pub fn window_us(self) -> i64 {
         match self {
-            GoldKind::EventCounts => MINUTE_US,
-            GoldKind::Billing => HOUR_US,
+            Self::EventCounts => MINUTE_US,
+            Self::EventCountsHourly | Self::Billing => HOUR_US,
+            Self::EventCountsDaily | Self::BillingDaily => DAY_US,
         }
     }
 }
 
 /// (window_start_us, a, b): counts → (source, workspace); billing → (customer, sku).
-type Key = (i64, String, String);
+pub type Key = (i64, String, String);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Agg {
     pub count: i64,
     /// Exact DBU at scale 9 (billing only).
     pub dbu: i128,
+    /// Of `count`: events that arrived after their window was final.
+    pub late: i64,
 }
 
+impl Agg {
+    fn add(&mut self, o: &Agg) {
+        self.count += o.count;
+        self.dbu += o.dbu;
+        self.late += o.late;
+    }
+}
+
+/// One batch's contribution: per window key, on time and late, and the max event_time per source.
 pub struct WindowState {
     kind: GoldKind,
     region: String,
-    deltas: BTreeMap<Key, Agg>,
-    max_event_time: Option<i64>,
+    pub on_time: BTreeMap<Key, Agg>,
+    pub late: BTreeMap<Key, Agg>,
+    pub max_event_time: BTreeMap<String, i64>,
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
@@ -70,88 +99,181 @@ fn opt(a: &StringArray, i: usize) -> String {
 
 impl WindowState {
     pub fn new(kind: GoldKind, region: &str) -> Self {
-        Self { kind, region: region.into(), deltas: BTreeMap::new(), max_event_time: None }
+        Self {
+            kind,
+            region: region.into(),
+            on_time: BTreeMap::new(),
+            late: BTreeMap::new(),
+            max_event_time: BTreeMap::new(),
+        }
     }
 
-    /// Adds a silver batch; returns rows consumed.
-    pub fn add_silver(&mut self, source: &str, b: &RecordBatch) -> Result<u64> {
+    /// Adds a silver batch of `source`, whose watermark before this batch was `watermark`;
+    /// returns rows consumed.
+    pub fn add_silver(&mut self, source: &str, b: &RecordBatch, watermark: Option<i64>) -> Result<u64> {
         let times: &TimestampMicrosecondArray = col(b, "event_time")?;
         let w = self.kind.window_us();
-        match self.kind {
-            GoldKind::EventCounts => {
-                let ws: &StringArray = col(b, "workspace_id")?;
-                for i in 0..b.num_rows() {
-                    let t = times.value(i);
-                    self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
-                    let e = self.deltas.entry((t.div_euclid(w) * w, source.to_string(), opt(ws, i))).or_default();
-                    e.count += 1;
-                }
-            }
-            GoldKind::Billing => {
-                let cust: &StringArray = col(b, "customer_id")?;
-                let sku: &StringArray = col(b, "sku")?;
-                let dbu: &Decimal128Array = col(b, "dbu")?;
-                for i in 0..b.num_rows() {
-                    let t = times.value(i);
-                    self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
-                    let e = self.deltas.entry((t.div_euclid(w) * w, opt(cust, i), opt(sku, i))).or_default();
-                    e.count += 1;
-                    e.dbu += dbu.value(i);
-                }
+        let (a, c): (Option<&StringArray>, &StringArray) = if self.kind.is_billing() {
+            (Some(col(b, "customer_id")?), col(b, "sku")?)
+        } else {
+            (None, col(b, "workspace_id")?)
+        };
+        let dbu: Option<&Decimal128Array> = if self.kind.is_billing() { Some(col(b, "dbu")?) } else { None };
+        for i in 0..b.num_rows() {
+            let t = times.value(i);
+            let m = self.max_event_time.entry(source.to_string()).or_insert(t);
+            *m = (*m).max(t);
+            let start = t.div_euclid(w) * w;
+            let key = (start, a.map_or_else(|| source.to_string(), |a| opt(a, i)), opt(c, i));
+            let late = watermark.is_some_and(|wm| start + w <= wm);
+            let e = if late { self.late.entry(key).or_default() } else { self.on_time.entry(key).or_default() };
+            e.count += 1;
+            e.late += late as i64;
+            if let Some(d) = dbu {
+                e.dbu += d.value(i);
             }
         }
         Ok(b.num_rows() as u64)
     }
 
-    pub fn max_event_time_us(&self) -> Option<i64> {
-        self.max_event_time
+    pub fn is_empty(&self) -> bool {
+        self.on_time.is_empty() && self.late.is_empty()
+    }
+
+    pub fn late_events(&self) -> i64 {
+        self.late.values().map(|a| a.late).sum()
     }
 
     /// Partitions (`event_date` of the window start) touched by the deltas.
     pub fn dates(&self) -> BTreeSet<String> {
-        self.deltas.keys().map(|k| tributary_events::date_of_micros(k.0)).collect()
+        self.on_time.keys().chain(self.late.keys()).map(|k| tributary_events::date_of_micros(k.0)).collect()
     }
 
-    /// Merges the deltas into the current rows of `dates` and returns the new content of those
-    /// partitions.
-    pub fn merge_into(
+    /// Event counts: the new content of `dates` from their current rows and the deltas (late
+    /// ones included: monitoring favours availability). `watermarks`: per source after the batch.
+    pub fn merge_counts(
         &self,
         current: &[RecordBatch],
         dates: &BTreeSet<String>,
-        watermark: Option<i64>,
+        watermarks: &BTreeMap<String, i64>,
+        sources: &[String],
         now_us: i64,
     ) -> Result<Vec<RecordBatch>> {
         let mut all: BTreeMap<Key, Agg> = BTreeMap::new();
         for b in current {
             let starts: &TimestampMicrosecondArray = col(b, "window_start")?;
             let counts: &Int64Array = col(b, "event_count")?;
-            let (a, c): (&StringArray, &StringArray) = match self.kind {
-                GoldKind::EventCounts => (col(b, "source")?, col(b, "workspace_id")?),
-                GoldKind::Billing => (col(b, "customer_id")?, col(b, "sku")?),
-            };
-            let dbu: Option<&Decimal128Array> = match self.kind {
-                GoldKind::Billing => Some(col(b, "dbu")?),
-                GoldKind::EventCounts => None,
-            };
+            let late: &Int64Array = col(b, "late_events")?;
+            let (a, c): (&StringArray, &StringArray) = (col(b, "source")?, col(b, "workspace_id")?);
             for i in 0..b.num_rows() {
-                let e = all.entry((starts.value(i), a.value(i).to_string(), c.value(i).to_string())).or_default();
-                e.count += counts.value(i);
-                if let Some(d) = dbu {
-                    e.dbu += d.value(i);
-                }
+                all.entry((starts.value(i), a.value(i).to_string(), c.value(i).to_string())).or_default().add(&Agg {
+                    count: counts.value(i),
+                    dbu: 0,
+                    late: late.value(i),
+                });
             }
         }
-        for (k, d) in &self.deltas {
-            let e = all.entry(k.clone()).or_default();
-            e.count += d.count;
-            e.dbu += d.dbu;
+        for (k, d) in self.on_time.iter().chain(self.late.iter()) {
+            all.entry(k.clone()).or_default().add(d);
         }
         all.retain(|k, _| dates.contains(&tributary_events::date_of_micros(k.0)));
-        if all.is_empty() {
-            return Ok(vec![]);
+        let w = self.kind.window_us();
+        let rows: Vec<Row> = all
+            .into_iter()
+            .map(|(k, a)| {
+                let end = k.0 + w;
+                let wm = watermarks.get(&k.1).copied();
+                let reported = sources.iter().filter(|s| watermarks.get(*s).is_some_and(|x| *x >= end)).count();
+                Row {
+                    is_final: wm.is_some_and(|x| end <= x),
+                    watermark: wm,
+                    key: k,
+                    agg: a,
+                    record_type: "window",
+                    reason: None,
+                    reported: reported as i32,
+                    completeness: if sources.is_empty() { 0.0 } else { reported as f64 / sources.len() as f64 },
+                }
+            })
+            .collect();
+        self.build(&rows, now_us).map(|b| b.into_iter().collect())
+    }
+
+    /// Billing: `provisional` are the current non-final rows of the touched partitions. Returns
+    /// (rows that become final now: windows the watermark passed and adjustment rows for late
+    /// events — written as new files and never rewritten; the provisional rows left).
+    pub fn merge_billing(
+        &self,
+        provisional: &[RecordBatch],
+        dates: &BTreeSet<String>,
+        watermark: Option<i64>,
+        old_watermark: Option<i64>,
+        now_us: i64,
+    ) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
+        let mut all: BTreeMap<Key, Agg> = BTreeMap::new();
+        for b in provisional {
+            let starts: &TimestampMicrosecondArray = col(b, "window_start")?;
+            let counts: &Int64Array = col(b, "event_count")?;
+            let dbu: &Decimal128Array = col(b, "dbu")?;
+            let (a, c): (&StringArray, &StringArray) = (col(b, "customer_id")?, col(b, "sku")?);
+            for i in 0..b.num_rows() {
+                all.entry((starts.value(i), a.value(i).to_string(), c.value(i).to_string())).or_default().add(&Agg {
+                    count: counts.value(i),
+                    dbu: dbu.value(i),
+                    late: 0,
+                });
+            }
+        }
+        for (k, d) in &self.on_time {
+            all.entry(k.clone()).or_default().add(d);
+        }
+        all.retain(|k, _| dates.contains(&tributary_events::date_of_micros(k.0)));
+        let w = self.kind.window_us();
+        let mut finals = Vec::new();
+        let mut rest = Vec::new();
+        for (k, a) in all {
+            let fin = watermark.is_some_and(|wm| k.0 + w <= wm);
+            let row = Row {
+                key: k,
+                agg: a,
+                is_final: fin,
+                watermark,
+                record_type: "window",
+                reason: None,
+                reported: 0,
+                completeness: 0.0,
+            };
+            if fin { finals.push(row) } else { rest.push(row) }
+        }
+        for (k, a) in &self.late {
+            let wm = old_watermark.unwrap_or_default();
+            finals.push(Row {
+                key: k.clone(),
+                agg: *a,
+                is_final: true,
+                watermark,
+                record_type: "adjustment",
+                reason: Some(format!(
+                    "late_event: {} event(s) with event_time in [{}, {}) arrived after the window was final \
+                     (billing watermark {} >= window end)",
+                    a.count,
+                    rfc3339(k.0),
+                    rfc3339(k.0 + w),
+                    rfc3339(wm)
+                )),
+                reported: 0,
+                completeness: 0.0,
+            });
+        }
+        Ok((self.build(&finals, now_us)?, self.build(&rest, now_us)?))
+    }
+
+    fn build(&self, rows: &[Row], now_us: i64) -> Result<Option<RecordBatch>> {
+        if rows.is_empty() {
+            return Ok(None);
         }
         let w = self.kind.window_us();
-        let n = all.len();
+        let n = rows.len();
         let ts = |vals: Vec<Option<i64>>| -> ArrayRef {
             let mut b = TimestampMicrosecondBuilder::with_capacity(vals.len()).with_timezone("UTC");
             for v in vals {
@@ -159,54 +281,78 @@ impl WindowState {
             }
             Arc::new(b.finish())
         };
-        let starts: Vec<Option<i64>> = all.keys().map(|k| Some(k.0)).collect();
-        let ends: Vec<Option<i64>> = all.keys().map(|k| Some(k.0 + w)).collect();
-        let finals: Vec<bool> = all.keys().map(|k| watermark.is_some_and(|wm| k.0 + w <= wm)).collect();
-        let region: ArrayRef = Arc::new(StringArray::from(vec![self.region.clone(); n]));
-        let a: ArrayRef = Arc::new(StringArray::from(all.keys().map(|k| k.1.clone()).collect::<Vec<_>>()));
-        let c: ArrayRef = Arc::new(StringArray::from(all.keys().map(|k| k.2.clone()).collect::<Vec<_>>()));
-        let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(all.values().map(|v| v.count)));
-        let mut cols: Vec<ArrayRef> = vec![ts(starts), ts(ends), region, a, c];
-        if self.kind == GoldKind::Billing {
+        let strs = |f: &dyn Fn(&Row) -> String| -> ArrayRef {
+            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        };
+        let mut cols: Vec<ArrayRef> = vec![
+            ts(rows.iter().map(|r| Some(r.key.0)).collect()),
+            ts(rows.iter().map(|r| Some(r.key.0 + w)).collect()),
+            Arc::new(StringArray::from(vec![self.region.clone(); n])),
+            strs(&|r| r.key.1.clone()),
+            strs(&|r| r.key.2.clone()),
+        ];
+        if self.kind.is_billing() {
             let mut b = Decimal128Builder::with_capacity(n)
                 .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE as i8)
                 .map_err(|e| Error::internal("decimal type").with_source(e))?;
-            for v in all.values() {
-                b.append_value(v.dbu);
+            for r in rows {
+                b.append_value(r.agg.dbu);
             }
             cols.push(Arc::new(b.finish()));
+            cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.agg.count))));
+            cols.push(strs(&|r| r.record_type.to_string()));
+            cols.push(Arc::new(StringArray::from(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())));
+            cols.push(Arc::new(BooleanArray::from(rows.iter().map(|r| r.is_final).collect::<Vec<_>>())));
+            cols.push(ts(rows.iter().map(|r| r.watermark).collect()));
+        } else {
+            cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.agg.count))));
+            cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.agg.late))));
+            cols.push(Arc::new(BooleanArray::from(rows.iter().map(|r| r.is_final).collect::<Vec<_>>())));
+            cols.push(ts(rows.iter().map(|r| r.watermark).collect()));
+            cols.push(Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.reported))));
+            cols.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.completeness))));
         }
-        cols.push(counts);
-        cols.push(Arc::new(BooleanArray::from(finals)));
-        cols.push(ts(vec![watermark; n]));
         cols.push(ts(vec![Some(now_us); n]));
-        cols.push(Arc::new(StringArray::from(
-            all.keys().map(|k| tributary_events::date_of_micros(k.0)).collect::<Vec<_>>(),
-        )));
-        let b = RecordBatch::try_new(self.kind.schema(), cols)
-            .map_err(|e| Error::internal(format!("building gold/{} batch", self.kind.table_name())).with_source(e))?;
-        Ok(vec![b])
+        cols.push(strs(&|r| tributary_events::date_of_micros(r.key.0)));
+        RecordBatch::try_new(self.kind.schema(), cols)
+            .map(Some)
+            .map_err(|e| Error::internal(format!("building gold/{} batch", self.kind.table_name())).with_source(e))
     }
 }
 
-/// Largest `watermark` value in the batches.
-pub fn max_watermark(batches: &[RecordBatch]) -> Result<Option<i64>> {
-    let mut m: Option<i64> = None;
+struct Row {
+    key: Key,
+    agg: Agg,
+    is_final: bool,
+    watermark: Option<i64>,
+    record_type: &'static str,
+    reason: Option<String>,
+    reported: i32,
+    completeness: f64,
+}
+
+fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// True when every row of the batches is final (a file of final rows is never rewritten).
+pub fn all_final(batches: &[RecordBatch]) -> Result<bool> {
     for b in batches {
-        let w: &TimestampMicrosecondArray = col(b, "watermark")?;
-        for i in 0..w.len() {
-            if w.is_valid(i) {
-                m = Some(m.map_or(w.value(i), |x| x.max(w.value(i))));
-            }
+        let f: &BooleanArray = col(b, "is_final")?;
+        if (0..f.len()).any(|i| !f.value(i)) {
+            return Ok(false);
         }
     }
-    Ok(m)
+    Ok(true)
 }
 
 /// (customer, sku, window_start_us) -> (dbu at scale 9, events).
 pub type BillingSums = BTreeMap<(String, String, i64), (i128, i64)>;
 
-/// (customer, sku, window_start_us) -> (dbu at scale 9, events), from gold billing rows.
+/// (customer, sku, window_start_us) -> (dbu at scale 9, events), from gold billing rows (window
+/// and adjustment rows summed: the invoice).
 pub fn billing_sums(batches: &[RecordBatch]) -> Result<BillingSums> {
     let mut out = BTreeMap::new();
     for b in batches {
@@ -229,19 +375,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finality_follows_watermark() {
-        let st = WindowState::new(GoldKind::EventCounts, "r");
-        let mut s2 = st;
-        s2.deltas.insert((0, "job".into(), "w".into()), Agg { count: 2, dbu: 0 });
-        s2.deltas.insert((MINUTE_US, "job".into(), "w".into()), Agg { count: 1, dbu: 0 });
-        let dates = s2.dates();
-        let out = s2.merge_into(&[], &dates, Some(MINUTE_US), 0).unwrap();
+    fn counts_finality_follows_the_source_watermark_and_completeness_the_others() {
+        let mut s = WindowState::new(GoldKind::EventCounts, "r");
+        s.on_time.insert((0, "job".into(), "w".into()), Agg { count: 2, dbu: 0, late: 0 });
+        s.on_time.insert((MINUTE_US, "job".into(), "w".into()), Agg { count: 1, dbu: 0, late: 0 });
+        let dates = s.dates();
+        let wms = BTreeMap::from([("job".to_string(), MINUTE_US), ("audit".to_string(), 0)]);
+        let sources = vec!["job".to_string(), "audit".to_string()];
+        let out = s.merge_counts(&[], &dates, &wms, &sources, 0).unwrap();
         let f = out[0].column_by_name("is_final").unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
-        assert!(f.value(0), "window [0,60s) ends at the watermark: final");
+        assert!(f.value(0), "window [0,60s) ends at the job watermark: final");
         assert!(!f.value(1));
+        let c = out[0].column_by_name("completeness").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!((c.value(0), c.value(1)), (0.5, 0.0), "audit has not reached minute 1: half the sources");
         // Merging the output again as current doubles counts (additive), proving merge reads it.
-        let again = s2.merge_into(&out, &dates, Some(MINUTE_US), 0).unwrap();
-        let c = again[0].column_by_name("event_count").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
-        assert_eq!(c.value(0), 4);
+        let again = s.merge_counts(&out, &dates, &wms, &sources, 0).unwrap();
+        let n = again[0].column_by_name("event_count").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(n.value(0), 4);
+    }
+
+    #[test]
+    fn late_billing_becomes_an_adjustment_and_on_time_stays_provisional() {
+        let schema = schemas::silver("billing");
+        let _ = schema;
+        let mut s = WindowState::new(GoldKind::Billing, "r");
+        s.on_time.insert((2 * HOUR_US, "c".into(), "SKU".into()), Agg { count: 1, dbu: 5, late: 0 });
+        s.late.insert((0, "c".into(), "SKU".into()), Agg { count: 2, dbu: 7, late: 2 });
+        let dates = s.dates();
+        let (fin, prov) = s.merge_billing(&[], &dates, Some(2 * HOUR_US + 1), Some(2 * HOUR_US), 0).unwrap();
+        let fin = fin.unwrap();
+        assert_eq!(fin.num_rows(), 1);
+        let t = fin.column_by_name("record_type").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(t.value(0), "adjustment");
+        let r = fin.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert!(r.value(0).starts_with("late_event: 2 event(s) with event_time in [1970-01-01T00:00:00Z"), "{}", r.value(0));
+        assert_eq!(prov.unwrap().num_rows(), 1);
+        assert_eq!(billing_sums(&[fin]).unwrap()[&("c".into(), "SKU".into(), 0)], (7, 2));
     }
 }

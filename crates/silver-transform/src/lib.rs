@@ -5,14 +5,17 @@
 //! `txn(<pipeline>/silver/<region>/bronze/<source>, bronze version)`. The quarantine table
 //! carries its own txn for the same version.
 //!
-//! The dedup state is the silver table itself: on start the event_ids already in silver are
-//! loaded, so it always agrees with the committed position. (Bounded-memory dedup over a 30-day
-//! horizon is a later issue.)
+//! Dedup state: the key index `silver/_dedup/<source>` (see [`dedup`]), a Bloom filter of fixed
+//! size and an LRU of loaded buckets: exact over `silver.dedup.horizon_days` of event time with
+//! memory bounded by configuration, not by the key count. Events older than the horizon go to
+//! quarantine (`beyond_dedup_horizon`). Entity tables (SCD 1/2) are maintained by [`entities`].
 
+pub mod dedup;
+pub mod entities;
 pub mod expectations;
 pub mod transform;
 
-use deltalake::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use deltalake::arrow::array::{BooleanArray, RecordBatch};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +37,7 @@ struct Flow {
     output: Table,
     pos: i64,
     quarantine_pos: i64,
-    seen: HashSet<String>,
+    dedup: dedup::DedupIndex,
     expectations: Vec<expectations::Expectation>,
     /// Set when a `fail` expectation stopped this flow; the other flows go on.
     stopped: Option<String>,
@@ -54,6 +57,7 @@ pub struct SilverTransform {
     region: String,
     flows: Vec<Flow>,
     quarantine: Table,
+    entities: Vec<entities::EntityFlow>,
 }
 
 pub fn table_location(cfg: &Config, region: &str, source: &str) -> String {
@@ -61,6 +65,9 @@ pub fn table_location(cfg: &Config, region: &str, source: &str) -> String {
 }
 pub fn quarantine_location(cfg: &Config, region: &str) -> String {
     cfg.region_table(region, "silver/_quarantine")
+}
+pub fn dedup_location(cfg: &Config, region: &str, source: &str) -> String {
+    cfg.region_table(region, &format!("silver/_dedup/{source}"))
 }
 
 impl SilverTransform {
@@ -82,6 +89,13 @@ impl SilverTransform {
                 schemas::SILVER_PARTITIONS,
             )
             .await?;
+            let dedup = dedup::DedupIndex::open(
+                &cfg.silver.dedup,
+                &format!("silver/_dedup/{source}"),
+                &dedup_location(&cfg, region, source),
+                &format!("{}/silver/{region}/dedup/{source}", cfg.pipeline),
+            )
+            .await?;
             flows.push(Flow {
                 source: source.clone(),
                 app_id: format!("{}/silver/{region}/bronze/{source}", cfg.pipeline),
@@ -90,12 +104,16 @@ impl SilverTransform {
                 output,
                 pos: -1,
                 quarantine_pos: -1,
-                seen: HashSet::new(),
+                dedup,
                 expectations,
                 stopped: None,
             });
         }
-        let mut me = Self { cfg, region: region.into(), flows, quarantine };
+        let mut ents = Vec::new();
+        for spec in &cfg.silver.entities {
+            ents.push(entities::EntityFlow::build(&cfg, region, spec).await?);
+        }
+        let mut me = Self { cfg, region: region.into(), flows, quarantine, entities: ents };
         me.recover().await?;
         Ok(me)
     }
@@ -104,20 +122,53 @@ impl SilverTransform {
         flow.output.refresh().await?;
         flow.pos = flow.output.txn_version(&flow.app_id).await?.unwrap_or(-1);
         flow.quarantine_pos = quarantine.txn_version(&flow.app_id).await?.unwrap_or(-1);
-        flow.seen.clear();
-        // Only the key column: the dedup state is the set of event_ids already in silver.
-        for b in flow.output.read_columns(&["event_id"]).await? {
-            let ids = b
-                .column_by_name("event_id")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-                .ok_or_else(|| Error::internal("silver table has no string event_id column"))?;
-            for i in 0..ids.len() {
-                if ids.is_valid(i) {
-                    flow.seen.insert(ids.value(i).to_string());
-                }
-            }
-        }
+        // The key index catches up with silver (a crash between the two commits) and the Bloom
+        // filter is rebuilt from it.
+        flow.dedup.recover(&flow.output).await?;
         Ok(())
+    }
+
+    /// Splits valid rows into new ones (`out`), duplicates (counted) and rows older than the
+    /// dedup horizon (`q`, reason `beyond_dedup_horizon`). `floor` is the horizon's start.
+    async fn dedup_rows(
+        &mut self,
+        i: usize,
+        rows: Vec<transform::SilverRow>,
+        floor: Option<i64>,
+        out: &mut transform::SilverRows,
+        batch_ids: &mut HashSet<String>,
+        q: &mut QuarantineRows,
+    ) -> Result<u64> {
+        let (old, rows): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| floor.is_some_and(|f| r.event_time < f));
+        let source = self.flows[i].source.clone();
+        for r in old {
+            q.push(
+                &source,
+                "beyond_dedup_horizon",
+                None,
+                &format!(
+                    "event_time is more than silver.dedup.horizon_days ({}) behind the newest event of {source}; it \
+                     cannot be proven new, replay it after raising the horizon",
+                    self.cfg.silver.dedup.horizon_days
+                ),
+                &r.to_json(),
+                Some(&r.event_id),
+                r.file.as_deref(),
+                r.line,
+                Some(&r.lineage()),
+            );
+        }
+        let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        let known = self.flows[i].dedup.contains(&ids).await?;
+        let mut duplicates = 0;
+        for (row, known) in rows.into_iter().zip(known) {
+            if known || !batch_ids.insert(row.event_id.clone()) {
+                duplicates += 1;
+                continue;
+            }
+            out.push(row);
+        }
+        Ok(duplicates)
     }
 
     /// Reads bronze versions `(after, up_to]` of one flow.
@@ -151,15 +202,21 @@ impl SilverTransform {
         let mut q = QuarantineRows::new(tributary_core::now_ms() * 1000);
         // Validation rejects, then the expectation quarantines: the rows that were new to silver
         // (not in it now: the rows the batch wrote are) and failed a quarantine rule.
+        // The horizon is the one the batch was judged with (recorded in its silver commit).
+        let floor = self.flows[i]
+            .output
+            .commit_metadata(self.flows[i].output.version(), "tributary.reconciliation")
+            .await?
+            .and_then(|m| m.get("dedup_floor_us").and_then(|v| v.as_i64()));
         let mut candidates = transform::SilverRows::new(&self.flows[i].source, &self.region);
         let mut batch_ids = HashSet::new();
+        let mut valid = Vec::new();
         for (v, b) in &input {
-            for row in transform::validate(&self.flows[i].source, &self.region, b, *v, &mut q)? {
-                if !self.flows[i].seen.contains(&row.event_id) && batch_ids.insert(row.event_id.clone()) {
-                    candidates.push(row);
-                }
-            }
+            valid.extend(transform::validate(&self.flows[i].source, &self.region, b, *v, &mut q)?);
         }
+        // Rows in silver now are the ones the batch wrote or had seen before; the others (not
+        // beyond the horizon) are the expectation candidates.
+        self.dedup_rows(i, valid, floor, &mut candidates, &mut batch_ids, &mut q).await?;
         if let Judged::Stop(message) = self.judge(i, &mut candidates, &mut batch_ids, &mut q, (from + 1, to), false)? {
             return Err(Error::internal(format!("a committed batch now fails a `fail` expectation: {message}")));
         }
@@ -302,18 +359,15 @@ impl SilverTransform {
         let mut out = transform::SilverRows::new(&source, &self.region);
         let mut batch_ids: HashSet<String> = HashSet::new();
         let mut input_rows = 0u64;
-        let mut duplicates = 0u64;
+        let mut valid = Vec::new();
         for (v, b) in &input {
             input_rows += b.num_rows() as u64;
-            let valid = transform::validate(&source, &self.region, b, *v, &mut q)?;
-            for row in valid {
-                if self.flows[i].seen.contains(&row.event_id) || !batch_ids.insert(row.event_id.clone()) {
-                    duplicates += 1;
-                    continue;
-                }
-                out.push(row);
-            }
+            valid.extend(transform::validate(&source, &self.region, b, *v, &mut q)?);
         }
+        let floor = self.flows[i].dedup.floor_us();
+        let before = self.flows[i].dedup.stats;
+        let duplicates = self.dedup_rows(i, valid, floor, &mut out, &mut batch_ids, &mut q).await?;
+        let after = self.flows[i].dedup.stats;
         let (dropped, judged) = match self.judge(i, &mut out, &mut batch_ids, &mut q, (pos + 1, up_to), true)? {
             Judged::Applied { dropped, kept } => (dropped, kept),
             Judged::Stop(message) => {
@@ -334,8 +388,13 @@ impl SilverTransform {
         let meta = HashMap::from([(
             "tributary.reconciliation".to_string(),
             serde_json::json!({"input_from": pos + 1, "input_to": up_to, "input_rows": input_rows, "written": written,
-                               "quarantined": quarantined, "duplicates": duplicates, "dropped": dropped}),
+                               "quarantined": quarantined, "duplicates": duplicates, "dropped": dropped,
+                               "dedup_floor_us": floor,
+                               "dedup": {"bloom_positives": after.bloom_positives - before.bloom_positives,
+                                         "false_positives": after.false_positives - before.false_positives,
+                                         "bucket_loads": after.bucket_loads - before.bucket_loads}}),
         )]);
+        let new_keys: Vec<(String, i64)> = out.rows().iter().map(|r| (r.event_id.clone(), r.event_time)).collect();
         let batches = match judged {
             Some(b) => vec![b],
             None => out.finish()?,
@@ -349,7 +408,8 @@ impl SilverTransform {
         fault::point("silver.after_data_commit");
         self.flows[i].output.notice(STAGE, &self.region, version, written, max_event_ms);
         self.flows[i].pos = up_to;
-        self.flows[i].seen.extend(batch_ids);
+        self.flows[i].dedup.append(&new_keys, version).await?;
+        fault::point("silver.after_index_commit");
         self.quarantine.refresh().await?;
         let qadds = self.quarantine.write_files(&q.finish()?).await?;
         self.quarantine
@@ -393,6 +453,10 @@ impl Stage for SilverTransform {
         for i in 0..self.flows.len() {
             total += self.run_flow(i).await?;
         }
+        let max_versions = self.cfg.silver.max_versions_per_batch as i64;
+        for e in &mut self.entities {
+            total += e.run(max_versions).await?;
+        }
         Ok(total)
     }
     async fn recover(&mut self) -> Result<()> {
@@ -402,6 +466,9 @@ impl Stage for SilverTransform {
         }
         for i in 0..self.flows.len() {
             self.catch_up_quarantine(i).await?;
+        }
+        for e in &mut self.entities {
+            e.recover().await?;
         }
         Ok(())
     }
@@ -430,6 +497,15 @@ impl Stage for SilverTransform {
             });
         }
         tables.push(self.quarantine.status(None));
+        for e in &self.entities {
+            for (t, pos, app) in [
+                (&e.current, e.current_pos, e.app_current.clone()),
+                (&e.history, e.history_pos, e.app_history.clone()),
+            ] {
+                tables.push(t.status(None));
+                positions.push(InputPosition { app_id: app, output_table: t.name.clone(), version: pos });
+            }
+        }
         StageStatus {
             stage: STAGE.into(),
             region: self.region.clone(),

@@ -225,13 +225,18 @@ pub async fn fingerprints(cfg: &Config) -> Result<Vec<(String, String)>> {
         }
         locations.push((format!("{region}/bronze/_quarantine"), bronze_ingest::quarantine_location(cfg, region)));
         locations.push((format!("{region}/silver/_quarantine"), silver_transform::quarantine_location(cfg, region)));
-        for k in [GoldKind::EventCounts, GoldKind::Billing] {
+        for e in &cfg.silver.entities {
+            use silver_transform::entities::{current_location, history_location};
+            locations.push((format!("{region}/silver/{}", e.name), current_location(cfg, region, &e.name)));
+            locations.push((format!("{region}/silver/{}_history", e.name), history_location(cfg, region, &e.name)));
+        }
+        for k in GoldKind::ALL {
             locations
                 .push((format!("{region}/gold/{}", k.table_name()), gold_aggregate::table_location(cfg, region, k)));
         }
     }
     locations.push(("central/events".into(), central_federator::events_location(cfg)));
-    for k in [GoldKind::EventCounts, GoldKind::Billing] {
+    for k in GoldKind::ALL {
         locations.push((format!("central/{}", k.table_name()), central_federator::gold_location(cfg, k)));
     }
     let mut out = Vec::new();

@@ -1,0 +1,436 @@
+//! Exact dedup by (`source`, `event_id`) over an event-time horizon, in bounded memory.
+//!
+//! The keys of every row silver holds are also kept in a key index: a Delta table
+//! `silver/_dedup/<source>` (`event_id`, `event_time`), hash-partitioned into `buckets`
+//! partitions. In memory there is only
+//! - a Bloom filter of fixed size (`bloom_mb`): a key it does not hold is new, with no I/O;
+//! - an LRU of loaded buckets bounded by `cache_mb`;
+//!
+//! so memory does not grow with the horizon or the key count (the false-positive rate does,
+//! and it only costs lookups, never correctness: every "maybe" is checked exactly against the
+//! index). The index is exactly once like every other output: after silver commits version V,
+//! the batch's keys are appended with `txn(<pipeline>/silver/<region>/dedup/<source>, V)`; a
+//! crash between the two commits is repaired on start by indexing silver's versions after the
+//! recorded one (so the index always equals silver's keys), and the Bloom filter is rebuilt by
+//! streaming the index one file at a time.
+//!
+//! Keys older than the horizon (behind the flow's max committed event_time) expire: whole files
+//! are dropped once all their keys are older, and merges of small files leave them out. An event
+//! older than the horizon cannot be proven new, so the caller quarantines it.
+
+use deltalake::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tributary_core::config::DedupConfig;
+use tributary_core::{Error, Result};
+use tributary_delta::{Action, FileRef, Table, schemas, txn};
+
+pub const DAY_US: i64 = 86_400_000_000;
+
+pub fn index_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("event_time", schemas::ts(), false),
+        Field::new("bucket", DataType::Utf8, false),
+    ]))
+}
+
+/// FNV-1a 64 with a seed: stable across processes, versions and platforms.
+pub fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    // Final avalanche (splitmix64), so low bits are usable for bucketing.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+pub fn bucket_of(event_id: &str, buckets: u32) -> u32 {
+    (fnv1a(1, event_id.as_bytes()) % buckets as u64) as u32
+}
+
+fn bucket_name(b: u32) -> String {
+    format!("{b:04}")
+}
+
+/// A fixed-size Bloom filter (k = 7, double hashing).
+pub struct Bloom {
+    bits: Vec<u64>,
+    nbits: u64,
+    inserted: u64,
+}
+
+impl Bloom {
+    const K: u64 = 7;
+    pub fn new(bytes: usize) -> Self {
+        let words = (bytes / 8).max(1);
+        Self { bits: vec![0; words], nbits: words as u64 * 64, inserted: 0 }
+    }
+    fn positions(&self, key: &str) -> impl Iterator<Item = u64> + '_ {
+        let h1 = fnv1a(2, key.as_bytes());
+        let h2 = fnv1a(3, key.as_bytes()) | 1;
+        (0..Self::K).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % self.nbits)
+    }
+    pub fn insert(&mut self, key: &str) {
+        let pos: Vec<u64> = self.positions(key).collect();
+        for p in pos {
+            self.bits[(p / 64) as usize] |= 1 << (p % 64);
+        }
+        self.inserted += 1;
+    }
+    pub fn may_contain(&self, key: &str) -> bool {
+        self.positions(key).all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+    }
+    pub fn clear(&mut self) {
+        self.bits.iter_mut().for_each(|w| *w = 0);
+        self.inserted = 0;
+    }
+    pub fn bytes(&self) -> usize {
+        self.bits.len() * 8
+    }
+    /// Expected false-positive rate at the current fill.
+    pub fn fpr(&self) -> f64 {
+        let k = Self::K as f64;
+        (1.0 - (-k * self.inserted as f64 / self.nbits as f64).exp()).powf(k)
+    }
+}
+
+/// Counters of the index's work (for metrics, logs and the benchmark).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DedupStats {
+    pub lookups: u64,
+    pub bloom_positives: u64,
+    pub false_positives: u64,
+    pub bucket_loads: u64,
+    pub files_read: u64,
+    pub keys_indexed: u64,
+    pub files_expired: u64,
+    pub merges: u64,
+}
+
+struct Cached {
+    keys: Arc<HashSet<Box<str>>>,
+    bytes: usize,
+    used: u64,
+}
+
+pub struct DedupIndex {
+    pub table: Table,
+    app_id: String,
+    /// The silver version whose keys the index holds up to.
+    pub pos: i64,
+    buckets: u32,
+    horizon_us: i64,
+    compact_min_files: usize,
+    bloom: Bloom,
+    cache: HashMap<u32, Cached>,
+    cache_bytes: usize,
+    cache_budget: usize,
+    tick: u64,
+    /// Max event_time of the keys indexed (the horizon is measured back from it).
+    pub max_event_time_us: Option<i64>,
+    pub stats: DedupStats,
+}
+
+impl DedupIndex {
+    pub async fn open(cfg: &DedupConfig, name: &str, location: &str, app_id: &str) -> Result<Self> {
+        let table = Table::open_or_create(name, location, index_schema(), &["bucket"]).await?;
+        let pos = table.txn_version(app_id).await?.unwrap_or(-1);
+        Ok(Self {
+            table,
+            app_id: app_id.into(),
+            pos,
+            buckets: cfg.buckets,
+            horizon_us: cfg.horizon_days * DAY_US,
+            compact_min_files: cfg.compact_min_files,
+            bloom: Bloom::new((cfg.bloom_mb * 1024 * 1024) as usize),
+            cache: HashMap::new(),
+            cache_bytes: 0,
+            cache_budget: (cfg.cache_mb * 1024 * 1024) as usize,
+            tick: 0,
+            max_event_time_us: None,
+            stats: DedupStats::default(),
+        })
+    }
+
+    /// Events with an event_time before this cannot be checked (their keys may have expired).
+    pub fn floor_us(&self) -> Option<i64> {
+        self.max_event_time_us.map(|m| m - self.horizon_us)
+    }
+
+    pub fn bloom_bytes(&self) -> usize {
+        self.bloom.bytes()
+    }
+    pub fn bloom_fpr(&self) -> f64 {
+        self.bloom.fpr()
+    }
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
+    }
+
+    /// Brings the index up to `silver` (indexing versions after `pos`) and rebuilds the Bloom
+    /// filter and the max event_time from the index, one file at a time.
+    pub async fn recover(&mut self, silver: &Table) -> Result<()> {
+        self.table.refresh().await?;
+        self.pos = self.table.txn_version(&self.app_id).await?.unwrap_or(-1);
+        let latest = silver.version();
+        if latest > self.pos {
+            let mut ids: Vec<(String, i64)> = Vec::new();
+            for (_, adds) in silver.changes(self.pos, latest).await? {
+                for b in silver.read_adds(&adds).await? {
+                    ids.extend(keys_of(&b)?);
+                }
+            }
+            tracing::warn!(index = %self.table.name, from = self.pos, to = latest, keys = ids.len(),
+                "dedup index caught up with silver after a restart");
+            self.append(&ids, latest).await?;
+        }
+        self.bloom.clear();
+        self.cache.clear();
+        self.cache_bytes = 0;
+        let mut max: Option<i64> = None;
+        for f in self.table.files()? {
+            for b in self.table.read_file(&f.path, Some(f.size), &f.partition_values).await? {
+                for (id, t) in keys_of(&b)? {
+                    self.bloom.insert(&id);
+                    max = Some(max.map_or(t, |m| m.max(t)));
+                }
+            }
+        }
+        self.max_event_time_us = max;
+        Ok(())
+    }
+
+    /// For each id: is it in the index (a key silver holds)? Exact.
+    pub async fn contains(&mut self, ids: &[&str]) -> Result<Vec<bool>> {
+        let mut out = vec![false; ids.len()];
+        let mut suspects: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            self.stats.lookups += 1;
+            if self.bloom.may_contain(id) {
+                self.stats.bloom_positives += 1;
+                suspects.entry(bucket_of(id, self.buckets)).or_default().push(i);
+            }
+        }
+        for (bucket, rows) in suspects {
+            let keys = self.bucket(bucket).await?;
+            for i in rows {
+                out[i] = keys.contains(ids[i]);
+                if !out[i] {
+                    self.stats.false_positives += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn bucket(&mut self, bucket: u32) -> Result<Arc<HashSet<Box<str>>>> {
+        self.tick += 1;
+        if let Some(c) = self.cache.get_mut(&bucket) {
+            c.used = self.tick;
+            return Ok(c.keys.clone());
+        }
+        self.stats.bucket_loads += 1;
+        let want = bucket_name(bucket);
+        let mut keys: HashSet<Box<str>> = HashSet::new();
+        let mut bytes = 0usize;
+        for f in self.table.files()? {
+            if f.partition_values.get("bucket").and_then(|v| v.as_deref()) != Some(want.as_str()) {
+                continue;
+            }
+            self.stats.files_read += 1;
+            for b in self.table.read_file(&f.path, Some(f.size), &f.partition_values).await? {
+                for (id, _) in keys_of(&b)? {
+                    bytes += id.len() + 40;
+                    keys.insert(id.into_boxed_str());
+                }
+            }
+        }
+        let keys = Arc::new(keys);
+        if bytes <= self.cache_budget {
+            while self.cache_bytes + bytes > self.cache_budget {
+                let Some((&oldest, _)) = self.cache.iter().min_by_key(|(_, c)| c.used) else { break };
+                if let Some(c) = self.cache.remove(&oldest) {
+                    self.cache_bytes -= c.bytes;
+                }
+            }
+            self.cache.insert(bucket, Cached { keys: keys.clone(), bytes, used: self.tick });
+            self.cache_bytes += bytes;
+        }
+        Ok(keys)
+    }
+
+    /// Records the keys silver committed at `silver_version` (exactly once via txn).
+    pub async fn append(&mut self, keys: &[(String, i64)], silver_version: i64) -> Result<()> {
+        let mut by_bucket: BTreeMap<u32, Vec<&(String, i64)>> = BTreeMap::new();
+        for k in keys {
+            by_bucket.entry(bucket_of(&k.0, self.buckets)).or_default().push(k);
+        }
+        let mut batches = Vec::new();
+        for (b, ks) in &by_bucket {
+            batches.push(index_batch(ks.iter().map(|k| (k.0.as_str(), k.1)), *b)?);
+        }
+        self.table.refresh().await?;
+        let adds = self.table.write_files(&batches).await?;
+        self.table
+            .commit(adds.into_iter().map(Action::Add).collect(), vec![txn(&self.app_id, silver_version)], HashMap::new(), 0)
+            .await?;
+        self.pos = silver_version;
+        for (b, ks) in by_bucket {
+            for (id, t) in ks {
+                self.bloom.insert(id);
+                self.max_event_time_us = Some(self.max_event_time_us.map_or(*t, |m| m.max(*t)));
+                if let Some(c) = self.cache.get_mut(&b) {
+                    let set = Arc::make_mut(&mut c.keys);
+                    if set.insert(id.clone().into_boxed_str()) {
+                        c.bytes += id.len() + 40;
+                        self.cache_bytes += id.len() + 40;
+                    }
+                }
+            }
+        }
+        self.stats.keys_indexed += keys.len() as u64;
+        self.maintain().await
+    }
+
+    /// Drops files whose keys have all expired and merges the small files of a bucket once it
+    /// has `compact_min_files` of them (leaving expired keys out). Not a data change of silver:
+    /// the index content stays equal to silver's keys within the horizon.
+    async fn maintain(&mut self) -> Result<()> {
+        let floor = self.floor_us();
+        let files = self.table.files()?;
+        let mut expired: HashSet<String> = HashSet::new();
+        let mut per_bucket: BTreeMap<String, Vec<&FileRef>> = BTreeMap::new();
+        for f in &files {
+            let max_ms = f.stats.as_deref().and_then(|s| tributary_delta::max_time_from_stats(s, "event_time"));
+            // Statistics are ms-truncated: the true max is below max_ms + 1 ms.
+            if let (Some(fl), Some(ms)) = (floor, max_ms)
+                && (ms + 1) * 1000 <= fl
+            {
+                expired.insert(f.path.clone());
+                continue;
+            }
+            if let Some(Some(b)) = f.partition_values.get("bucket") {
+                per_bucket.entry(b.clone()).or_default().push(f);
+            }
+        }
+        const SMALL: i64 = 16 * 1024 * 1024;
+        let mut merged: Vec<RecordBatch> = Vec::new();
+        let mut removed = expired.clone();
+        for (b, fs) in per_bucket {
+            let small: Vec<&&FileRef> = fs.iter().filter(|f| f.size < SMALL).collect();
+            if small.len() < self.compact_min_files {
+                continue;
+            }
+            let bucket: u32 = b.parse().map_err(|_| Error::internal(format!("bad dedup bucket {b:?}")))?;
+            let mut keys: Vec<(String, i64)> = Vec::new();
+            for f in small {
+                for batch in self.table.read_file(&f.path, Some(f.size), &f.partition_values).await? {
+                    keys.extend(keys_of(&batch)?.into_iter().filter(|(_, t)| floor.is_none_or(|fl| *t >= fl)));
+                }
+                removed.insert(f.path.clone());
+            }
+            keys.sort();
+            merged.push(index_batch(keys.iter().map(|k| (k.0.as_str(), k.1)), bucket)?);
+            self.stats.merges += 1;
+        }
+        if removed.is_empty() {
+            return Ok(());
+        }
+        self.stats.files_expired += expired.len() as u64;
+        let adds = self.table.write_files(&merged).await?;
+        let mut actions = self.table.remove_actions(&removed)?;
+        actions.extend(adds.into_iter().map(Action::Add));
+        self.table.commit(actions, vec![], HashMap::new(), 0).await?;
+        Ok(())
+    }
+}
+
+fn index_batch<'a>(keys: impl Iterator<Item = (&'a str, i64)>, bucket: u32) -> Result<RecordBatch> {
+    let (ids, times): (Vec<&str>, Vec<i64>) = keys.unzip();
+    let n = ids.len();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids)),
+        Arc::new(TimestampMicrosecondArray::from(times).with_timezone("UTC")),
+        Arc::new(StringArray::from(vec![bucket_name(bucket); n])),
+    ];
+    RecordBatch::try_new(index_schema(), cols).map_err(|e| Error::internal("dedup index batch").with_source(e))
+}
+
+/// (event_id, event_time) of every row of a silver or index batch.
+pub fn keys_of(b: &RecordBatch) -> Result<Vec<(String, i64)>> {
+    let ids = b
+        .column_by_name("event_id")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| Error::internal("batch lacks a string event_id column"))?;
+    let times = b
+        .column_by_name("event_time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .ok_or_else(|| Error::internal("batch lacks a timestamp event_time column"))?;
+    Ok((0..b.num_rows()).filter(|i| ids.is_valid(*i)).map(|i| (ids.value(i).to_string(), times.value(i))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bloom_has_no_false_negatives_and_a_low_fp_rate() {
+        let mut b = Bloom::new(1 << 20);
+        for i in 0..100_000 {
+            b.insert(&format!("k-{i}"));
+        }
+        assert!((0..100_000).all(|i| b.may_contain(&format!("k-{i}"))));
+        let fp = (0..100_000).filter(|i| b.may_contain(&format!("other-{i}"))).count();
+        assert!(fp < 100, "{fp} false positives of 100k at {:.5} expected", b.fpr());
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(bucket_of("us-east-1-job-part-00000001", 16), bucket_of("us-east-1-job-part-00000001", 16));
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[bucket_of(&format!("e-{i}"), 16) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn index_is_exact_bounded_and_expires() {
+        let dir = std::env::temp_dir().join(format!("trib-dedup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = DedupConfig { horizon_days: 2, buckets: 4, bloom_mb: 1, cache_mb: 0, compact_min_files: 3 };
+        let loc = dir.join("idx").to_string_lossy().to_string();
+        let mut idx = DedupIndex::open(&cfg, "idx", &loc, "t/dedup").await.unwrap();
+        for day in 0..5i64 {
+            let keys: Vec<(String, i64)> = (0..500).map(|i| (format!("d{day}-{i}"), day * DAY_US + i)).collect();
+            idx.append(&keys, day).await.unwrap();
+        }
+        let probe = ["d4-1", "d3-499", "d4-500", "nope", "d2-499"];
+        let got = idx.contains(&probe).await.unwrap();
+        assert_eq!(got, vec![true, true, false, false, true]);
+        // d2-0 is 499 µs older than the horizon's start: expired (merged out or its file dropped).
+        assert_eq!(idx.floor_us(), Some(4 * DAY_US + 499 - 2 * DAY_US));
+        // Days 0 and 1 expired entirely: their files are gone; day 2 only partly.
+        let remaining = idx.table.read_all().await.unwrap();
+        let kept: usize = remaining.iter().map(|b| b.num_rows()).sum();
+        assert!((1001..=1500).contains(&kept), "{kept}");
+        assert_eq!(idx.contains(&["d0-1", "d1-499", "d2-0"]).await.unwrap(), vec![false, false, false]);
+        // Re-opened: same answers from the table alone (the "silver" here is an empty table
+        // behind the index, so nothing needs catching up).
+        let mut again = DedupIndex::open(&cfg, "idx", &loc, "t/dedup").await.unwrap();
+        assert_eq!(again.pos, 4);
+        let behind = dir.join("behind").to_string_lossy().to_string();
+        let silver = Table::open_or_create("behind", &behind, index_schema(), &["bucket"]).await.unwrap();
+        again.recover(&silver).await.unwrap();
+        assert_eq!(again.max_event_time_us, Some(4 * DAY_US + 499));
+        assert_eq!(again.contains(&probe).await.unwrap(), vec![true, true, false, false, true]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
