@@ -84,6 +84,7 @@ fuzz: ## Fuzz the event decoder with cargo-fuzz (libFuzzer, nightly) for FUZZ_SE
 bench: test-deps build ## Load harness: events/s, latency percentiles, peak RSS (files and Kafka paths)
 	$(PYTHON) scripts/bench.py --events $${BENCH_EVENTS:-25000}
 	$(PYTHON) scripts/bench.py --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
+	./target/debug/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied

@@ -6,4 +6,5 @@ mod kafka;
 mod quality;
 mod restart;
 mod security;
+mod semantics;
 mod status_api;

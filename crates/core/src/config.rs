@@ -520,8 +520,8 @@ impl Config {
             if !entity_names.insert(&e.name) || SOURCES.contains(&e.name.as_str()) {
                 return bad(format!("silver.entities: name {:?} is used twice or is a source name", e.name));
             }
-            if !self.bronze.sources.contains(&e.source) {
-                return bad(format!("silver.entities.{}: source {:?} is not a configured source", e.name, e.source));
+            if !SOURCES.contains(&e.source.as_str()) {
+                return bad(format!("silver.entities.{}: source {:?} is not a source", e.name, e.source));
             }
             if e.keys.is_empty() || e.sequence_by.is_empty() {
                 return bad(format!("silver.entities.{}: keys and sequence_by are required", e.name));

@@ -15,8 +15,17 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 /// Every event type the log carries.
-pub const EVENT_TYPES: &[&str] =
-    &["flow_progress", "data_quality", "schema_change", "drift", "commit_conflict", "error", "user_action"];
+pub const EVENT_TYPES: &[&str] = &[
+    "flow_progress",
+    "data_quality",
+    "schema_change",
+    "drift",
+    "commit_conflict",
+    "error",
+    "user_action",
+    "late_events",
+    "entity_rows_skipped",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

@@ -187,8 +187,10 @@ impl DedupIndex {
                     ids.extend(keys_of(&b)?);
                 }
             }
-            tracing::warn!(index = %self.table.name, from = self.pos, to = latest, keys = ids.len(),
-                "dedup index caught up with silver after a restart");
+            if !ids.is_empty() {
+                tracing::warn!(index = %self.table.name, from = self.pos, to = latest, keys = ids.len(),
+                    "dedup index caught up with silver after a restart");
+            }
             self.append(&ids, latest).await?;
         }
         self.bloom.clear();

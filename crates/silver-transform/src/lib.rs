@@ -110,7 +110,8 @@ impl SilverTransform {
             });
         }
         let mut ents = Vec::new();
-        for spec in &cfg.silver.entities {
+        // Entities of sources this pipeline does not ingest are inactive.
+        for spec in cfg.silver.entities.iter().filter(|e| cfg.bronze.sources.contains(&e.source)) {
             ents.push(entities::EntityFlow::build(&cfg, region, spec).await?);
         }
         let mut me = Self { cfg, region: region.into(), flows, quarantine, entities: ents };

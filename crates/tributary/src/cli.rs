@@ -94,6 +94,9 @@ pub struct GenArgs {
     pub event_size_min: usize,
     #[arg(long, default_value_t = 4096)]
     pub event_size_max: usize,
+    /// Event times are spread over this many minutes from 2025-11-01T00:00Z (43200 = 30 days).
+    #[arg(long, default_value_t = 180)]
+    pub span_minutes: i64,
 }
 
 impl GenArgs {
@@ -114,6 +117,7 @@ impl GenArgs {
             file_prefix: self.file_prefix.clone(),
             size_min: self.event_size_min,
             size_max: self.event_size_max.max(self.event_size_min + 1),
+            span_minutes: self.span_minutes.max(1),
             ..GenConfig::default()
         }
     }
@@ -220,6 +224,26 @@ enum Cmd {
         /// Regions to federate (repeatable / comma separated); default: all configured.
         #[arg(long = "region", value_delimiter = ',')]
         region: Vec<String>,
+    },
+    /// Benchmark of silver's dedup index: N distinct keys over 30 days of event time, then a
+    /// replay of some of them; prints keys/s, lookups/s, false positives and peak RSS.
+    BenchDedup {
+        /// Where the index table is written (a scratch directory; removed first).
+        #[arg(long, default_value = "./data/bench-dedup")]
+        dir: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 50_000)]
+        batch: u64,
+        /// Keys looked up again at the end (all must be found).
+        #[arg(long, default_value_t = 200_000)]
+        replay: u64,
+        #[arg(long, default_value_t = 32)]
+        bloom_mb: u64,
+        #[arg(long, default_value_t = 64)]
+        cache_mb: u64,
+        #[arg(long, default_value_t = 16)]
+        buckets: u32,
     },
     /// Print a service's PipelineStatus.
     Status {
@@ -383,6 +407,19 @@ pub fn main() -> ExitCode {
                     Err(e) => fail(e),
                 }
             })
+        }
+        Cmd::BenchDedup { dir, keys, batch, replay, bloom_mb, cache_mb, buckets } => {
+            let cfg = tributary_core::config::DedupConfig {
+                horizon_days: 30,
+                buckets,
+                bloom_mb,
+                cache_mb,
+                ..Default::default()
+            };
+            match runtime().block_on(crate::report::bench_dedup(&dir, &cfg, keys, batch.max(1), replay)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
         }
         Cmd::Fingerprint { common } => {
             let cfg = match common.load() {

@@ -225,7 +225,7 @@ pub async fn fingerprints(cfg: &Config) -> Result<Vec<(String, String)>> {
         }
         locations.push((format!("{region}/bronze/_quarantine"), bronze_ingest::quarantine_location(cfg, region)));
         locations.push((format!("{region}/silver/_quarantine"), silver_transform::quarantine_location(cfg, region)));
-        for e in &cfg.silver.entities {
+        for e in cfg.silver.entities.iter().filter(|e| cfg.bronze.sources.contains(&e.source)) {
             use silver_transform::entities::{current_location, history_location};
             locations.push((format!("{region}/silver/{}", e.name), current_location(cfg, region, &e.name)));
             locations.push((format!("{region}/silver/{}_history", e.name), history_location(cfg, region, &e.name)));
@@ -253,4 +253,98 @@ pub async fn fingerprints(cfg: &Config) -> Result<Vec<(String, String)>> {
         out.push((name, fp));
     }
     Ok(out)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `tributary bench-dedup`: see the CLI help.
+pub async fn bench_dedup(
+    dir: &str,
+    cfg: &tributary_core::config::DedupConfig,
+    keys: u64,
+    batch: u64,
+    replay: u64,
+) -> Result<()> {
+    use silver_transform::dedup::{DAY_US, DedupIndex};
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
+    let loc = std::path::Path::new(dir).join("index").to_string_lossy().to_string();
+    let mut idx = DedupIndex::open(cfg, "bench/_dedup", &loc, "bench/dedup").await?;
+    let start_us = 1_761_955_200_000_000i64;
+    let span = 30 * DAY_US;
+    let id = |i: u64| format!("bench-{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    println!(
+        "dedup bench: {keys} distinct keys over 30 days of event time, batches of {batch}, bloom {} MiB, bucket cache {} MiB, {} buckets",
+        cfg.bloom_mb, cfg.cache_mb, cfg.buckets
+    );
+    let t0 = std::time::Instant::now();
+    let mut version = 0i64;
+    let mut at = 0u64;
+    let mut next_report = keys / 10;
+    let mut found = 0u64;
+    while at < keys {
+        let n = batch.min(keys - at);
+        let ks: Vec<(String, i64)> =
+            (at..at + n).map(|i| (id(i), start_us + (i as i128 * span as i128 / keys as i128) as i64)).collect();
+        let refs: Vec<&str> = ks.iter().map(|k| k.0.as_str()).collect();
+        found += idx.contains(&refs).await?.into_iter().filter(|x| *x).count() as u64;
+        idx.append(&ks, version).await?;
+        version += 1;
+        at += n;
+        if at >= next_report || at == keys {
+            println!(
+                "  {at:>10} keys  {:>9.0} keys/s  peak RSS {:>7.1} MiB  bloom fpr {:.2e}  false positives {}  files {}",
+                at as f64 / t0.elapsed().as_secs_f64(),
+                peak_rss_mib(),
+                idx.bloom_fpr(),
+                idx.stats.false_positives,
+                idx.table.files()?.len()
+            );
+            next_report += keys / 10;
+        }
+    }
+    if found > 0 {
+        return Err(tributary_core::Error::internal(format!("{found} new keys were reported as known")));
+    }
+    let insert_s = t0.elapsed().as_secs_f64();
+    // Replay: keys spread over the whole horizon, all known.
+    let t1 = std::time::Instant::now();
+    let loads0 = idx.stats.bucket_loads;
+    let mut known = 0u64;
+    let step = (keys / replay.max(1)).max(1);
+    let sample: Vec<String> = (0..keys).step_by(step as usize).take(replay as usize).map(id).collect();
+    for chunk in sample.chunks(batch as usize) {
+        let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+        known += idx.contains(&refs).await?.into_iter().filter(|x| *x).count() as u64;
+    }
+    if known != sample.len() as u64 {
+        return Err(tributary_core::Error::internal(format!("replay found {known} of {} keys", sample.len())));
+    }
+    let bytes: u64 = idx.table.files()?.iter().map(|f| f.size.max(0) as u64).sum();
+    println!(
+        "inserted {keys} keys in {insert_s:.1} s ({:.0} keys/s); replayed {} known keys in {:.1} s ({:.0} lookups/s, {} bucket loads), all found",
+        keys as f64 / insert_s,
+        sample.len(),
+        t1.elapsed().as_secs_f64(),
+        sample.len() as f64 / t1.elapsed().as_secs_f64(),
+        idx.stats.bucket_loads - loads0
+    );
+    println!(
+        "index: {} files, {:.1} MiB on disk; bloom {} MiB (fpr {:.2e}), bucket cache {:.1} MiB; false positives {} of {} lookups",
+        idx.table.files()?.len(),
+        bytes as f64 / 1048576.0,
+        idx.bloom_bytes() / 1048576,
+        idx.bloom_fpr(),
+        idx.cache_bytes() as f64 / 1048576.0,
+        idx.stats.false_positives,
+        idx.stats.lookups
+    );
+    println!("peak RSS {:.1} MiB", peak_rss_mib());
+    Ok(())
 }

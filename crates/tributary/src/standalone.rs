@@ -122,6 +122,13 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
                 break;
             }
         }
+        // A stage task that ended while the pipeline runs has panicked: stop at once, loudly.
+        if tasks.iter().any(|t| t.is_finished()) {
+            eprintln!("error: a stage stopped unexpectedly (panic; see the log above)");
+            timed_out = true;
+            shutdown.trigger();
+            break;
+        }
         if let Some(t) = timeout_secs
             && started.elapsed() > Duration::from_secs(t)
         {
