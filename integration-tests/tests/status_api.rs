@@ -47,7 +47,10 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
                 .iter()
                 .filter(|s| s["stage"] == "silver")
                 .flat_map(|s| s["tables"].as_array().unwrap().iter())
-                .filter(|t| t["name"].as_str().unwrap().starts_with("silver/") && t["name"] != "silver/_quarantine")
+                .filter(|t| {
+                    let n = t["name"].as_str().unwrap();
+                    tributary_core::config::SOURCES.iter().any(|s| n == format!("silver/{s}"))
+                })
                 .map(|t| t["row_count"].as_u64().unwrap())
                 .sum();
             if silver_rows == want_silver {
@@ -73,6 +76,12 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
     let metrics = http_get(admin, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("tributary_rows_total{"), "{metrics}");
+    // #5: per-source watermarks, and the entity tables in silver's status.
+    assert!(metrics.contains("tributary_watermark_unix_seconds{"), "{metrics}");
+    let silver = status["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "silver").unwrap();
+    for t in ["silver/job_runs", "silver/job_runs_history", "silver/clusters", "silver/clusters_history"] {
+        assert!(silver["tables"].as_array().unwrap().iter().any(|x| x["name"] == t), "{t} missing: {silver}");
+    }
     assert!(metrics.contains("tributary_commits_total{"), "{metrics}");
     assert!(metrics.contains("tributary_grpc_requests_total{"), "{metrics}");
     // Issue #4's metrics: expectations per rule and outcome, schema versions, event-log records.
