@@ -296,7 +296,11 @@ async fn verify(cfg: &Config, truth: &Truth, truth_dir: &Path, counts: bool) -> 
                 .sum();
             let q = bq.get(source).copied().unwrap_or(0);
             if counts {
-                ensure!(bronze == t.bronze_rows(), "{region}/bronze/{source}: {bronze} rows, truth {}", t.bronze_rows());
+                ensure!(
+                    bronze == t.bronze_rows(),
+                    "{region}/bronze/{source}: {bronze} rows, truth {}",
+                    t.bronze_rows()
+                );
                 ensure!(q == t.malformed, "{region}/bronze quarantine {source}: {q}, truth {}", t.malformed);
             }
             let silver = read(&silver_transform::table_location(cfg, region, source)).await?;
@@ -310,7 +314,11 @@ async fn verify(cfg: &Config, truth: &Truth, truth_dir: &Path, counts: bool) -> 
             );
             ensure!(ids == want, "{region}/silver/{source}: event_ids differ from the unique valid set");
             let q = sq.get(source).copied().unwrap_or(0);
-            ensure!(!counts || q == t.null_id, "{region}/silver quarantine {source}: {q}, truth {} null ids", t.null_id);
+            ensure!(
+                !counts || q == t.null_id,
+                "{region}/silver quarantine {source}: {q}, truth {} null ids",
+                t.null_id
+            );
             let central = sorted_ids(&central_events, Some(("region", region)))?;
             let _ = central;
             let mut c_ids = Vec::new();
@@ -568,9 +576,14 @@ pub async fn bronze_kafka_positions_unique(cfg: &Config, region: &str) -> Result
 
 /// Hourly and daily counts and daily billing: the truth's minute and hourly figures rolled up.
 async fn verify_rollups(cfg: &Config, truth: &Truth, region: &str) -> Result<()> {
-    let minute: BTreeMap<String, u64> =
-        truth.event_counts_minute.iter().filter(|(k, _)| k.starts_with(&format!("{region}|"))).map(|(k, v)| (k.clone(), *v)).collect();
-    for (kind, unit) in [(GoldKind::EventCountsHourly, 3_600_000_000i64), (GoldKind::EventCountsDaily, 86_400_000_000)] {
+    let minute: BTreeMap<String, u64> = truth
+        .event_counts_minute
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{region}|")))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    for (kind, unit) in [(GoldKind::EventCountsHourly, 3_600_000_000i64), (GoldKind::EventCountsDaily, 86_400_000_000)]
+    {
         let got = gold_counts(&read(&gold_aggregate::table_location(cfg, region, kind)).await?, region)?;
         ensure!(got == roll_up(&minute, unit), "{region}/gold/{} differs from the truth rolled up", kind.table_name());
     }
@@ -617,10 +630,11 @@ async fn verify_entities(cfg: &Config, region: &str) -> Result<()> {
                 }
             };
             let state = b.column_by_name("state").map(|_| strs(b, "state")).transpose()?;
-            for i in 0..b.num_rows() {
-                let (Some(s), true) = (seq[i], keys.is_valid(i)) else { continue };
+            for (i, s) in seq.into_iter().enumerate() {
+                let (Some(s), true) = (s, keys.is_valid(i)) else { continue };
                 changes += 1;
-                let deleted = e.delete_when.is_some() && state.as_ref().is_some_and(|st| st.is_valid(i) && st.value(i) == "DELETED");
+                let deleted = e.delete_when.is_some()
+                    && state.as_ref().is_some_and(|st| st.is_valid(i) && st.value(i) == "DELETED");
                 let cand = (s, ids.value(i).to_string(), deleted);
                 let entry = best.entry(keys.value(i).to_string()).or_insert(cand.clone());
                 if (cand.0, &cand.1) > (entry.0, &entry.1) {
@@ -628,8 +642,7 @@ async fn verify_entities(cfg: &Config, region: &str) -> Result<()> {
                 }
             }
         }
-        let want: BTreeMap<String, String> =
-            best.into_iter().filter(|(_, v)| !v.2).map(|(k, v)| (k, v.1)).collect();
+        let want: BTreeMap<String, String> = best.into_iter().filter(|(_, v)| !v.2).map(|(k, v)| (k, v.1)).collect();
         let cur = read(&current_location(cfg, region, &e.name)).await?;
         let hist = read(&history_location(cfg, region, &e.name)).await?;
         let snap = silver_transform::entities::snapshot(&hist, &cur, &e.keys)?;

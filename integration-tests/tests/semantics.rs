@@ -106,7 +106,7 @@ async fn replaying_30_days_twice_and_a_random_half_again_is_exact() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x % 2 == 0
+            x.is_multiple_of(2)
         })
         .collect();
     assert!(!half.is_empty() && half.len() < 12);
@@ -134,7 +134,9 @@ async fn gold_and_entities(p: &Pipeline, _regions: &[&str]) -> BTreeMap<String, 
     p.fingerprints()
         .unwrap()
         .into_iter()
-        .filter(|(k, _)| k.contains("/gold/") || k.starts_with("central/") || k.contains("job_runs") || k.contains("clusters"))
+        .filter(|(k, _)| {
+            k.contains("/gold/") || k.starts_with("central/") || k.contains("job_runs") || k.contains("clusters")
+        })
         .collect()
 }
 
@@ -147,7 +149,7 @@ fn job(id: &str, run: &str, seq: i64, state: &str, minute: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_tables_are_the_same_whatever_the_arrival_order() {
-    let events = vec![
+    let events = [
         job("e1", "run-a", 1, "PENDING", 0),
         job("e2", "run-a", 2, "RUNNING", 1),
         job("e3", "run-a", 3, "SUCCEEDED", 2),
@@ -228,7 +230,10 @@ fn billing_rows(batches: &[RecordBatch]) -> BillingRows {
         for i in 0..b.num_rows() {
             let key = (ty.value(i).to_string(), c.value(i).to_string(), k.value(i).to_string(), w.value(i));
             let reason = r.is_valid(i).then(|| r.value(i).to_string());
-            assert!(m.insert(key.clone(), (d.value(i), n.value(i), f.value(i), reason)).is_none(), "two rows for {key:?}");
+            assert!(
+                m.insert(key.clone(), (d.value(i), n.value(i), f.value(i), reason)).is_none(),
+                "two rows for {key:?}"
+            );
         }
     }
     m
@@ -244,12 +249,10 @@ async fn billing_final_windows_are_exact_and_late_events_become_adjustment_rows(
         .with_env("TRIBUTARY__GOLD__ALLOWED_LATENESS_SECS", "600");
     // Six hours of billing with no late events: hours 0-4 end before the watermark.
     let truth = p
-        .generate_with(&GenSpec { events_per_source: 3000, files_per_source: 12, seed: 5 }, &[
-            "--span-minutes",
-            "360",
-            "--late-pct",
-            "0",
-        ])
+        .generate_with(
+            &GenSpec { events_per_source: 3000, files_per_source: 12, seed: 5 },
+            &["--span-minutes", "360", "--late-pct", "0"],
+        )
         .unwrap();
     p.run_to_completion(&[]).unwrap();
     let cfg = p.config();
@@ -258,7 +261,10 @@ async fn billing_final_windows_are_exact_and_late_events_become_adjustment_rows(
     let mut finals = 0;
     for ((ty, c, k, w), (dbu, n, fin, _)) in &before {
         assert_eq!(ty, "window", "no late data yet, so no adjustments");
-        let key = format!("r1|{c}|{k}|{}", chrono::DateTime::from_timestamp_micros(*w).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        let key = format!(
+            "r1|{c}|{k}|{}",
+            chrono::DateTime::from_timestamp_micros(*w).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        );
         let want: rust_decimal::Decimal = truth.billing_hourly[&key].parse().unwrap();
         assert_eq!(rust_decimal::Decimal::from_i128_with_scale(*dbu, 9).normalize(), want, "{key}");
         assert_eq!(*n as u64, truth.billing_hourly_events[&key], "{key}");
@@ -294,7 +300,11 @@ async fn billing_final_windows_are_exact_and_late_events_become_adjustment_rows(
     assert_eq!(adjustments.len(), 2, "{adjustments:?}");
     let a1 = &after[&("adjustment".to_string(), "cust-000".to_string(), "JOBS_COMPUTE".to_string(), START + HOUR)];
     assert_eq!((a1.0, a1.1, a1.2), (3_750_000_001, 3, true));
-    assert!(a1.3.as_deref().unwrap().starts_with("late_event: 3 event(s) with event_time in [2025-11-01T01:00:00Z, 2025-11-01T02:00:00Z)"));
+    assert!(
+        a1.3.as_deref()
+            .unwrap()
+            .starts_with("late_event: 3 event(s) with event_time in [2025-11-01T01:00:00Z, 2025-11-01T02:00:00Z)")
+    );
     let a2 = &after[&("adjustment".to_string(), "cust-new".to_string(), "SQL_PRO".to_string(), START + 2 * HOUR)];
     assert_eq!((a2.0, a2.1, a2.2), (10_000_000_000, 1, true));
     // The on-time event joined its provisional window.
@@ -302,7 +312,8 @@ async fn billing_final_windows_are_exact_and_late_events_become_adjustment_rows(
     assert_eq!((w5.0, w5.1, w5.2), (4_000_000_000, 1, false));
     // Invoices (window + adjustments) = truth + the late events, nothing dropped.
     let invoice: i128 = after.values().map(|v| v.0).sum();
-    let truth_total: rust_decimal::Decimal = truth.billing_hourly.values().map(|v| v.parse::<rust_decimal::Decimal>().unwrap()).sum();
+    let truth_total: rust_decimal::Decimal =
+        truth.billing_hourly.values().map(|v| v.parse::<rust_decimal::Decimal>().unwrap()).sum();
     let late_total = rust_decimal::Decimal::new(17_750_000_001, 9);
     assert_eq!(rust_decimal::Decimal::from_i128_with_scale(invoice, 9), truth_total + late_total);
     // Late events are counted in the event log and the metric's source (commit metadata).

@@ -509,7 +509,7 @@ impl Config {
         let dd = &self.silver.dedup;
         if dd.horizon_days < 1 || dd.buckets == 0 || dd.buckets > 4096 || dd.bloom_mb == 0 || dd.compact_min_files < 2 {
             return bad(
-                "silver.dedup: horizon_days >= 1, buckets 1..=4096, bloom_mb >= 1 and compact_min_files >= 2".into(),
+                "silver.dedup: horizon_days >= 1, buckets 1..=4096, bloom_mb >= 1 and compact_min_files >= 2".into()
             );
         }
         let mut entity_names = std::collections::HashSet::new();

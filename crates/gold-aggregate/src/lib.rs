@@ -205,7 +205,8 @@ impl GoldAggregate {
         }
         let mut actions = flow.output.remove_actions(&old_files)?;
         actions.extend(adds.into_iter().map(Action::Add));
-        let recorded = serde_json::to_string(&new_max).map_err(|e| Error::internal("watermark state").with_source(e))?;
+        let recorded =
+            serde_json::to_string(&new_max).map_err(|e| Error::internal("watermark state").with_source(e))?;
         if flow.output.properties()?.get(MAX_EVENT_TIME_PROPERTY) != Some(&recorded) {
             actions.push(flow.output.evolve(&[], &[(MAX_EVENT_TIME_PROPERTY.to_string(), recorded)])?);
         }
@@ -226,7 +227,8 @@ impl GoldAggregate {
         }
         flow.max_event_time = new_max;
         for s in &sources {
-            let late_s: i64 = state.late.iter().filter(|(k, _)| flow.kind.is_billing() || k.1 == *s).map(|(_, a)| a.late).sum();
+            let late_s: i64 =
+                state.late.iter().filter(|(k, _)| flow.kind.is_billing() || k.1 == *s).map(|(_, a)| a.late).sum();
             tributary_core::metrics::late_and_watermark(&region, &name, s, late_s as u64, new_wm.get(s).copied());
         }
         if late > 0 {

@@ -408,7 +408,11 @@ mod tests {
         let t = fin.column_by_name("record_type").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(t.value(0), "adjustment");
         let r = fin.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        assert!(r.value(0).starts_with("late_event: 2 event(s) with event_time in [1970-01-01T00:00:00Z"), "{}", r.value(0));
+        assert!(
+            r.value(0).starts_with("late_event: 2 event(s) with event_time in [1970-01-01T00:00:00Z"),
+            "{}",
+            r.value(0)
+        );
         assert_eq!(prov.unwrap().num_rows(), 1);
         assert_eq!(billing_sums(&[fin]).unwrap()[&("c".into(), "SKU".into(), 0)], (7, 2));
     }

@@ -281,7 +281,12 @@ impl DedupIndex {
         self.table.refresh().await?;
         let adds = self.table.write_files(&batches).await?;
         self.table
-            .commit(adds.into_iter().map(Action::Add).collect(), vec![txn(&self.app_id, silver_version)], HashMap::new(), 0)
+            .commit(
+                adds.into_iter().map(Action::Add).collect(),
+                vec![txn(&self.app_id, silver_version)],
+                HashMap::new(),
+                0,
+            )
             .await?;
         self.pos = silver_version;
         for (b, ks) in by_bucket {

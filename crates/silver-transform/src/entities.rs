@@ -175,7 +175,9 @@ fn project(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let cols = schema
         .fields()
         .iter()
-        .map(|f| b.column_by_name(f.name()).cloned().ok_or_else(|| Error::internal(format!("batch lacks {}", f.name()))))
+        .map(|f| {
+            b.column_by_name(f.name()).cloned().ok_or_else(|| Error::internal(format!("batch lacks {}", f.name())))
+        })
         .collect::<Result<Vec<_>>>()?;
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::internal("projecting entity columns").with_source(e))
 }
@@ -403,7 +405,9 @@ impl EntityFlow {
                 .current
                 .files()?
                 .into_iter()
-                .filter(|f| f.partition_values.get("__bucket").and_then(|v| v.clone()).is_some_and(|b| touched.contains(&b)))
+                .filter(|f| {
+                    f.partition_values.get("__bucket").and_then(|v| v.clone()).is_some_and(|b| touched.contains(&b))
+                })
                 .map(|f| f.path)
                 .collect();
             let adds = self.current.write_files(&[cur_batch]).await?;
@@ -462,8 +466,8 @@ pub fn snapshot(history: &[RecordBatch], current: &[RecordBatch], keys: &[String
     for b in current {
         let k = keys_of(b, keys)?;
         let ids = string_col(b, "event_id")?;
-        for i in 0..b.num_rows() {
-            c.insert(k[i].clone().unwrap_or_default(), ids.value(i).to_string());
+        for (i, key) in k.into_iter().enumerate() {
+            c.insert(key.unwrap_or_default(), ids.value(i).to_string());
         }
     }
     Ok(EntitySnapshot { history: h, current: c })
@@ -485,7 +489,9 @@ mod tests {
     }
 
     /// The observable result: history rows and the current row per key, by event_id.
-    fn result(changes: &[Change]) -> (Vec<(String, String, i64, Option<i64>, bool)>, BTreeMap<String, String>) {
+    type HistoryRow = (String, String, i64, Option<i64>, bool);
+
+    fn result(changes: &[Change]) -> (Vec<HistoryRow>, BTreeMap<String, String>) {
         let (h, c) = apply(changes);
         let hist = h
             .iter()
@@ -501,7 +507,10 @@ mod tests {
         let late = [ch("run-1", 2, "b", false), ch("run-1", 1, "a", false)];
         let (h, c) = result(&late);
         assert_eq!(c["run-1"], "b");
-        assert_eq!(h, vec![("run-1".into(), "a".into(), 1, Some(2), false), ("run-1".into(), "b".into(), 2, None, false)]);
+        assert_eq!(
+            h,
+            vec![("run-1".into(), "a".into(), 1, Some(2), false), ("run-1".into(), "b".into(), 2, None, false)]
+        );
         // A delete at 5, then an older upsert at 3 arrives: still deleted, history [3,5) then tombstone.
         let del = [ch("k", 5, "d", true), ch("k", 3, "u", false)];
         let (h, c) = result(&del);

@@ -499,10 +499,9 @@ impl Stage for SilverTransform {
         }
         tables.push(self.quarantine.status(None));
         for e in &self.entities {
-            for (t, pos, app) in [
-                (&e.current, e.current_pos, e.app_current.clone()),
-                (&e.history, e.history_pos, e.app_history.clone()),
-            ] {
+            for (t, pos, app) in
+                [(&e.current, e.current_pos, e.app_current.clone()), (&e.history, e.history_pos, e.app_history.clone())]
+            {
                 tables.push(t.status(None));
                 positions.push(InputPosition { app_id: app, output_table: t.name.clone(), version: pos });
             }
