@@ -221,9 +221,9 @@ impl DedupIndex {
             }
         }
         for (bucket, rows) in suspects {
-            let keys = self.bucket(bucket).await?;
+            let found: HashSet<usize> = self.check_bucket(bucket, ids, &rows).await?;
             for i in rows {
-                out[i] = keys.contains(ids[i]);
+                out[i] = found.contains(&i);
                 if !out[i] {
                     self.stats.false_positives += 1;
                 }
@@ -232,40 +232,60 @@ impl DedupIndex {
         Ok(out)
     }
 
-    async fn bucket(&mut self, bucket: u32) -> Result<Arc<HashSet<Box<str>>>> {
+    /// Which of `rows` (indexes into `ids`) are in `bucket`: from the cache, or by loading the
+    /// bucket into the cache when it fits the budget, or else by streaming its files one at a
+    /// time (memory: one file, whatever the bucket's size).
+    async fn check_bucket(&mut self, bucket: u32, ids: &[&str], rows: &[usize]) -> Result<HashSet<usize>> {
         self.tick += 1;
         if let Some(c) = self.cache.get_mut(&bucket) {
             c.used = self.tick;
-            return Ok(c.keys.clone());
+            return Ok(rows.iter().copied().filter(|i| c.keys.contains(ids[*i])).collect());
         }
         self.stats.bucket_loads += 1;
         let want = bucket_name(bucket);
+        let files: Vec<FileRef> = self
+            .table
+            .files()?
+            .into_iter()
+            .filter(|f| f.partition_values.get("bucket").and_then(|v| v.as_deref()) == Some(want.as_str()))
+            .collect();
+        // Estimated in-memory size of the bucket's keys (avg id ~24 bytes + set overhead).
+        let estimate: usize = files.iter().map(|f| f.num_records.unwrap_or(i64::MAX / 1024).max(0) as usize * 64).sum();
+        let cacheable = estimate <= self.cache_budget;
+        let wanted: HashMap<&str, usize> = rows.iter().map(|i| (ids[*i], *i)).collect();
+        let mut found = HashSet::new();
         let mut keys: HashSet<Box<str>> = HashSet::new();
         let mut bytes = 0usize;
-        for f in self.table.files()? {
-            if f.partition_values.get("bucket").and_then(|v| v.as_deref()) != Some(want.as_str()) {
-                continue;
-            }
+        for f in &files {
             self.stats.files_read += 1;
             for b in self.table.read_file(&f.path, Some(f.size), &f.partition_values).await? {
-                for (id, _) in keys_of(&b)? {
-                    bytes += id.len() + 40;
-                    keys.insert(id.into_boxed_str());
+                let col = b
+                    .column_by_name("event_id")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(|| Error::internal("dedup index lacks event_id"))?;
+                for j in 0..col.len() {
+                    let id = col.value(j);
+                    if let Some(i) = wanted.get(id) {
+                        found.insert(*i);
+                    }
+                    if cacheable {
+                        bytes += id.len() + 40;
+                        keys.insert(id.into());
+                    }
                 }
             }
         }
-        let keys = Arc::new(keys);
-        if bytes <= self.cache_budget {
+        if cacheable {
             while self.cache_bytes + bytes > self.cache_budget {
                 let Some((&oldest, _)) = self.cache.iter().min_by_key(|(_, c)| c.used) else { break };
                 if let Some(c) = self.cache.remove(&oldest) {
                     self.cache_bytes -= c.bytes;
                 }
             }
-            self.cache.insert(bucket, Cached { keys: keys.clone(), bytes, used: self.tick });
+            self.cache.insert(bucket, Cached { keys: Arc::new(keys), bytes, used: self.tick });
             self.cache_bytes += bytes;
         }
-        Ok(keys)
+        Ok(found)
     }
 
     /// Records the keys silver committed at `silver_version` (exactly once via txn).
@@ -327,11 +347,14 @@ impl DedupIndex {
                 per_bucket.entry(b.clone()).or_default().push(f);
             }
         }
-        const SMALL: i64 = 16 * 1024 * 1024;
-        let mut merged: Vec<RecordBatch> = Vec::new();
+        // Tiered: only files below MERGE_BYTES are merged (a merged file that reaches it is left
+        // alone until it expires), and each bucket's merge is written before the next is read,
+        // so a merge holds at most `compact_min_files` small files in memory.
+        const MERGE_BYTES: i64 = 4 * 1024 * 1024;
+        let mut adds = Vec::new();
         let mut removed = expired.clone();
         for (b, fs) in per_bucket {
-            let small: Vec<&&FileRef> = fs.iter().filter(|f| f.size < SMALL).collect();
+            let small: Vec<&&FileRef> = fs.iter().filter(|f| f.size < MERGE_BYTES).collect();
             if small.len() < self.compact_min_files {
                 continue;
             }
@@ -344,14 +367,15 @@ impl DedupIndex {
                 removed.insert(f.path.clone());
             }
             keys.sort();
-            merged.push(index_batch(keys.iter().map(|k| (k.0.as_str(), k.1)), bucket)?);
+            adds.extend(
+                self.table.write_files(&[index_batch(keys.iter().map(|k| (k.0.as_str(), k.1)), bucket)?]).await?,
+            );
             self.stats.merges += 1;
         }
         if removed.is_empty() {
             return Ok(());
         }
         self.stats.files_expired += expired.len() as u64;
-        let adds = self.table.write_files(&merged).await?;
         let mut actions = self.table.remove_actions(&removed)?;
         actions.extend(adds.into_iter().map(Action::Add));
         self.table.commit(actions, vec![], HashMap::new(), 0).await?;
