@@ -387,6 +387,7 @@ async fn verify(cfg: &Config, truth: &Truth, truth_dir: &Path, counts: bool) -> 
         verify_rollups(cfg, truth, region).await?;
         verify_entities(cfg, region).await?;
     }
+    verify_region_watermarks(cfg).await?;
     let regions: BTreeSet<String> = counts_by(&central_events, "region")?.into_keys().collect();
     ensure!(regions.iter().all(|r| cfg.regions.contains(r)), "central holds rows of unknown regions: {regions:?}");
     Ok(())
@@ -654,6 +655,45 @@ async fn verify_entities(cfg: &Config, region: &str) -> Result<()> {
             snap.history.len()
         );
         ensure!(changes > 0, "{region}/silver/{}: no changes at all; the check proves nothing", e.name);
+    }
+    Ok(())
+}
+
+/// `central/region_watermarks`: per region and source, the max event_time equals silver's.
+async fn verify_region_watermarks(cfg: &Config) -> Result<()> {
+    let wm = read(&central_federator::watermarks_location(cfg)).await?;
+    let lateness = cfg.gold.allowed_lateness_secs * 1_000_000;
+    for region in &cfg.regions {
+        for source in &cfg.bronze.sources {
+            let mut max = None;
+            for b in read(&silver_transform::table_location(cfg, region, source)).await? {
+                let t = times(&b, "event_time")?;
+                for i in 0..t.len() {
+                    max = max.max(Some(t.value(i)));
+                }
+            }
+            let mut seen = None;
+            for b in &wm {
+                let (r, s, g, m, w) = (
+                    strs(b, "region")?,
+                    strs(b, "source")?,
+                    strs(b, "gold_table")?,
+                    times(b, "max_event_time")?,
+                    times(b, "watermark")?,
+                );
+                for i in 0..b.num_rows() {
+                    if r.value(i) == region && s.value(i) == source && g.value(i) == "event_counts_minute" {
+                        ensure!(seen.is_none(), "two region_watermarks rows for {region}/{source}");
+                        ensure!(w.value(i) == m.value(i) - lateness, "{region}/{source}: watermark != max - lateness");
+                        seen = Some(m.value(i));
+                    }
+                }
+            }
+            ensure!(
+                seen == max,
+                "central/region_watermarks {region}/{source}: {seen:?}, silver max event_time {max:?}"
+            );
+        }
     }
     Ok(())
 }

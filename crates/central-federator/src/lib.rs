@@ -58,6 +58,9 @@ pub struct CentralFederator {
     feeds: Vec<RegionFeed>,
     events: Table,
     gold: Vec<(GoldKind, Table)>,
+    /// `central/region_watermarks`: per region, gold table and source, the max committed
+    /// event_time and watermark the region's gold was computed with.
+    watermarks: Table,
 }
 
 pub fn events_location(cfg: &Config) -> String {
@@ -65,6 +68,22 @@ pub fn events_location(cfg: &Config) -> String {
 }
 pub fn gold_location(cfg: &Config, kind: GoldKind) -> String {
     cfg.central_table(kind.table_name())
+}
+pub fn watermarks_location(cfg: &Config) -> String {
+    cfg.central_table("region_watermarks")
+}
+
+pub fn watermarks_schema() -> deltalake::arrow::datatypes::SchemaRef {
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("max_event_time", schemas::ts(), false),
+        Field::new("watermark", schemas::ts(), false),
+        Field::new("gold_version", DataType::Int64, false),
+        Field::new("updated_at", schemas::ts(), false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("gold_table", DataType::Utf8, false),
+    ]))
 }
 
 impl CentralFederator {
@@ -93,6 +112,13 @@ impl CentralFederator {
             .await?;
             gold.push((kind, t));
         }
+        let watermarks = Table::open_or_create(
+            "central/region_watermarks",
+            &watermarks_location(&cfg),
+            watermarks_schema(),
+            &["region", "gold_table"],
+        )
+        .await?;
         let feeds = regions
             .iter()
             .map(|r| RegionFeed {
@@ -132,7 +158,7 @@ impl CentralFederator {
             })
             .collect();
         let label = regions.join(",");
-        let mut me = Self { cfg, label, feeds, events, gold };
+        let mut me = Self { cfg, label, feeds, events, gold, watermarks };
         me.recover().await?;
         Ok(me)
     }
@@ -340,6 +366,69 @@ impl CentralFederator {
     }
 }
 
+impl CentralFederator {
+    /// Replaces the (region, gold table) partition of `central/region_watermarks` with the
+    /// per-source max event time / watermark recorded in the region's gold table at the version
+    /// mirrored, with `txn(<pipeline>/central/<region>/watermarks/<table>, gold version)`. The
+    /// share of regions that have reported a window = regions whose watermark ≥ window end.
+    async fn publish_watermarks(&mut self, fi: usize, gi: usize) -> Result<u64> {
+        let region = self.feeds[fi].region.clone();
+        let (kind, input) = &self.feeds[fi].gold[gi];
+        let (kind, mirrored) = (*kind, input.pos);
+        let Some(t) = input.table.as_ref() else { return Ok(0) };
+        let app_id = format!("{}/central/{region}/watermarks/{}", self.cfg.pipeline, kind.table_name());
+        self.watermarks.refresh().await?;
+        let at = self.watermarks.txn_version(&app_id).await?.unwrap_or(-1);
+        // The gold snapshot must be the mirrored version (it is after federate_gold).
+        if mirrored <= at || t.version() != mirrored {
+            return Ok(0);
+        }
+        let max = gold_aggregate::recorded_max_event_time(t)?;
+        let lateness = self.cfg.gold.allowed_lateness_secs * 1_000_000;
+        let now = tributary_core::now_ms() * 1000;
+        let n = max.len();
+        let ts = |v: Vec<i64>| -> ArrayRef {
+            Arc::new(deltalake::arrow::array::TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+        };
+        let batch = RecordBatch::try_new(
+            watermarks_schema(),
+            vec![
+                Arc::new(StringArray::from(max.keys().cloned().collect::<Vec<_>>())),
+                ts(max.values().copied().collect()),
+                ts(max.values().map(|m| m - lateness).collect()),
+                Arc::new(Int64Array::from(vec![mirrored; n])),
+                ts(vec![now; n]),
+                Arc::new(StringArray::from(vec![region.clone(); n])),
+                Arc::new(StringArray::from(vec![kind.table_name().to_string(); n])),
+            ],
+        )
+        .map_err(|e| Error::internal("region watermarks batch").with_source(e))?;
+        let old: HashSet<String> = self
+            .watermarks
+            .files()?
+            .into_iter()
+            .filter(|f| {
+                f.partition_values.get("region").and_then(|x| x.as_deref()) == Some(region.as_str())
+                    && f.partition_values.get("gold_table").and_then(|x| x.as_deref()) == Some(kind.table_name())
+            })
+            .map(|f| f.path)
+            .collect();
+        let adds = self.watermarks.write_files(&[batch]).await?;
+        let mut actions = self.watermarks.remove_actions(&old)?;
+        actions.extend(adds.into_iter().map(Action::Add));
+        self.watermarks
+            .commit_contended(
+                actions,
+                &[PositionMove { app_id, from: at, to: mirrored }],
+                HashMap::new(),
+                (STAGE, &region),
+                self.cfg.federator.max_commit_retries as u32,
+            )
+            .await?;
+        Ok(1)
+    }
+}
+
 #[tonic::async_trait]
 impl Stage for CentralFederator {
     fn stage(&self) -> &str {
@@ -356,6 +445,7 @@ impl Stage for CentralFederator {
             }
             for gi in 0..self.feeds[fi].gold.len() {
                 total += self.federate_gold(fi, gi).await?;
+                total += self.publish_watermarks(fi, gi).await?;
             }
         }
         Ok(total)

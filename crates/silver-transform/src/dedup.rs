@@ -252,8 +252,9 @@ impl DedupIndex {
         // Estimated in-memory size of the bucket's keys (avg id ~24 bytes + set overhead).
         let estimate: usize = files.iter().map(|f| f.num_records.unwrap_or(i64::MAX / 1024).max(0) as usize * 64).sum();
         let cacheable = estimate <= self.cache_budget;
-        let wanted: HashMap<&str, usize> = rows.iter().map(|i| (ids[*i], *i)).collect();
-        let mut found = HashSet::new();
+        // The same id can be asked for more than once in a batch (a replay of a replay).
+        let wanted: HashSet<&str> = rows.iter().map(|i| ids[*i]).collect();
+        let mut found: HashSet<&str> = HashSet::new();
         let mut keys: HashSet<Box<str>> = HashSet::new();
         let mut bytes = 0usize;
         for f in &files {
@@ -265,8 +266,8 @@ impl DedupIndex {
                     .ok_or_else(|| Error::internal("dedup index lacks event_id"))?;
                 for j in 0..col.len() {
                     let id = col.value(j);
-                    if let Some(i) = wanted.get(id) {
-                        found.insert(*i);
+                    if let Some(w) = wanted.get(id) {
+                        found.insert(w);
                     }
                     if cacheable {
                         bytes += id.len() + 40;
@@ -285,7 +286,7 @@ impl DedupIndex {
             self.cache.insert(bucket, Cached { keys: Arc::new(keys), bytes, used: self.tick });
             self.cache_bytes += bytes;
         }
-        Ok(found)
+        Ok(rows.iter().copied().filter(|i| found.contains(ids[*i])).collect())
     }
 
     /// Records the keys silver committed at `silver_version` (exactly once via txn).
@@ -443,6 +444,8 @@ mod tests {
             let keys: Vec<(String, i64)> = (0..500).map(|i| (format!("d{day}-{i}"), day * DAY_US + i)).collect();
             idx.append(&keys, day).await.unwrap();
         }
+        // The same id twice in one lookup: both answers are exact.
+        assert_eq!(idx.contains(&["d3-7", "d3-7", "x", "x"]).await.unwrap(), vec![true, true, false, false]);
         let probe = ["d4-1", "d3-499", "d4-500", "nope", "d2-499"];
         let got = idx.contains(&probe).await.unwrap();
         assert_eq!(got, vec![true, true, false, false, true]);
