@@ -50,6 +50,9 @@ struct RegionFeed {
     region: String,
     silver: Vec<(String, Input)>,
     gold: Vec<(GoldKind, Input)>,
+    /// Per gold input: the gold version whose watermarks `central/region_watermarks` holds
+    /// (its txn, read on recover; so an idle poll does no I/O for it).
+    watermarks_pos: Vec<i64>,
 }
 
 pub struct CentralFederator {
@@ -155,6 +158,7 @@ impl CentralFederator {
                         )
                     })
                     .collect(),
+                watermarks_pos: vec![-1; GoldKind::ALL.len()],
             })
             .collect();
         let label = regions.join(",");
@@ -366,6 +370,10 @@ impl CentralFederator {
     }
 }
 
+fn watermarks_app_id(cfg: &Config, region: &str, kind: GoldKind) -> String {
+    format!("{}/central/{region}/watermarks/{}", cfg.pipeline, kind.table_name())
+}
+
 impl CentralFederator {
     /// Replaces the (region, gold table) partition of `central/region_watermarks` with the
     /// per-source max event time / watermark recorded in the region's gold table at the version
@@ -375,14 +383,14 @@ impl CentralFederator {
         let region = self.feeds[fi].region.clone();
         let (kind, input) = &self.feeds[fi].gold[gi];
         let (kind, mirrored) = (*kind, input.pos);
+        let at = self.feeds[fi].watermarks_pos[gi];
         let Some(t) = input.table.as_ref() else { return Ok(0) };
-        let app_id = format!("{}/central/{region}/watermarks/{}", self.cfg.pipeline, kind.table_name());
-        self.watermarks.refresh().await?;
-        let at = self.watermarks.txn_version(&app_id).await?.unwrap_or(-1);
         // The gold snapshot must be the mirrored version (it is after federate_gold).
         if mirrored <= at || t.version() != mirrored {
             return Ok(0);
         }
+        let app_id = watermarks_app_id(&self.cfg, &region, kind);
+        self.watermarks.refresh().await?;
         let max = gold_aggregate::recorded_max_event_time(t)?;
         let lateness = self.cfg.gold.allowed_lateness_secs * 1_000_000;
         let now = tributary_core::now_ms() * 1000;
@@ -425,6 +433,7 @@ impl CentralFederator {
                 self.cfg.federator.max_commit_retries as u32,
             )
             .await?;
+        self.feeds[fi].watermarks_pos[gi] = mirrored;
         Ok(1)
     }
 }
@@ -462,6 +471,11 @@ impl Stage for CentralFederator {
             for (kind, input) in &mut feed.gold {
                 let t = &self.gold.iter().find(|(k, _)| k == kind).ok_or_else(|| Error::internal("central gold"))?.1;
                 input.pos = t.txn_version(&input.app_id).await?.unwrap_or(-1);
+            }
+            self.watermarks.refresh().await?;
+            for (gi, (kind, _)) in feed.gold.iter().enumerate() {
+                let app_id = watermarks_app_id(&self.cfg, &feed.region, *kind);
+                feed.watermarks_pos[gi] = self.watermarks.txn_version(&app_id).await?.unwrap_or(-1);
             }
         }
         Ok(())

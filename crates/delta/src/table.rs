@@ -519,6 +519,12 @@ pub fn max_time_from_stats(stats: &str, col: &str) -> Option<i64> {
     Some(t.timestamp_millis())
 }
 
+/// Extracts `minValues.<col>` of a boolean column from a file's JSON statistics.
+pub fn min_bool_from_stats(stats: &str, col: &str) -> Option<bool> {
+    let v: Value = serde_json::from_str(stats).ok()?;
+    v.get("minValues")?.get(col)?.as_bool()
+}
+
 /// Builds a `txn` action.
 pub fn txn(app_id: impl Into<String>, version: i64) -> Transaction {
     Transaction::new_with_last_update(app_id.into(), version, Some(tributary_core::now_ms()))

@@ -176,13 +176,22 @@ impl GoldAggregate {
             if let Some(Some(d)) = f.partition_values.get("event_date")
                 && dates.contains(d)
             {
-                let rows = flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?;
-                // Billing: files of final rows are immutable — never removed or rewritten.
-                if flow.kind.is_billing() && window::all_final(&rows)? {
-                    continue;
+                // Billing: files of final rows are immutable — never removed, rewritten or even
+                // read again (known from their statistics; read only when a file has none).
+                if flow.kind.is_billing() {
+                    let all_final =
+                        match f.stats.as_deref().and_then(|st| tributary_delta::min_bool_from_stats(st, "is_final")) {
+                            Some(min) => min,
+                            None => window::all_final(
+                                &flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?,
+                            )?,
+                        };
+                    if all_final {
+                        continue;
+                    }
                 }
                 old_files.insert(f.path.clone());
-                current.extend(rows);
+                current.extend(flow.output.read_file(&f.path, Some(f.size), &f.partition_values).await?);
             }
         }
         let now_us = tributary_core::now_ms() * 1000;

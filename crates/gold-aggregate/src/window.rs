@@ -159,24 +159,8 @@ impl WindowState {
         sources: &[String],
         now_us: i64,
     ) -> Result<Vec<RecordBatch>> {
-        let mut all: BTreeMap<Key, Agg> = BTreeMap::new();
-        for b in current {
-            let starts: &TimestampMicrosecondArray = col(b, "window_start")?;
-            let counts: &Int64Array = col(b, "event_count")?;
-            let late: &Int64Array = col(b, "late_events")?;
-            let (a, c): (&StringArray, &StringArray) = (col(b, "source")?, col(b, "workspace_id")?);
-            for i in 0..b.num_rows() {
-                all.entry((starts.value(i), a.value(i).to_string(), c.value(i).to_string())).or_default().add(&Agg {
-                    count: counts.value(i),
-                    dbu: 0,
-                    late: late.value(i),
-                });
-            }
-        }
-        for (k, d) in self.on_time.iter().chain(self.late.iter()) {
-            all.entry(k.clone()).or_default().add(d);
-        }
-        all.retain(|k, _| dates.contains(&tributary_events::date_of_micros(k.0)));
+        // Monitoring: late deltas update their windows too.
+        let all = self.merged(current, self.on_time.iter().chain(self.late.iter()), dates)?;
         let w = self.kind.window_us();
         let rows: Vec<Row> = all
             .into_iter()
@@ -210,24 +194,8 @@ impl WindowState {
         old_watermark: Option<i64>,
         now_us: i64,
     ) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
-        let mut all: BTreeMap<Key, Agg> = BTreeMap::new();
-        for b in provisional {
-            let starts: &TimestampMicrosecondArray = col(b, "window_start")?;
-            let counts: &Int64Array = col(b, "event_count")?;
-            let dbu: &Decimal128Array = col(b, "dbu")?;
-            let (a, c): (&StringArray, &StringArray) = (col(b, "customer_id")?, col(b, "sku")?);
-            for i in 0..b.num_rows() {
-                all.entry((starts.value(i), a.value(i).to_string(), c.value(i).to_string())).or_default().add(&Agg {
-                    count: counts.value(i),
-                    dbu: dbu.value(i),
-                    late: 0,
-                });
-            }
-        }
-        for (k, d) in &self.on_time {
-            all.entry(k.clone()).or_default().add(d);
-        }
-        all.retain(|k, _| dates.contains(&tributary_events::date_of_micros(k.0)));
+        // Billing: late deltas become adjustment rows below, never part of a window row.
+        let all = self.merged(provisional, self.on_time.iter(), dates)?;
         let w = self.kind.window_us();
         let mut finals = Vec::new();
         let mut rest = Vec::new();
@@ -266,6 +234,40 @@ impl WindowState {
             });
         }
         Ok((self.build(&finals, now_us)?, self.build(&rest, now_us)?))
+    }
+
+    /// The aggregates of `current` gold rows plus `deltas`, restricted to `dates`.
+    fn merged<'a>(
+        &self,
+        current: &[RecordBatch],
+        deltas: impl Iterator<Item = (&'a Key, &'a Agg)>,
+        dates: &BTreeSet<String>,
+    ) -> Result<BTreeMap<Key, Agg>> {
+        let billing = self.kind.is_billing();
+        let mut all: BTreeMap<Key, Agg> = BTreeMap::new();
+        for b in current {
+            let starts: &TimestampMicrosecondArray = col(b, "window_start")?;
+            let counts: &Int64Array = col(b, "event_count")?;
+            let (a, c): (&StringArray, &StringArray) = if billing {
+                (col(b, "customer_id")?, col(b, "sku")?)
+            } else {
+                (col(b, "source")?, col(b, "workspace_id")?)
+            };
+            let dbu: Option<&Decimal128Array> = if billing { Some(col(b, "dbu")?) } else { None };
+            let late: Option<&Int64Array> = if billing { None } else { Some(col(b, "late_events")?) };
+            for i in 0..b.num_rows() {
+                all.entry((starts.value(i), a.value(i).to_string(), c.value(i).to_string())).or_default().add(&Agg {
+                    count: counts.value(i),
+                    dbu: dbu.map_or(0, |d| d.value(i)),
+                    late: late.map_or(0, |l| l.value(i)),
+                });
+            }
+        }
+        for (k, d) in deltas {
+            all.entry(k.clone()).or_default().add(d);
+        }
+        all.retain(|k, _| dates.contains(&tributary_events::date_of_micros(k.0)));
+        Ok(all)
     }
 
     fn build(&self, rows: &[Row], now_us: i64) -> Result<Option<RecordBatch>> {
