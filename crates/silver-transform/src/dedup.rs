@@ -136,6 +136,8 @@ pub struct DedupIndex {
     /// Max event_time of the keys indexed (the horizon is measured back from it).
     pub max_event_time_us: Option<i64>,
     pub stats: DedupStats,
+    /// The in-memory state was built from the index (see `recover`).
+    loaded: bool,
 }
 
 impl DedupIndex {
@@ -156,6 +158,7 @@ impl DedupIndex {
             tick: 0,
             max_event_time_us: None,
             stats: DedupStats::default(),
+            loaded: false,
         })
     }
 
@@ -174,11 +177,16 @@ impl DedupIndex {
         self.cache_bytes
     }
 
-    /// Brings the index up to `silver` (indexing versions after `pos`) and rebuilds the Bloom
-    /// filter and the max event_time from the index, one file at a time.
+    /// Brings the index up to `silver` (indexing versions after `pos`). The Bloom filter, cache
+    /// and max event_time are rebuilt from the index, one file at a time, on the first call and
+    /// whenever another writer moved the index; after this process's own failed batch they are
+    /// still right (they only take keys after the index commit that holds them), so the stage's
+    /// error path does not re-read the whole index.
     pub async fn recover(&mut self, silver: &Table) -> Result<()> {
         self.table.refresh().await?;
-        self.pos = self.table.txn_version(&self.app_id).await?.unwrap_or(-1);
+        let recorded = self.table.txn_version(&self.app_id).await?.unwrap_or(-1);
+        let rebuild = !self.loaded || recorded != self.pos;
+        self.pos = recorded;
         let latest = silver.version();
         if latest > self.pos {
             let mut ids: Vec<(String, i64)> = Vec::new();
@@ -193,6 +201,9 @@ impl DedupIndex {
             }
             self.append(&ids, latest).await?;
         }
+        if !rebuild {
+            return Ok(());
+        }
         self.bloom.clear();
         self.cache.clear();
         self.cache_bytes = 0;
@@ -206,6 +217,7 @@ impl DedupIndex {
             }
         }
         self.max_event_time_us = max;
+        self.loaded = true;
         Ok(())
     }
 
