@@ -81,10 +81,11 @@ fuzz: ## Fuzz the event decoder with cargo-fuzz (libFuzzer, nightly) for FUZZ_SE
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1
 
 .PHONY: bench
-bench: test-deps build ## Load harness: events/s, latency percentiles, peak RSS (files and Kafka paths)
-	$(PYTHON) scripts/bench.py --events $${BENCH_EVENTS:-25000}
-	$(PYTHON) scripts/bench.py --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
-	./target/debug/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
+bench: test-deps ## Release load harness: files vs polars baseline, per-stage cost, e2e, Kafka vs broker ceiling, dedup
+	$(CARGO) build --release -p tributary
+	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --python $(PYTHON) --events $${BENCH_EVENTS:-25000}
+	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
+	./target/release/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied

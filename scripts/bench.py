@@ -2,8 +2,10 @@
 
 usage: python scripts/bench.py [--events N] [--kafka] [--tansu PATH] [--bin PATH]
 
-- files: generate N events per source (1 region), run `tributary standalone` to idle; prints
-  rows/s per stage (from its own report) and the process's peak RSS.
+- files: generate N events per source (1 region); bronze alone to idle vs. the polars baseline
+  (scripts/baseline_polars.py) on the same files, ratio printed; then silver, gold and the
+  federator each alone on the backlog (events/s, CPU-s per million events, peak RSS per service);
+  then all stages at once on a fresh copy (end to end) and the reconciliation verdict.
 - kafka: start tansu on loopback, pre-load the topics with ~1 KB events, then time
   `bronze-ingest --from kafka --trigger available-now` alone: messages/s and peak RSS. Then a
   live run: a producer at a fixed rate while ingest runs; end-to-end latency percentiles are
@@ -11,6 +13,7 @@ usage: python scripts/bench.py [--events N] [--kafka] [--tansu PATH] [--bin PATH
 Every loop is bounded; all traffic stays on 127.0.0.1.
 """
 import argparse
+import re
 import os
 import resource
 import shutil
@@ -50,24 +53,65 @@ def pct(values, p):
     return values[k]
 
 
+IDLE = re.compile(r"pipeline idle after ([0-9.]+)s; process cpu ([0-9.]+)s \(user\+sys\), peak RSS ([0-9]+) MiB")
+
+
+def standalone(args, data, stages, env):
+    """Runs `tributary standalone` for `stages` to idle; returns (wall s to idle, cpu s, peak RSS MiB, stdout)."""
+    _, _, out = run([args.bin, "standalone", "--data", data, "--regions", "r1", "--stages", stages,
+                     "--exit-when-idle", "--timeout-secs", "1800"], env)
+    m = IDLE.search(out)
+    if not m:
+        sys.exit(f"no idle line in the output of standalone --stages {stages}:\n{out[-2000:]}")
+    return float(m.group(1)), float(m.group(2)), float(m.group(3)), out
+
+
+def files_bench(args, work, env):
+    """Files path, release binary: bronze alone against the polars baseline on the same files, then
+    each later stage alone on the backlog the previous one left (CPU-s per million events, RSS per
+    service), then every layer at once on a fresh copy of the same traffic (end to end)."""
+    total = 4 * args.events
+    gen = ["generate", "--regions", "r1", "--events-per-source", str(args.events), "--files-per-source", "32"]
+    data = f"{work}/files"
+    run([args.bin, *gen, "--data", data], env)
+    landing = f"{data}/regions/r1/landing"
+    mb = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(landing) for f in fs) / 1e6
+    print(f"files path: {total} events in {mb:.0f} MB of NDJSON (1 region, 4 sources, 32 files each); binary {args.bin}")
+    print(f"  {'stage (alone, on the backlog)':<32} {'events/s':>10} {'wall s':>8} {'cpu s':>7} {'cpu-s/M ev':>11} {'peak RSS MiB':>13}")
+    per_stage = {}
+    for stage in ["bronze", "silver", "gold", "federator"]:
+        wall, cpu, rss, _ = standalone(args, data, stage, env)
+        per_stage[stage] = (wall, cpu, rss)
+        print(f"  {stage:<32} {total / wall:>10.0f} {wall:>8.2f} {cpu:>7.2f} {cpu / (total / 1e6):>11.1f} {rss:>13.0f}")
+    py = args.python or sys.executable
+    secs, _, out = run([py, os.path.join(os.path.dirname(__file__), "baseline_polars.py"), landing, f"{work}/polars"], env)
+    m = re.search(r"rows=([0-9]+) seconds=([0-9.]+)", out)
+    rows, psecs = int(m.group(1)), float(m.group(2))
+    bronze_rate = total / per_stage["bronze"][0]
+    print(f"  {'polars baseline (same files)':<32} {rows / psecs:>10.0f} {psecs:>8.2f}  (scripts/baseline_polars.py, {rows} rows)")
+    print(f"  bronze / polars baseline: {bronze_rate / (rows / psecs):.2f}x")
+    data2 = f"{work}/e2e"
+    run([args.bin, *gen, "--data", data2], env)
+    wall, cpu, rss, out = standalone(args, data2, "bronze,silver,gold,federator", env)
+    print(f"  {'end to end (all stages at once)':<32} {total / wall:>10.0f} {wall:>8.2f} {cpu:>7.2f} {cpu / (total / 1e6):>11.1f} {rss:>13.0f}")
+    rec = out[out.find("reconciliation"):]
+    print("  reconciliation: " + ("exact (every layer = ground truth)" if "every layer matches the generator" in rec else "NOT EXACT\n" + rec))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=25000, help="events per source")
     ap.add_argument("--kafka", action="store_true")
     ap.add_argument("--tansu", default=os.path.expanduser("~/.cache/tributary/tansu-0.6.0/bin/tansu"))
-    ap.add_argument("--bin", default="./target/debug/tributary")
+    ap.add_argument("--bin", default="./target/release/tributary")
+    ap.add_argument("--python", default=None, help="interpreter with polars for the baseline")
     ap.add_argument("--rate", type=int, default=2000, help="live-run producer rate (events/s)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="tributary-bench-")
     env = dict(os.environ, RUST_LOG="warn")
     try:
         if not args.kafka:
-            data = f"{work}/files"
-            run([args.bin, "generate", "--data", data, "--regions", "r1", "--events-per-source", str(args.events),
-                 "--files-per-source", "32"], env)
-            secs, rss, out = run([args.bin, "standalone", "--data", data, "--regions", "r1", "--exit-when-idle"], env)
-            print(out[out.find("pipeline idle"):out.find("reconciliation")].rstrip())
-            print(f"files path: {4 * args.events} events through every layer in {secs:.1f}s wall; peak RSS {rss / 1024 if rss else float('nan'):.0f} MiB")
+            files_bench(args, work, env)
             return
         port = free_port()
         os.makedirs(f"{work}/broker")
@@ -88,6 +132,9 @@ def main():
                               "--kafka", "--partitions", "4"], env)
             total = 4 * args.events
             print(f"pre-loaded ~{total} messages of ~1 KB in {secs:.1f}s (generate + produce)")
+            # The broker's own ceiling on the same topics: a plain consumer that only counts.
+            _, _, out = run([args.bin, "bench-kafka-ceiling", "--data", data, *common], env)
+            print("  " + out.strip().splitlines()[-1])
             kenv = dict(env, TRIBUTARY__KAFKA__GROUP_ID="bench-preloaded", TRIBUTARY__KAFKA__MAX_BATCH_RECORDS="20000")
             secs, rss, _ = run([args.bin, "bronze-ingest", "--data", data, *common, "--region", "r1", "--from", "kafka",
                                 "--trigger", "available-now"], kenv)

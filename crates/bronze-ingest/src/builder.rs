@@ -149,10 +149,12 @@ impl BronzeRows {
         for (key, range) in &d.payload_fields {
             let raw = &d.payload[range.start as usize..range.end as usize];
             let seen = classify(raw);
-            let cells = self
-                .fields
-                .entry(key.clone())
-                .or_insert_with(|| FieldCells { first_lineage: lineage.describe(), ..Default::default() });
+            // Look up by `&str` first: the common case (a field seen before) allocates nothing.
+            if !self.fields.contains_key(key.as_str()) {
+                self.fields
+                    .insert(key.clone(), FieldCells { first_lineage: lineage.describe(), ..Default::default() });
+            }
+            let Some(cells) = self.fields.get_mut(key.as_str()) else { continue };
             cells.present += 1;
             *cells.seen.entry(seen).or_insert(0) += 1;
             if seen == Seen::Str && cells.string_samples.len() < 64 {

@@ -363,7 +363,13 @@ impl KafkaIngest {
             let mut q = QuarantineRows::new(now_us);
             let mut last: BTreeMap<i32, i64> = BTreeMap::new();
             let mut max_event_time = 0i64;
-            for m in &msgs {
+            let threads = self.cfg.server.threads();
+            let decoded = tributary_core::cpu_section(|| {
+                tributary_core::parallel_map(&msgs, threads, 512, |m| {
+                    tributary_events::decode_event(&m.payload, &source, max_event_bytes)
+                })
+            });
+            for (m, decoded) in msgs.iter().zip(decoded) {
                 let st = self
                     .assigned
                     .get(&(topic.clone(), m.partition))
@@ -374,7 +380,7 @@ impl KafkaIngest {
                     offset: m.offset,
                     timestamp_us: m.timestamp_us,
                 };
-                match tributary_events::decode_event(&m.payload, &source, max_event_bytes) {
+                match decoded {
                     Ok(d) => {
                         if m.offset > st.data_pos {
                             max_event_time = max_event_time.max(d.event_time.unwrap_or(0) / 1000);
@@ -432,7 +438,9 @@ impl KafkaIngest {
             if !data_moves.is_empty() {
                 fault::point("kafka.before_upload");
                 let mut actions: Vec<Action> = prepared.metadata.iter().cloned().collect();
-                actions.extend(out.table.write_files(&prepared.batches).await?.into_iter().map(Action::Add));
+                actions.extend(
+                    out.table.write_files_parallel(&prepared.batches, threads).await?.into_iter().map(Action::Add),
+                );
                 fault::point("kafka.after_upload_before_commit");
                 let expected: Vec<(&str, i64)> = data_moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
                 out.table.expect_positions(&expected, -1).await?;

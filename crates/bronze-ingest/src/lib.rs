@@ -63,12 +63,7 @@ pub struct BronzeIngest {
     next_flow: usize,
 }
 
-pub fn table_location(cfg: &Config, region: &str, source: &str) -> String {
-    cfg.region_table(region, &format!("bronze/{source}"))
-}
-pub fn quarantine_location(cfg: &Config, region: &str) -> String {
-    cfg.region_table(region, "bronze/_quarantine")
-}
+pub use tributary_delta::catalog::{bronze_location as table_location, bronze_quarantine_location as quarantine_location};
 
 impl BronzeIngest {
     pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
@@ -92,7 +87,7 @@ impl BronzeIngest {
             .await?;
             flows.push(Flow {
                 source: source.clone(),
-                app_id: format!("{}/landing/{region}/{source}", cfg.pipeline),
+                app_id: tributary_delta::catalog::bronze_landing_app_id(&cfg, region, source),
                 table,
                 seq: 0,
                 quarantine_seq: 0,
@@ -199,52 +194,71 @@ impl BronzeIngest {
     }
 
     /// Reads and decodes files into bronze rows (typed later, once the schema is decided) and
-    /// quarantine rows.
+    /// quarantine rows. The JSON work runs on `bronze.threads` threads over contiguous chunks of
+    /// the batch's lines; rows are then appended in file/line order, so the result does not
+    /// depend on the thread count.
     async fn decode_files(&self, source: &str, paths: &[String]) -> Result<(BronzeRows, Vec<RecordBatch>, u64)> {
         let now = tributary_core::now_ms() * 1000;
-        let mut bronze = BronzeRows::new(source, now);
-        let mut quarantine = QuarantineRows::new(now);
-        let mut lines_in = 0u64;
+        let mut bodies: Vec<(String, std::result::Result<Vec<u8>, (String, bytes::Bytes)>)> =
+            Vec::with_capacity(paths.len());
         for p in paths {
             let location = Path::from(p.as_str());
             // Lineage is the path inside the landing zone (`<source>/<file>`), so two pipelines fed
             // the same files (DR) hold the same logical rows whatever their landing roots.
-            let file_uri = p.clone();
             let raw = self
                 .landing
                 .get(&location)
                 .await
-                .map_err(|e| Error::external(format!("reading landing file {file_uri}")).with_source(e))?
+                .map_err(|e| Error::external(format!("reading landing file {p}")).with_source(e))?
                 .bytes()
                 .await
-                .map_err(|e| Error::external(format!("reading landing file {file_uri}")).with_source(e))?;
-            match files::decompress(p, &raw) {
-                Ok(body) => {
-                    for (idx, line) in files::lines(&body) {
-                        lines_in += 1;
-                        match tributary_events::decode_event(line, source, self.cfg.bronze.max_event_bytes) {
-                            Ok(d) => bronze.push(d, &Lineage::File { path: &file_uri, line: idx as i64 }),
-                            Err(r) => quarantine.push(
-                                source,
-                                r.code(),
-                                None,
-                                &r.detail(),
-                                line,
-                                None,
-                                Some(&file_uri),
-                                Some(idx as i64),
-                                None,
-                            ),
-                        }
-                    }
-                }
-                Err(e) => {
-                    lines_in += 1;
-                    quarantine.push(source, "corrupt_file", None, &e, &raw, None, Some(&file_uri), None, None);
+                .map_err(|e| Error::external(format!("reading landing file {p}")).with_source(e))?;
+            bodies.push((p.clone(), files::decompress(p, &raw).map_err(|e| (e, raw))));
+        }
+        let source_owned = source.to_string();
+        let max_bytes = self.cfg.bronze.max_event_bytes;
+        let threads = self.cfg.server.threads();
+        tokio::task::spawn_blocking(move || {
+            let lines: Vec<(usize, usize, &[u8])> = bodies
+                .iter()
+                .enumerate()
+                .filter_map(|(fi, (_, b))| b.as_ref().ok().map(|b| (fi, b)))
+                .flat_map(|(fi, b)| files::lines(b).map(move |(li, l)| (fi, li, l)))
+                .collect();
+            let decoded = tributary_core::parallel_map(&lines, threads, 512, |&(_, _, l)| {
+                tributary_events::decode_event(l, &source_owned, max_bytes)
+            });
+            let mut bronze = BronzeRows::new(&source_owned, now);
+            let mut quarantine = QuarantineRows::new(now);
+            let mut lines_in = 0u64;
+            for ((fi, idx, line), d) in lines.iter().zip(decoded) {
+                lines_in += 1;
+                let file_uri = bodies[*fi].0.as_str();
+                match d {
+                    Ok(d) => bronze.push(d, &Lineage::File { path: file_uri, line: *idx as i64 }),
+                    Err(r) => quarantine.push(
+                        &source_owned,
+                        r.code(),
+                        None,
+                        &r.detail(),
+                        line,
+                        None,
+                        Some(file_uri),
+                        Some(*idx as i64),
+                        None,
+                    ),
                 }
             }
-        }
-        Ok((bronze, quarantine.finish()?, lines_in))
+            for (file_uri, b) in &bodies {
+                if let Err((e, raw)) = b {
+                    lines_in += 1;
+                    quarantine.push(&source_owned, "corrupt_file", None, e, raw, None, Some(file_uri), None, None);
+                }
+            }
+            Ok((bronze, quarantine.finish()?, lines_in))
+        })
+        .await
+        .map_err(|e| Error::internal("bronze decode task failed").with_source(e))?
     }
 
     /// Brings the quarantine table up to the data table's sequence for one flow.
@@ -325,7 +339,7 @@ impl BronzeIngest {
         fault::point("bronze.before_write");
         let app_id = self.flows[i].app_id.clone();
         let mut actions: Vec<Action> = prepared.metadata.iter().cloned().collect();
-        let adds = self.flows[i].table.write_files(&prepared.batches).await?;
+        let adds = self.flows[i].table.write_files_parallel(&prepared.batches, self.cfg.server.threads()).await?;
         actions.extend(adds.into_iter().map(Action::Add));
         fault::point("bronze.after_upload_before_commit");
         let meta = HashMap::from([(

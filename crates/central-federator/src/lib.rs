@@ -17,7 +17,7 @@
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use gold_aggregate::window::GoldKind;
+use tributary_delta::catalog::{self, GoldKind};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,15 +66,10 @@ pub struct CentralFederator {
     watermarks: Table,
 }
 
-pub fn events_location(cfg: &Config) -> String {
-    cfg.central_table("events")
-}
-pub fn gold_location(cfg: &Config, kind: GoldKind) -> String {
-    cfg.central_table(kind.table_name())
-}
-pub fn watermarks_location(cfg: &Config) -> String {
-    cfg.central_table("region_watermarks")
-}
+pub use tributary_delta::catalog::{
+    central_events_location as events_location, central_gold_location as gold_location,
+    central_watermarks_location as watermarks_location,
+};
 
 pub fn watermarks_schema() -> deltalake::arrow::datatypes::SchemaRef {
     use deltalake::arrow::datatypes::{DataType, Field, Schema};
@@ -135,8 +130,8 @@ impl CentralFederator {
                             s.clone(),
                             Input {
                                 name: format!("{r}/silver/{s}"),
-                                app_id: format!("{}/central/{r}/silver/{s}", cfg.pipeline),
-                                location: silver_transform::table_location(&cfg, r, s),
+                                app_id: catalog::central_silver_app_id(&cfg, r, s),
+                                location: catalog::silver_location(&cfg, r, s),
                                 table: None,
                                 pos: -1,
                             },
@@ -150,8 +145,8 @@ impl CentralFederator {
                             k,
                             Input {
                                 name: format!("{r}/gold/{}", k.table_name()),
-                                app_id: format!("{}/central/{r}/gold/{}", cfg.pipeline, k.table_name()),
-                                location: gold_aggregate::table_location(&cfg, r, k),
+                                app_id: catalog::central_gold_app_id(&cfg, r, k),
+                                location: catalog::gold_location(&cfg, r, k),
                                 table: None,
                                 pos: -1,
                             },
@@ -371,7 +366,7 @@ impl CentralFederator {
 }
 
 fn watermarks_app_id(cfg: &Config, region: &str, kind: GoldKind) -> String {
-    format!("{}/central/{region}/watermarks/{}", cfg.pipeline, kind.table_name())
+    catalog::central_watermarks_app_id(cfg, region, kind)
 }
 
 impl CentralFederator {
@@ -391,7 +386,7 @@ impl CentralFederator {
         }
         let app_id = watermarks_app_id(&self.cfg, &region, kind);
         self.watermarks.refresh().await?;
-        let max = gold_aggregate::recorded_max_event_time(t)?;
+        let max = catalog::recorded_max_event_time(t)?;
         let lateness = self.cfg.gold.allowed_lateness_secs * 1_000_000;
         let now = tributary_core::now_ms() * 1000;
         let n = max.len();

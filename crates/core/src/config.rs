@@ -296,7 +296,22 @@ pub struct ServerConfig {
     /// Admin HTTP listen address (/metrics, /healthz). Empty disables it.
     pub admin_addr: String,
     pub poll_interval_ms: u64,
+    /// Threads a stage spreads a batch's CPU work over (bronze: decoding and Parquet encoding;
+    /// silver: validation), each on one contiguous chunk; the Delta commit stays one per batch.
+    /// 0 = one per core.
+    pub worker_threads: usize,
     pub tls: Option<TlsConfig>,
+}
+
+impl ServerConfig {
+    /// `worker_threads`, or one per core when 0 (at most 64).
+    pub fn threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            self.worker_threads.min(64)
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(64)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -376,7 +391,7 @@ impl Default for FederatorConfig {
 }
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { grpc_addr: String::new(), admin_addr: String::new(), poll_interval_ms: 500, tls: None }
+        Self { grpc_addr: String::new(), admin_addr: String::new(), poll_interval_ms: 500, worker_threads: 0, tls: None }
     }
 }
 impl Default for TelemetryConfig {

@@ -19,6 +19,8 @@ pub struct QuarantineRows {
     lineage: StringBuilder,
     at: TimestampMicrosecondBuilder,
     source: StringBuilder,
+    /// Finished batches taken over from other builders (`absorb`), kept after this one's rows.
+    extra: Vec<RecordBatch>,
     len: usize,
 }
 
@@ -36,6 +38,7 @@ impl QuarantineRows {
             lineage: StringBuilder::new(),
             at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             source: StringBuilder::new(),
+            extra: Vec::new(),
             len: 0,
         }
     }
@@ -69,13 +72,27 @@ impl QuarantineRows {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// The time stamped on every row of this builder.
+    pub fn now_us(&self) -> i64 {
+        self.now_us
+    }
+
+    /// Takes over the rows of another builder (e.g. one filled by a worker thread).
+    pub fn absorb(&mut self, other: QuarantineRows) -> Result<()> {
+        let n = other.len;
+        self.extra.extend(other.finish()?);
+        self.len += n;
+        Ok(())
+    }
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     pub fn finish(mut self) -> Result<Vec<RecordBatch>> {
-        if self.len == 0 {
-            return Ok(vec![]);
+        let extra_rows: usize = self.extra.iter().map(|b| b.num_rows()).sum();
+        if self.len == extra_rows {
+            return Ok(self.extra);
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.reason.finish()),
@@ -91,6 +108,8 @@ impl QuarantineRows {
         ];
         let b = RecordBatch::try_new(schemas::quarantine(), cols)
             .map_err(|e| Error::internal("building quarantine batch").with_source(e))?;
-        Ok(vec![b])
+        let mut out = vec![b];
+        out.extend(self.extra);
+        Ok(out)
     }
 }

@@ -241,27 +241,68 @@ impl Table {
 
     /// Writes batches as Parquet files (one per partition value) without committing them.
     pub async fn write_files(&self, batches: &[RecordBatch]) -> Result<Vec<Add>> {
-        if batches.iter().all(|b| b.num_rows() == 0) {
+        self.write_files_parallel(batches, 1).await
+    }
+
+    /// Like `write_files`, with the Parquet encoding spread over up to `parts` tasks: the rows
+    /// are cut into `parts` contiguous slices (zero-copy), each encoded by its own writer on the
+    /// runtime's worker threads (so at most `parts` files per partition value). Nothing is
+    /// committed; the caller commits every `Add` in one commit as before.
+    pub async fn write_files_parallel(&self, batches: &[RecordBatch], parts: usize) -> Result<Vec<Add>> {
+        const MIN_ROWS_PER_PART: usize = 8192;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
             return Ok(vec![]);
         }
+        let parts = parts.clamp(1, rows.div_ceil(MIN_ROWS_PER_PART).max(1));
         let snapshot_schema = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?.snapshot().arrow_schema();
-        let mut writer = if snapshot_schema.fields().len() == self.schema.fields().len() {
-            RecordBatchWriter::for_table(&self.table).map_err(|e| delta_err(format!("writer for {}", self.name), e))?
-        } else {
-            // An evolved schema not committed yet: files in the new schema, committed with the
-            // metadata action from `evolve`.
-            RecordBatchWriter::try_new(
-                self.url.as_str(),
-                self.schema.clone(),
-                Some(self.partition_columns.clone()),
-                None,
-            )
-            .map_err(|e| delta_err(format!("writer for {}", self.name), e))?
-        };
+        let evolved = snapshot_schema.fields().len() != self.schema.fields().len();
+        // Contiguous row slices of the batches, `parts` groups of about equal size.
+        let per_part = rows.div_ceil(parts);
+        let mut groups: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+        let mut in_group = 0usize;
         for b in batches.iter().filter(|b| b.num_rows() > 0) {
-            writer.write(b.clone()).await.map_err(|e| delta_err(format!("writing files of {}", self.name), e))?;
+            let mut off = 0;
+            while off < b.num_rows() {
+                if in_group == per_part {
+                    groups.push(Vec::new());
+                    in_group = 0;
+                }
+                let take = (b.num_rows() - off).min(per_part - in_group);
+                groups.last_mut().expect("one group").push(b.slice(off, take));
+                off += take;
+                in_group += take;
+            }
         }
-        writer.flush().await.map_err(|e| delta_err(format!("flushing files of {}", self.name), e))
+        let mut tasks = Vec::with_capacity(groups.len());
+        for group in groups {
+            let (table, url, schema, partitions, name) = (
+                self.table.clone(),
+                self.url.clone(),
+                self.schema.clone(),
+                self.partition_columns.clone(),
+                self.name.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut writer = if !evolved {
+                    RecordBatchWriter::for_table(&table).map_err(|e| delta_err(format!("writer for {name}"), e))?
+                } else {
+                    // An evolved schema not committed yet: files in the new schema, committed
+                    // with the metadata action from `evolve`.
+                    RecordBatchWriter::try_new(url.as_str(), schema, Some(partitions), None)
+                        .map_err(|e| delta_err(format!("writer for {name}"), e))?
+                };
+                for b in group {
+                    writer.write(b).await.map_err(|e| delta_err(format!("writing files of {name}"), e))?;
+                }
+                writer.flush().await.map_err(|e| delta_err(format!("flushing files of {name}"), e))
+            }));
+        }
+        let mut adds = Vec::new();
+        for t in tasks {
+            adds.extend(t.await.map_err(|e| Error::internal(format!("writer task of {}", self.name)).with_source(e))??);
+        }
+        Ok(adds)
     }
 
     /// Commits `actions` with the `txn` actions that record the input positions, atomically, on

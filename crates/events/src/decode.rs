@@ -4,7 +4,6 @@
 //! like `"dbu": 0.1000001` stays exact all the way to gold.
 
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 
 /// Why a line cannot become a bronze row. Each maps to a quarantine reason code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,15 +59,94 @@ pub struct Decoded {
     pub payload_fields: Vec<(String, std::ops::Range<u32>)>,
 }
 
+/// An object key: borrowed from the line when it has no escapes (the common case: no copy).
+type Key<'a> = std::borrow::Cow<'a, str>;
+
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Key<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed {
+    type Value = Key<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Key::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Key::Owned(v.to_string()))
+    }
+}
+
+/// The top-level object's fields, sorted by key; of a key given twice the last value wins (the
+/// rules of a `BTreeMap<String, &RawValue>`, without allocating a `String` per key).
+pub struct Fields<'a>(pub Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    /// Parses a JSON object's top level; values stay raw text.
+    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+    /// The raw value of `key` (binary search: the fields are sorted).
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok().map(|i| self.0[i].1)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut v: Vec<(Key<'de>, &'de RawValue)> = Vec::with_capacity(map.size_hint().unwrap_or(32));
+                while let Some(k) = map.next_key_seed(KeySeed)? {
+                    let raw: &'de RawValue = map.next_value()?;
+                    v.push((k, raw));
+                }
+                // Stable: equal keys keep their order, so the last of a run is the last given.
+                v.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+                let mut out: Vec<(Key<'de>, &'de RawValue)> = Vec::with_capacity(v.len());
+                for (k, raw) in v {
+                    match out.last_mut() {
+                        Some(last) if last.0.as_ref() == k.as_ref() => *last = (k, raw),
+                        _ => out.push((k, raw)),
+                    }
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 const ENVELOPE: &[&str] =
     &["event_id", "event_time", "source", "region", "workspace_id", "customer_id", "egress_approved"];
 
 /// Appends `"key":raw` to a JSON object being built; returns the range of `raw` in `out`.
-fn push_field(out: &mut String, key: &str, raw: &RawValue) -> std::ops::Range<u32> {
+fn push_field(out: &mut String, key: &Key<'_>, raw: &RawValue) -> std::ops::Range<u32> {
     if out.len() > 1 {
         out.push(',');
     }
-    out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"?\"".into()));
+    match key {
+        // Borrowed straight from the line: it had no escapes, and JSON strings hold no raw
+        // control characters, so its quoted text is exactly what serde_json would write.
+        std::borrow::Cow::Borrowed(k) => {
+            out.push('"');
+            out.push_str(k);
+            out.push('"');
+        }
+        std::borrow::Cow::Owned(k) => out.push_str(&serde_json::to_string(k).unwrap_or_else(|_| "\"?\"".into())),
+    }
     out.push(':');
     let start = out.len() as u32;
     out.push_str(raw.get());
@@ -101,18 +179,18 @@ pub fn decode_event(line: &[u8], source: &str, max_bytes: usize) -> Result<Decod
             Err(e) => Err(Reject::MalformedJson(e.to_string())),
         };
     }
-    let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_str(trimmed).map_err(|e| Reject::MalformedJson(e.to_string()))?;
+    let Fields(fields) = serde_json::from_str(trimmed).map_err(|e| Reject::MalformedJson(e.to_string()))?;
     // Raw values are not fully checked: a lone UTF-16 surrogate escape (`"\ude00"`) passes
     // them. Such lines are rare, so only lines with `\u` escapes pay for a full parse.
     if trimmed.contains("\\u") {
         serde_json::from_str::<serde_json::Value>(trimmed).map_err(|e| Reject::MalformedJson(e.to_string()))?;
     }
     let mut d = Decoded::default();
-    let mut payload = String::from("{");
+    let mut payload = String::with_capacity(trimmed.len() + 2);
+    payload.push('{');
     let mut rescued = String::from("{");
     for (key, raw) in &fields {
-        match key.as_str() {
+        match key.as_ref() {
             "event_id" => match as_string(raw) {
                 Ok(v) => d.event_id = v,
                 Err(()) => {
@@ -168,7 +246,7 @@ pub fn decode_event(line: &[u8], source: &str, max_bytes: usize) -> Result<Decod
                     push_field(&mut rescued, key, raw);
                 } else {
                     let range = push_field(&mut payload, key, raw);
-                    d.payload_fields.push((key.clone(), range));
+                    d.payload_fields.push((key.to_string(), range));
                 }
             }
         }
@@ -183,6 +261,18 @@ pub fn decode_event(line: &[u8], source: &str, max_bytes: usize) -> Result<Decod
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn keys_sorted_last_duplicate_wins_escapes_kept() {
+        let d = decode_event(br#"{"b":1,"a":2,"b":3,"k\"q":4,"\u00e9t\u00e9":5,"z":{"y":[1]}}"#, "job", 1024).unwrap();
+        assert_eq!(d.payload, r#"{"a":2,"b":3,"k\"q":4,"z":{"y":[1]},"été":5}"#);
+        let names: Vec<&str> = d.payload_fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec!["a", "b", "k\"q", "z", "été"]);
+        // The same result as the BTreeMap the decoder used before.
+        let m: BTreeMap<String, &RawValue> = serde_json::from_str(&d.payload).unwrap();
+        assert_eq!(m.len(), 5);
+    }
 
     #[test]
     fn decodes_envelope_and_keeps_exact_numbers() {

@@ -31,7 +31,7 @@ use tributary_proto::v1::{InputPosition, StageStatus};
 use window::{GoldKind, WindowState};
 
 pub const STAGE: &str = "gold";
-const MAX_EVENT_TIME_PROPERTY: &str = "tributary.max_event_time";
+use tributary_delta::catalog::{self, MAX_EVENT_TIME_PROPERTY};
 
 struct Input {
     source: String,
@@ -55,22 +55,10 @@ pub struct GoldAggregate {
     flows: Vec<Flow>,
 }
 
+pub use tributary_delta::catalog::{recorded_max_event_time, watermarks};
+
 pub fn table_location(cfg: &Config, region: &str, kind: GoldKind) -> String {
-    cfg.region_table(region, &format!("gold/{}", kind.table_name()))
-}
-
-/// Per-source watermarks (µs) from max event times.
-pub fn watermarks(max_event_time: &BTreeMap<String, i64>, lateness_us: i64) -> BTreeMap<String, i64> {
-    max_event_time.iter().map(|(s, m)| (s.clone(), m - lateness_us)).collect()
-}
-
-/// The per-source max event times recorded in a gold table's properties.
-pub fn recorded_max_event_time(t: &Table) -> Result<BTreeMap<String, i64>> {
-    match t.properties()?.get(MAX_EVENT_TIME_PROPERTY) {
-        Some(v) => serde_json::from_str(v)
-            .map_err(|e| Error::internal(format!("{}: bad {MAX_EVENT_TIME_PROPERTY} property", t.name)).with_source(e)),
-        None => Ok(BTreeMap::new()),
-    }
+    catalog::gold_location(cfg, region, kind)
 }
 
 impl GoldAggregate {
@@ -92,8 +80,8 @@ impl GoldAggregate {
             let inputs = sources
                 .into_iter()
                 .map(|s| Input {
-                    app_id: format!("{}/gold/{region}/{}/silver/{s}", cfg.pipeline, kind.table_name()),
-                    location: silver_transform::table_location(&cfg, region, &s),
+                    app_id: catalog::gold_input_app_id(&cfg, region, kind, &s),
+                    location: catalog::silver_location(&cfg, region, &s),
                     source: s,
                     table: None,
                     pos: -1,

@@ -8,55 +8,13 @@ use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Decimal128Array, Decimal128Builder, Float64Array, Int32Array, Int64Array,
     RecordBatch, StringArray, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use deltalake::arrow::datatypes::SchemaRef;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tributary_core::{Error, Result};
-use tributary_delta::schemas;
+
 use tributary_events::contract::{DECIMAL_PRECISION, DECIMAL_SCALE};
 
-pub const MINUTE_US: i64 = 60_000_000;
-pub const HOUR_US: i64 = 3_600_000_000;
-pub const DAY_US: i64 = 86_400_000_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoldKind {
-    /// Event counts per minute.
-    EventCounts,
-    EventCountsHourly,
-    EventCountsDaily,
-    /// Billing usage per hour.
-    Billing,
-    BillingDaily,
-}
-
-impl GoldKind {
-    pub const ALL: [GoldKind; 5] =
-        [Self::EventCounts, Self::EventCountsHourly, Self::EventCountsDaily, Self::Billing, Self::BillingDaily];
-
-    pub fn table_name(self) -> &'static str {
-        match self {
-            Self::EventCounts => "event_counts_minute",
-            Self::EventCountsHourly => "event_counts_hourly",
-            Self::EventCountsDaily => "event_counts_daily",
-            Self::Billing => "billing_usage_hourly",
-            Self::BillingDaily => "billing_usage_daily",
-        }
-    }
-    pub fn is_billing(self) -> bool {
-        matches!(self, Self::Billing | Self::BillingDaily)
-    }
-    pub fn schema(self) -> SchemaRef {
-        if self.is_billing() { schemas::gold_billing() } else { schemas::gold_event_counts() }
-    }
-    pub fn window_us(self) -> i64 {
-        match self {
-            Self::EventCounts => MINUTE_US,
-            Self::EventCountsHourly | Self::Billing => HOUR_US,
-            Self::EventCountsDaily | Self::BillingDaily => DAY_US,
-        }
-    }
-}
+pub use tributary_delta::catalog::{DAY_US, GoldKind, HOUR_US, MINUTE_US};
 
 /// (window_start_us, a, b): counts → (source, workspace); billing → (customer, sku).
 pub type Key = (i64, String, String);
@@ -93,10 +51,6 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
         .ok_or_else(|| Error::internal(format!("batch lacks column {name} of the expected type")))
 }
 
-fn opt(a: &StringArray, i: usize) -> String {
-    if a.is_valid(i) { a.value(i).to_string() } else { "unknown".into() }
-}
-
 impl WindowState {
     pub fn new(kind: GoldKind, region: &str) -> Self {
         Self {
@@ -119,19 +73,36 @@ impl WindowState {
             (None, col(b, "workspace_id")?)
         };
         let dbu: Option<&Decimal128Array> = if self.kind.is_billing() { Some(col(b, "dbu")?) } else { None };
-        for i in 0..b.num_rows() {
-            let t = times.value(i);
+        if b.num_rows() == 0 {
+            return Ok(0);
+        }
+        if let Some(t) = deltalake::arrow::compute::max(times) {
             let m = self.max_event_time.entry(source.to_string()).or_insert(t);
             *m = (*m).max(t);
+        }
+        // Group the batch with borrowed keys first (no allocation per row), then fold each group
+        // into the running state (two strings per group).
+        fn name(a: &StringArray, i: usize) -> &str {
+            if a.is_valid(i) { a.value(i) } else { "unknown" }
+        }
+        let mut groups: std::collections::HashMap<(i64, &str, &str, bool), Agg> = std::collections::HashMap::new();
+        for i in 0..b.num_rows() {
+            let t = times.value(i);
             let start = t.div_euclid(w) * w;
-            let key = (start, a.map_or_else(|| source.to_string(), |a| opt(a, i)), opt(c, i));
             let late = watermark.is_some_and(|wm| start + w <= wm);
-            let e = if late { self.late.entry(key).or_default() } else { self.on_time.entry(key).or_default() };
+            let e = groups.entry((start, a.map_or(source, |a| name(a, i)), name(c, i), late)).or_default();
             e.count += 1;
             e.late += late as i64;
             if let Some(d) = dbu {
                 e.dbu += d.value(i);
             }
+        }
+        for ((start, k1, k2, late), g) in groups {
+            let key = (start, k1.to_string(), k2.to_string());
+            let e = if late { self.late.entry(key).or_default() } else { self.on_time.entry(key).or_default() };
+            e.count += g.count;
+            e.late += g.late;
+            e.dbu += g.dbu;
         }
         Ok(b.num_rows() as u64)
     }
@@ -375,6 +346,7 @@ pub fn billing_sums(batches: &[RecordBatch]) -> Result<BillingSums> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tributary_delta::schemas;
 
     #[test]
     fn counts_finality_follows_the_source_watermark_and_completeness_the_others() {

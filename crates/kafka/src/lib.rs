@@ -342,3 +342,53 @@ mod tests {
         assert!(c.get("sasl.password").is_some());
     }
 }
+
+/// The broker's own ceiling for the benchmark: a plain consumer in a fresh group that reads
+/// `topics` from the beginning and only counts messages (and payload bytes) until every
+/// partition reached the high watermark it had at the start, or `timeout` passes. Returns
+/// (messages, bytes, seconds from the first message to the last).
+pub async fn count_to_end(k: &KafkaConfig, topics: &[String], group: &str, timeout: Duration) -> Result<(u64, u64, f64)> {
+    let consumer: StreamConsumer = client_config(k)?
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| Error::external("creating the counting consumer").with_source(e))?;
+    let names: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
+    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| Error::external("reading topic metadata").with_source(e))?;
+    for t in md.topics().iter().filter(|t| names.contains(&t.name())) {
+        for p in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .map_err(|e| Error::external("reading watermarks").with_source(e))?;
+            if high > 0 {
+                ends.insert((t.name().to_string(), p.id()), high);
+            }
+        }
+    }
+    consumer.subscribe(&names).map_err(|e| Error::external("subscribing").with_source(e))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut first: Option<std::time::Instant> = None;
+    let mut last = std::time::Instant::now();
+    while !ends.is_empty() {
+        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => return Err(Error::external("receiving").with_source(e)),
+            Ok(Ok(m)) => m,
+        };
+        first.get_or_insert_with(std::time::Instant::now);
+        last = std::time::Instant::now();
+        n += 1;
+        bytes += m.payload().map(|p| p.len() as u64).unwrap_or(0);
+        let key = (m.topic().to_string(), m.partition());
+        if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+            ends.remove(&key);
+        }
+    }
+    let secs = first.map(|f| last.duration_since(f).as_secs_f64()).unwrap_or(0.0);
+    Ok((n, bytes, secs))
+}

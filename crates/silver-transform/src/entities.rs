@@ -244,7 +244,7 @@ impl EntityFlow {
             &["__bucket"],
         )
         .await?;
-        let app = format!("{}/silver/{region}/entity/{}", cfg.pipeline, spec.name);
+        let app = tributary_delta::catalog::silver_entity_app_id(cfg, region, &spec.name);
         let mut me = Self {
             spec: spec.clone(),
             region: region.into(),

@@ -60,15 +60,10 @@ pub struct SilverTransform {
     entities: Vec<entities::EntityFlow>,
 }
 
-pub fn table_location(cfg: &Config, region: &str, source: &str) -> String {
-    cfg.region_table(region, &format!("silver/{source}"))
-}
-pub fn quarantine_location(cfg: &Config, region: &str) -> String {
-    cfg.region_table(region, "silver/_quarantine")
-}
-pub fn dedup_location(cfg: &Config, region: &str, source: &str) -> String {
-    cfg.region_table(region, &format!("silver/_dedup/{source}"))
-}
+pub use tributary_delta::catalog::{
+    silver_dedup_location as dedup_location, silver_location as table_location,
+    silver_quarantine_location as quarantine_location,
+};
 
 impl SilverTransform {
     pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
@@ -93,14 +88,14 @@ impl SilverTransform {
                 &cfg.silver.dedup,
                 &format!("silver/_dedup/{source}"),
                 &dedup_location(&cfg, region, source),
-                &format!("{}/silver/{region}/dedup/{source}", cfg.pipeline),
+                &tributary_delta::catalog::silver_dedup_app_id(&cfg, region, source),
             )
             .await?;
             flows.push(Flow {
                 source: source.clone(),
-                app_id: format!("{}/silver/{region}/bronze/{source}", cfg.pipeline),
+                app_id: tributary_delta::catalog::silver_input_app_id(&cfg, region, source),
                 input: None,
-                input_location: bronze_ingest::table_location(&cfg, region, source),
+                input_location: tributary_delta::catalog::bronze_location(&cfg, region, source),
                 output,
                 pos: -1,
                 quarantine_pos: -1,
@@ -363,7 +358,9 @@ impl SilverTransform {
         let mut valid = Vec::new();
         for (v, b) in &input {
             input_rows += b.num_rows() as u64;
-            valid.extend(transform::validate(&source, &self.region, b, *v, &mut q)?);
+            valid.extend(tributary_core::cpu_section(|| {
+                transform::validate_parallel(&source, &self.region, b, *v, &mut q, self.cfg.server.threads())
+            })?);
         }
         let floor = self.flows[i].dedup.floor_us();
         let before = self.flows[i].dedup.stats;

@@ -5,7 +5,6 @@ use deltalake::arrow::array::{
     Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tributary_core::{Error, Result};
 use tributary_delta::quarantine::QuarantineRows;
@@ -104,6 +103,39 @@ fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
     if a.is_valid(i) { Some(a.value(i)) } else { None }
 }
 
+/// `validate` with the rows spread over up to `threads` threads, each on one contiguous slice of
+/// the batch (zero-copy) with its own quarantine builder; results are concatenated in row
+/// order, so the outcome does not depend on the thread count.
+pub fn validate_parallel(
+    source: &str,
+    region: &str,
+    b: &RecordBatch,
+    bronze_version: i64,
+    q: &mut QuarantineRows,
+    threads: usize,
+) -> Result<Vec<SilverRow>> {
+    const MIN_ROWS: usize = 2048;
+    let parts = threads.clamp(1, b.num_rows().div_ceil(MIN_ROWS).max(1));
+    if parts == 1 {
+        return validate(source, region, b, bronze_version, q);
+    }
+    let chunk = b.num_rows().div_ceil(parts);
+    let slices: Vec<RecordBatch> =
+        (0..parts).map(|k| b.slice(k * chunk, chunk.min(b.num_rows().saturating_sub(k * chunk)))).collect();
+    let now_us = q.now_us();
+    let results = tributary_core::parallel_map(&slices, parts, 1, |s| {
+        let mut part_q = QuarantineRows::new(now_us);
+        validate(source, region, s, bronze_version, &mut part_q).map(|rows| (rows, part_q))
+    });
+    let mut out = Vec::with_capacity(b.num_rows());
+    for r in results {
+        let (rows, part_q) = r?;
+        out.extend(rows);
+        q.absorb(part_q)?;
+    }
+    Ok(out)
+}
+
 /// Splits a bronze batch into valid silver rows and quarantined rows (appended to `q`).
 pub fn validate(
     source: &str,
@@ -134,7 +166,8 @@ pub fn validate(
         let k_topic = opt_str(k_topics, i);
         let k_partition = if k_parts.is_valid(i) { Some(k_parts.value(i)) } else { None };
         let k_offset = if k_offsets.is_valid(i) { Some(k_offsets.value(i)) } else { None };
-        let lineage = match (k_topic, k_partition, k_offset) {
+        // Built only for a rejected row (the rows that pass never need it).
+        let lineage = || match (k_topic, k_partition, k_offset) {
             (Some(t), Some(p), Some(o)) => {
                 serde_json::json!({"bronze_version": bronze_version, "topic": t, "partition": p, "offset": o})
                     .to_string()
@@ -169,7 +202,7 @@ pub fn validate(
                 None,
                 file,
                 line,
-                Some(&lineage),
+                Some(&lineage()),
             );
             continue;
         };
@@ -183,11 +216,11 @@ pub fn validate(
                 Some(event_id),
                 file,
                 line,
-                Some(&lineage),
+                Some(&lineage()),
             );
             continue;
         }
-        let parsed: BTreeMap<String, &RawValue> = match serde_json::from_str(payload.value(i)) {
+        let parsed = match tributary_events::decode::Fields::parse(payload.value(i)) {
             Ok(p) => p,
             Err(e) => {
                 q.push(
@@ -199,7 +232,7 @@ pub fn validate(
                     Some(event_id),
                     file,
                     line,
-                    Some(&lineage),
+                    Some(&lineage()),
                 );
                 continue;
             }
@@ -257,7 +290,7 @@ pub fn validate(
             }
         }
         if let Some((reason, rule, detail)) = reject {
-            q.push(source, &reason, Some(&rule), &detail, &raw_row(), Some(event_id), file, line, Some(&lineage));
+            q.push(source, &reason, Some(&rule), &detail, &raw_row(), Some(event_id), file, line, Some(&lineage()));
             continue;
         }
         let mut rescued_out = opt_str(rescued, i).map(|s| s.to_string());

@@ -245,6 +245,14 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         buckets: u32,
     },
+    /// Benchmark helper: the broker's own ceiling — a plain consumer that only counts the
+    /// messages of the source topics of `--regions` (fresh group, from the beginning).
+    BenchKafkaCeiling {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
     /// Print a service's PipelineStatus.
     Status {
         /// e.g. http://127.0.0.1:50051, or https://host:port with --ca-cert for TLS.
@@ -418,6 +426,34 @@ pub fn main() -> ExitCode {
             };
             match runtime().block_on(crate::report::bench_dedup(&dir, &cfg, keys, batch.max(1), replay)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::BenchKafkaCeiling { common, timeout_secs } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let topics: Vec<String> = cfg
+                .regions
+                .iter()
+                .flat_map(|r| cfg.bronze.sources.iter().map(|s| cfg.kafka.topic_for(s).replace("{region}", r)))
+                .collect();
+            let group = format!("tributary-ceiling-{}", tributary_core::now_ms());
+            match runtime().block_on(tributary_kafka::count_to_end(
+                &cfg.kafka,
+                &topics,
+                &group,
+                std::time::Duration::from_secs(timeout_secs),
+            )) {
+                Ok((n, bytes, secs)) => {
+                    println!(
+                        "broker ceiling: {n} messages ({:.0} MB) in {secs:.2}s = {:.0} msgs/s (plain consumer, count only)",
+                        bytes as f64 / 1e6,
+                        n as f64 / secs.max(1e-9)
+                    );
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(e),
             }
         }

@@ -142,7 +142,9 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
         let _ = t.await;
     }
     let wall = started.elapsed().as_secs_f64();
-    println!("\npipeline idle after {wall:.2}s; per stage (units = input rows; all regions together):");
+    let (cpu, rss) = tributary_core::process_usage();
+    println!("\npipeline idle after {wall:.2}s; process cpu {cpu:.2}s (user+sys), peak RSS {rss:.0} MiB");
+    println!("per stage (units = input rows; all regions together):");
     println!(
         "  {:<12} {:>12} {:>10} {:>14} {:>14} {:>9}",
         "stage", "rows", "busy s", "rows/busy s", "rows/wall s", "failures"
