@@ -278,7 +278,12 @@ impl BronzeRows {
             obj.push('}');
             self.rescued[row] = Some(obj);
         }
-        let payload: ArrayRef = Arc::new(StringArray::from_iter_values(self.payloads.iter()));
+        // Sized up front: one allocation for the column instead of repeated doubling copies.
+        let mut pb = StringBuilder::with_capacity(n, self.payloads.iter().map(|p| p.len()).sum());
+        for p in &self.payloads {
+            pb.append_value(p);
+        }
+        let payload: ArrayRef = Arc::new(pb.finish());
         let rescued: ArrayRef = Arc::new(StringArray::from_iter(self.rescued.iter().map(|r| r.as_deref())));
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),

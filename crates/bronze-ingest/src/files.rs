@@ -2,7 +2,8 @@
 
 use deltalake::{ObjectMeta, ObjectStore, Path};
 use futures::TryStreamExt;
-use std::collections::HashSet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::sync::Arc;
 use tributary_core::{Error, Result};
@@ -26,17 +27,129 @@ fn is_data_file(name: &str) -> bool {
         && [".ndjson", ".jsonl", ".json", ".ndjson.gz", ".jsonl.gz", ".json.gz"].iter().any(|s| name.ends_with(s))
 }
 
-/// Files under `<source>/` not yet ingested, sorted by path (names embed time or sequence).
-pub async fn list_new(store: &Arc<dyn ObjectStore>, source: &str, done: &HashSet<String>) -> Result<Vec<ObjectMeta>> {
-    let prefix = Path::from(source);
-    let mut all: Vec<ObjectMeta> = store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| Error::external(format!("listing landing/{source}")).with_source(e))?;
-    all.retain(|m| m.location.filename().map(is_data_file).unwrap_or(false) && !done.contains(m.location.as_ref()));
+/// Which landing files of a source are ingested, in memory independent of history
+/// (Auto Loader's incremental listing): every path at or below `frontier` (lexical order) is
+/// ingested, and `recent` holds the ingested paths above it. The frontier advances over the
+/// ingested prefix of each listing, so `recent` only holds the files committed above the first
+/// file still pending (a batch or two). The landing contract that makes this exact: files arrive
+/// in lexical order of their paths within a source (names embed time or a sequence, or
+/// date/hour folders), each complete when it appears (written under a `.`/`_` temp name, then
+/// renamed into place).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Discovery {
+    pub frontier: Option<String>,
+    pub recent: BTreeSet<String>,
+}
+
+impl Discovery {
+    pub fn is_done(&self, path: &str) -> bool {
+        self.frontier.as_deref().is_some_and(|f| path <= f) || self.recent.contains(path)
+    }
+
+    /// Records committed paths.
+    pub fn record(&mut self, paths: &[String]) {
+        self.recent.extend(paths.iter().filter(|p| !self.frontier.as_deref().is_some_and(|f| p.as_str() <= f)).cloned());
+    }
+
+    /// Moves the frontier over the ingested prefix of `listed` (sorted, all above the frontier).
+    pub fn advance(&mut self, listed: &[ObjectMeta]) {
+        for m in listed {
+            let p = m.location.as_ref();
+            if self.recent.remove(p) {
+                self.frontier = Some(p.to_string());
+            } else {
+                break;
+            }
+        }
+        if let Some(f) = &self.frontier {
+            // Entries at or below the frontier are covered by it (e.g. files deleted after ingest).
+            let keep = self.recent.split_off(&format!("{f}\u{0}"));
+            self.recent = keep;
+        }
+    }
+}
+
+/// Data files under `<source>/` above the frontier, sorted by path: for a local landing zone a
+/// directory walk that skips every folder whose whole subtree sorts at or below the frontier
+/// (so the cost of a poll does not grow with the files already ingested under date/hour folders);
+/// otherwise the store's listing from the frontier.
+pub async fn list_above(
+    store: &Arc<dyn ObjectStore>,
+    local_root: Option<&std::path::Path>,
+    source: &str,
+    frontier: Option<&str>,
+) -> Result<Vec<ObjectMeta>> {
+    let mut all = match local_root {
+        Some(root) => {
+            let (root, source, frontier) = (root.to_path_buf(), source.to_string(), frontier.map(str::to_string));
+            tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                walk_local(&root, &source, frontier.as_deref(), &mut out)?;
+                Ok::<_, Error>(out)
+            })
+            .await
+            .map_err(|e| Error::internal("landing listing task").with_source(e))??
+        }
+        None => {
+            let prefix = Path::from(source);
+            let listed: Vec<ObjectMeta> = match frontier {
+                Some(f) => store.list_with_offset(Some(&prefix), &Path::from(f)).try_collect().await,
+                None => store.list(Some(&prefix)).try_collect().await,
+            }
+            .map_err(|e| Error::external(format!("listing landing/{source}")).with_source(e))?;
+            listed
+        }
+    };
+    all.retain(|m| {
+        m.location.filename().map(is_data_file).unwrap_or(false)
+            && frontier.is_none_or(|f| m.location.as_ref() > f)
+            // Temp names anywhere in the path (a folder being filled) are not complete files.
+            && !m.location.parts().any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'))
+    });
     all.sort_by(|a, b| a.location.cmp(&b.location));
     Ok(all)
+}
+
+/// Whether every path under `prefix/` sorts at or below `frontier`.
+fn subtree_done(prefix: &str, frontier: &str) -> bool {
+    let dir = format!("{prefix}/");
+    dir.as_str() < frontier && !frontier.starts_with(&dir)
+}
+
+fn walk_local(root: &std::path::Path, rel: &str, frontier: Option<&str>, out: &mut Vec<ObjectMeta>) -> Result<()> {
+    let dir = root.join(rel);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::external(format!("listing landing/{rel}")).with_source(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::external(format!("listing landing/{rel}")).with_source(e))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            tracing::warn!(dir = %dir.display(), "landing entry with a non-UTF-8 name skipped");
+            continue;
+        };
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let path = format!("{rel}/{name}");
+        let meta = entry.metadata().map_err(|e| Error::external(format!("stat landing/{path}")).with_source(e))?;
+        if meta.is_dir() {
+            if frontier.is_some_and(|f| subtree_done(&path, f)) {
+                continue;
+            }
+            walk_local(root, &path, frontier, out)?;
+        } else if meta.is_file() && frontier.is_none_or(|f| path.as_str() > f) {
+            out.push(ObjectMeta {
+                location: Path::from(path.as_str()),
+                last_modified: meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
+                size: meta.len(),
+                e_tag: None,
+                version: None,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The next batch: at most `max_files` files and about `max_bytes` (at least one file).
@@ -53,21 +166,35 @@ pub fn take_batch(files: Vec<ObjectMeta>, max_files: usize, max_bytes: u64) -> V
     out
 }
 
-pub fn decompress(name: &str, raw: &[u8]) -> Result<Vec<u8>, String> {
+/// The file's bytes, gunzipped when its name ends in `.gz` (a plain file is not copied).
+pub fn decompress(name: &str, raw: bytes::Bytes) -> Result<bytes::Bytes, (String, bytes::Bytes)> {
     if name.ends_with(".gz") {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(raw)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("cannot gunzip {name}: {e}"))?;
-        Ok(out)
+        match flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out) {
+            Ok(_) => Ok(out.into()),
+            Err(e) => Err((format!("cannot gunzip {name}: {e}"), raw)),
+        }
     } else {
-        Ok(raw.to_vec())
+        Ok(raw)
     }
 }
 
 /// Non-blank lines with their 1-based line numbers; `\r\n` endings tolerated.
 pub fn lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    body.split(|b| *b == b'\n').enumerate().filter_map(|(i, l)| {
+    // memchr finds the newlines with SIMD; a byte-at-a-time split was 4% of bronze's CPU.
+    let mut start = 0usize;
+    let mut ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    std::iter::from_fn(move || {
+        if start > body.len() {
+            return None;
+        }
+        let end = ends.next()?;
+        let l = &body[start..end];
+        start = end + 1;
+        Some(l)
+    })
+    .enumerate()
+    .filter_map(|(i, l)| {
         let l = l.strip_suffix(b"\r").unwrap_or(l);
         if l.iter().all(|b| b.is_ascii_whitespace()) { None } else { Some((i + 1, l)) }
     })
@@ -83,6 +210,54 @@ mod tests {
         assert_eq!(v, vec![(1, &b"a"[..]), (4, &b"b"[..])]);
     }
 
+    fn meta(p: &str) -> ObjectMeta {
+        ObjectMeta { location: Path::from(p), last_modified: Default::default(), size: 1, e_tag: None, version: None }
+    }
+
+    #[test]
+    fn frontier_advances_over_the_ingested_prefix_only() {
+        let mut d = Discovery::default();
+        d.record(&["a/1".into(), "a/2".into(), "a/4".into()]);
+        d.advance(&[meta("a/1"), meta("a/2"), meta("a/3"), meta("a/4")]);
+        assert_eq!(d.frontier.as_deref(), Some("a/2"));
+        assert_eq!(d.recent.iter().collect::<Vec<_>>(), vec!["a/4"]);
+        assert!(d.is_done("a/1") && d.is_done("a/4") && !d.is_done("a/3"));
+        d.record(&["a/3".into()]);
+        d.advance(&[meta("a/3"), meta("a/4"), meta("a/5")]);
+        assert_eq!(d.frontier.as_deref(), Some("a/4"));
+        assert!(d.recent.is_empty());
+    }
+
+    #[test]
+    fn folders_below_the_frontier_are_not_walked() {
+        assert!(subtree_done("audit/2026-11-01", "audit/2026-11-02/00/part-1.ndjson"));
+        assert!(!subtree_done("audit/2026-11-02", "audit/2026-11-02/00/part-1.ndjson"));
+        assert!(!subtree_done("audit/2026-11-03", "audit/2026-11-02/00/part-1.ndjson"));
+        // "audit/2026-11-02x" sorts after "audit/2026-11-02/..." ('x' > '/').
+        assert!(!subtree_done("audit/2026-11-02x", "audit/2026-11-02/00/part-1.ndjson"));
+    }
+
+    #[tokio::test]
+    async fn local_walk_lists_only_above_the_frontier() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["audit/2026-11-01/a.ndjson", "audit/2026-11-02/b.ndjson", "audit/2026-11-02/c.ndjson",
+                  "audit/2026-11-03/d.ndjson.gz", "audit/2026-11-03/.tmp-e.ndjson", "audit/_x/f.ndjson"] {
+            let f = dir.path().join("landing").join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, b"{}\n").unwrap();
+        }
+        let root = dir.path().join("landing");
+        let store = landing_store(root.to_str().unwrap()).unwrap();
+        let names = |v: Vec<ObjectMeta>| v.into_iter().map(|m| m.location.to_string()).collect::<Vec<_>>();
+        let all = list_above(&store, Some(&root), "audit", None).await.unwrap();
+        assert_eq!(names(all), ["audit/2026-11-01/a.ndjson", "audit/2026-11-02/b.ndjson", "audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"]);
+        let above = list_above(&store, Some(&root), "audit", Some("audit/2026-11-02/b.ndjson")).await.unwrap();
+        assert_eq!(names(above), ["audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"]);
+        // The object-store path gives the same answer.
+        let via_store = list_above(&store, None, "audit", Some("audit/2026-11-02/b.ndjson")).await.unwrap();
+        assert_eq!(names(via_store), ["audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"]);
+    }
+
     #[test]
     fn data_files_only() {
         assert!(is_data_file("part-1.ndjson.gz"));
@@ -92,6 +267,6 @@ mod tests {
 
     #[test]
     fn corrupt_gzip_is_an_error_not_a_panic() {
-        assert!(decompress("x.gz", b"not gzip").is_err());
+        assert!(decompress("x.gz", bytes::Bytes::from_static(b"not gzip")).is_err());
     }
 }

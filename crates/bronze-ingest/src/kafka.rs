@@ -27,7 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
-use tributary_delta::{Action, PositionMove, Table, schemas};
+use tributary_delta::{Commit, PositionMove, Table, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
 type Tp = (String, i32);
@@ -437,15 +437,22 @@ impl KafkaIngest {
             };
             if !data_moves.is_empty() {
                 fault::point("kafka.before_upload");
-                let mut actions: Vec<Action> = prepared.metadata.iter().cloned().collect();
-                actions.extend(
-                    out.table.write_files_parallel(&prepared.batches, threads).await?.into_iter().map(Action::Add),
-                );
-                fault::point("kafka.after_upload_before_commit");
-                let expected: Vec<(&str, i64)> = data_moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
-                out.table.expect_positions(&expected, -1).await?;
-                version =
-                    out.table.commit_contended(actions, &data_moves, meta.clone(), (STAGE, &self.region), 5).await?;
+                version = out
+                    .table
+                    .commit_batch(
+                        Commit {
+                            batches: &prepared.batches,
+                            metadata: prepared.metadata.clone(),
+                            actions: vec![],
+                            moves: data_moves.clone(),
+                            app_metadata: meta.clone(),
+                            fault_before_commit: Some("kafka.after_upload_before_commit"),
+                            absent: -1,
+                        },
+                        (STAGE, &self.region),
+                        threads,
+                    )
+                    .await?;
                 for mv in &data_moves {
                     if let Some(p) = parse_partition(&mv.app_id)
                         && let Some(st) = self.assigned.get_mut(&(topic.clone(), p))
@@ -464,16 +471,20 @@ impl KafkaIngest {
                 );
             }
             if !q_moves.is_empty() {
-                let qadds = self.quarantine.write_files(&q.finish()?).await?;
-                let expected: Vec<(&str, i64)> = q_moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
-                self.quarantine.expect_positions(&expected, -1).await?;
+                let qbatches = q.finish()?;
                 self.quarantine
-                    .commit_contended(
-                        qadds.into_iter().map(Action::Add).collect(),
-                        &q_moves,
-                        meta,
+                    .commit_batch(
+                        Commit {
+                            batches: &qbatches,
+                            metadata: None,
+                            actions: vec![],
+                            moves: q_moves.clone(),
+                            app_metadata: meta,
+                            fault_before_commit: None,
+                            absent: -1,
+                        },
                         (STAGE, &self.region),
-                        20,
+                        threads,
                     )
                     .await?;
                 for mv in &q_moves {

@@ -6,6 +6,10 @@
 //! start the committed sequence is read from the table and the manifests up to it say which
 //! files are done; a manifest above it belongs to a batch that never committed and is redone.
 //! The quarantine table carries its own txn for the same sequence.
+//!
+//! Discovery is incremental (`files::Discovery`): a lexical frontier below which every file is
+//! ingested plus the few ingested files above it, snapshotted every `index_every_batches` batches
+//! (older manifests are then deleted), so memory, restart and poll cost do not grow with history.
 
 pub mod builder;
 pub mod files;
@@ -17,13 +21,13 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::{ObjectStore, Path};
 use object_store::ObjectStoreExt as _;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
-use tributary_delta::{Action, Table, schemas, txn};
+use tributary_delta::{Commit, PositionMove, Table, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
 pub const STAGE: &str = "bronze";
@@ -35,6 +39,18 @@ struct Manifest {
     files: Vec<String>,
 }
 
+/// A snapshot of what is ingested up to `seq`: the discovery state (frontier + the few ingested
+/// files above it). Indexes written before the frontier existed hold every file in `files`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Index {
+    seq: i64,
+    source: String,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    discovery: Option<files::Discovery>,
+}
+
 struct Flow {
     source: String,
     app_id: String,
@@ -43,7 +59,8 @@ struct Flow {
     seq: i64,
     /// Sequence recorded in the quarantine table for this source.
     quarantine_seq: i64,
-    done: HashSet<String>,
+    /// Which landing files are ingested (frontier + recent): memory independent of history.
+    discovery: files::Discovery,
     /// File lists of committed batches, kept until quarantine has caught up.
     manifests: HashMap<i64, Vec<String>>,
     mode: schema::Mode,
@@ -58,6 +75,8 @@ pub struct BronzeIngest {
     region: String,
     landing: Arc<dyn ObjectStore>,
     landing_uri: String,
+    /// The landing zone's local directory (walked with pruning), when it is local.
+    landing_root: Option<std::path::PathBuf>,
     flows: Vec<Flow>,
     quarantine: Table,
     next_flow: usize,
@@ -91,7 +110,7 @@ impl BronzeIngest {
                 table,
                 seq: 0,
                 quarantine_seq: 0,
-                done: HashSet::new(),
+                discovery: files::Discovery::default(),
                 manifests: HashMap::new(),
                 mode: schema::Mode::parse(cfg.bronze.evolution_mode(source))?,
                 hints: schema::hints(&cfg.bronze, source)?,
@@ -99,7 +118,10 @@ impl BronzeIngest {
                 stopped: None,
             });
         }
-        let mut me = Self { cfg, region: region.to_string(), landing, landing_uri, flows, quarantine, next_flow: 0 };
+        let landing_root = (!landing_uri.contains("://") || landing_uri.starts_with("file://"))
+            .then(|| std::path::PathBuf::from(landing_uri.strip_prefix("file://").unwrap_or(&landing_uri)));
+        let mut me =
+            Self { cfg, region: region.to_string(), landing, landing_uri, landing_root, flows, quarantine, next_flow: 0 };
         me.recover().await?;
         Ok(me)
     }
@@ -127,39 +149,71 @@ impl BronzeIngest {
         serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("corrupt {what}")).with_source(e))
     }
 
-    /// Rebuilds the set of ingested files from the table: the newest index snapshot at or below
-    /// the committed sequence, then the manifests after it.
-    async fn load_flow(flow: &mut Flow, quarantine: &Table) -> Result<()> {
+    /// Rebuilds the discovery state from the table: the newest index snapshot at or below the
+    /// committed sequence, then the manifests after it. The index is found by direct reads at the
+    /// multiples of `every` below the sequence (no listing of the manifest folder, whose size grows
+    /// with history); only when none is there (the setting changed) is the folder listed.
+    async fn load_flow(flow: &mut Flow, quarantine: &Table, every: i64) -> Result<()> {
         flow.table.refresh().await?;
         flow.seq = flow.table.txn_version(&flow.app_id).await?.unwrap_or(0);
         flow.quarantine_seq = quarantine.txn_version(&flow.app_id).await?.unwrap_or(0);
-        flow.done.clear();
+        flow.discovery = files::Discovery::default();
         flow.manifests.clear();
         let store = flow.table.table.object_store();
-        let listed: Vec<deltalake::ObjectMeta> =
-            futures::TryStreamExt::try_collect(store.list(Some(&Path::from("_tributary/batches")))).await.map_err(
-                |e| Error::external(format!("listing batch manifests of {}", flow.table.name)).with_source(e),
-            )?;
-        let index_seq = listed
-            .iter()
-            .filter_map(|m| m.location.filename()?.strip_prefix("index-")?.strip_suffix(".json")?.parse::<i64>().ok())
-            .filter(|s| *s <= flow.seq)
-            .max()
-            .unwrap_or(0);
-        if index_seq > 0 {
-            let idx: Manifest = Self::read_json(
-                &store,
-                &Self::index_path(index_seq),
-                &format!("batch index {index_seq} of {}", flow.table.name),
-            )
-            .await?;
-            flow.done.extend(idx.files);
+        let every = every.max(1);
+        let mut index: Option<Index> = None;
+        let mut probe = flow.seq - flow.seq % every;
+        for _ in 0..3 {
+            if probe <= 0 {
+                break;
+            }
+            match store.get(&Self::index_path(probe)).await {
+                Ok(r) => {
+                    let bytes = r.bytes().await.map_err(|e| Error::external("reading batch index").with_source(e))?;
+                    index = Some(serde_json::from_slice(&bytes).map_err(|e| {
+                        Error::internal(format!("corrupt batch index {probe} of {}", flow.table.name)).with_source(e)
+                    })?);
+                    break;
+                }
+                Err(object_store::Error::NotFound { .. }) => probe -= every,
+                Err(e) => return Err(Error::external("reading batch index").with_source(e)),
+            }
+        }
+        if index.is_none() && flow.seq > 0 {
+            let listed: Vec<deltalake::ObjectMeta> =
+                futures::TryStreamExt::try_collect(store.list(Some(&Path::from("_tributary/batches")))).await.map_err(
+                    |e| Error::external(format!("listing batch manifests of {}", flow.table.name)).with_source(e),
+                )?;
+            let found = listed
+                .iter()
+                .filter_map(|m| {
+                    m.location.filename()?.strip_prefix("index-")?.strip_suffix(".json")?.parse::<i64>().ok()
+                })
+                .filter(|s| *s <= flow.seq)
+                .max();
+            if let Some(found) = found {
+                index = Some(
+                    Self::read_json(
+                        &store,
+                        &Self::index_path(found),
+                        &format!("batch index {found} of {}", flow.table.name),
+                    )
+                    .await?,
+                );
+            }
+        }
+        let index_seq = index.as_ref().map(|i| i.seq).unwrap_or(0);
+        if let Some(idx) = index {
+            flow.discovery = match idx.discovery {
+                Some(d) => d,
+                None => files::Discovery { frontier: None, recent: idx.files.into_iter().collect() },
+            };
         }
         for s in (index_seq + 1)..=flow.seq {
             let m: Manifest =
                 Self::read_json(&store, &Self::manifest_path(s), &format!("batch manifest {s} of {}", flow.table.name))
                     .await?;
-            flow.done.extend(m.files.iter().cloned());
+            flow.discovery.record(&m.files);
             if s > flow.quarantine_seq {
                 flow.manifests.insert(s, m.files);
             }
@@ -175,21 +229,30 @@ impl BronzeIngest {
         Ok(())
     }
 
-    /// Every `bronze.index_every_batches` committed batches, snapshot the ingested-file set so a
-    /// restart reads one index plus at most that many manifests.
+    /// Every `bronze.index_every_batches` committed batches, snapshot the discovery state so a
+    /// restart reads one index plus at most that many manifests; the manifests and indexes older
+    /// than the previous snapshot are deleted (nothing reads them any more), so the folder stays
+    /// small however long the pipeline runs.
     async fn maybe_write_index(flow: &Flow, every: i64) -> Result<()> {
-        if flow.seq % every.max(1) != 0 {
+        let every = every.max(1);
+        if flow.seq % every != 0 {
             return Ok(());
         }
-        let mut files: Vec<String> = flow.done.iter().cloned().collect();
-        files.sort();
-        let idx = Manifest { seq: flow.seq, source: flow.source.clone(), files };
-        flow.table
-            .table
-            .object_store()
+        let idx = Index { seq: flow.seq, source: flow.source.clone(), files: vec![], discovery: Some(flow.discovery.clone()) };
+        let store = flow.table.table.object_store();
+        store
             .put(&Self::index_path(flow.seq), serde_json::to_vec(&idx).unwrap_or_default().into())
             .await
             .map_err(|e| Error::external("writing batch index").with_source(e))?;
+        let stale_to = flow.seq - every;
+        for s in (stale_to - every + 1).max(1)..=stale_to {
+            for p in [Self::manifest_path(s), Self::index_path(s)] {
+                match store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => tracing::warn!(path = %p, error = %e, "could not delete an old batch manifest"),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -199,7 +262,7 @@ impl BronzeIngest {
     /// depend on the thread count.
     async fn decode_files(&self, source: &str, paths: &[String]) -> Result<(BronzeRows, Vec<RecordBatch>, u64)> {
         let now = tributary_core::now_ms() * 1000;
-        let mut bodies: Vec<(String, std::result::Result<Vec<u8>, (String, bytes::Bytes)>)> =
+        let mut bodies: Vec<(String, std::result::Result<bytes::Bytes, (String, bytes::Bytes)>)> =
             Vec::with_capacity(paths.len());
         for p in paths {
             let location = Path::from(p.as_str());
@@ -213,7 +276,7 @@ impl BronzeIngest {
                 .bytes()
                 .await
                 .map_err(|e| Error::external(format!("reading landing file {p}")).with_source(e))?;
-            bodies.push((p.clone(), files::decompress(p, &raw).map_err(|e| (e, raw))));
+            bodies.push((p.clone(), files::decompress(p, raw)));
         }
         let source_owned = source.to_string();
         let max_bytes = self.cfg.bronze.max_event_bytes;
@@ -275,16 +338,21 @@ impl BronzeIngest {
             paths.extend(self.flows[i].manifests.get(&s).cloned().unwrap_or_default());
         }
         let (_, q, _) = self.decode_files(&source, &paths).await?;
-        self.quarantine.refresh().await?;
-        let adds = self.quarantine.write_files(&q).await?;
         let rows: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         let meta = HashMap::from([("tributary.recovered_batches".to_string(), serde_json::json!([from + 1, to]))]);
         self.quarantine
-            .commit(
-                adds.into_iter().map(Action::Add).collect(),
-                vec![txn(&app_id, to)],
-                meta,
-                self.cfg.federator.max_commit_retries,
+            .commit_batch(
+                Commit {
+                    batches: &q,
+                    metadata: None,
+                    actions: vec![],
+                    moves: vec![PositionMove { app_id: app_id.clone(), from, to }],
+                    app_metadata: meta,
+                    fault_before_commit: None,
+                    absent: 0,
+                },
+                (STAGE, &self.region),
+                self.cfg.server.threads(),
             )
             .await?;
         tracing::warn!(source, from, to, rows, "quarantine caught up with bronze after a restart");
@@ -300,7 +368,16 @@ impl BronzeIngest {
         }
         self.catch_up_quarantine(i).await?;
         let source = self.flows[i].source.clone();
-        let listed = files::list_new(&self.landing, &source, &self.flows[i].done).await?;
+        let mut listed = files::list_above(
+            &self.landing,
+            self.landing_root.as_deref(),
+            &source,
+            self.flows[i].discovery.frontier.as_deref(),
+        )
+        .await?;
+        // The frontier moves over what is already ingested (the batch committed last poll).
+        self.flows[i].discovery.advance(&listed);
+        listed.retain(|m| !self.flows[i].discovery.is_done(m.location.as_ref()));
         let batch = files::take_batch(listed, self.cfg.bronze.max_files_per_batch, self.cfg.bronze.max_bytes_per_batch);
         if batch.is_empty() {
             return Ok(0);
@@ -338,15 +415,28 @@ impl BronzeIngest {
         let quarantined: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         fault::point("bronze.before_write");
         let app_id = self.flows[i].app_id.clone();
-        let mut actions: Vec<Action> = prepared.metadata.iter().cloned().collect();
-        let adds = self.flows[i].table.write_files_parallel(&prepared.batches, self.cfg.server.threads()).await?;
-        actions.extend(adds.into_iter().map(Action::Add));
-        fault::point("bronze.after_upload_before_commit");
+        let threads = self.cfg.server.threads();
         let meta = HashMap::from([(
             "tributary.batch".to_string(),
             serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": paths.len(), "lines": lines_in, "rows": written, "quarantined": quarantined}),
         )]);
-        let version = self.flows[i].table.commit(actions, vec![txn(&app_id, seq)], meta.clone(), 0).await?;
+        let moves = vec![PositionMove { app_id: app_id.clone(), from: seq - 1, to: seq }];
+        let version = self.flows[i]
+            .table
+            .commit_batch(
+                Commit {
+                    batches: &prepared.batches,
+                    metadata: prepared.metadata.clone(),
+                    actions: vec![],
+                    moves: moves.clone(),
+                    app_metadata: meta.clone(),
+                    fault_before_commit: Some("bronze.after_upload_before_commit"),
+                    absent: 0,
+                },
+                (STAGE, &self.region),
+                threads,
+            )
+            .await?;
         fault::point("bronze.after_data_commit");
         {
             let f = &mut self.flows[i];
@@ -356,19 +446,25 @@ impl BronzeIngest {
         {
             let f = &mut self.flows[i];
             f.seq = seq;
-            f.done.extend(paths.iter().cloned());
+            f.discovery.record(&paths);
             f.manifests.insert(seq, paths.clone());
         }
         // Quarantine: its own txn for the same sequence, committed even when empty so that a
-        // restart knows it has caught up.
-        self.quarantine.refresh().await?;
-        let qadds = self.quarantine.write_files(&q).await?;
+        // restart knows it has caught up; fenced like the data commit.
+        let moves = vec![PositionMove { app_id: app_id.clone(), from: self.flows[i].quarantine_seq, to: seq }];
         self.quarantine
-            .commit(
-                qadds.into_iter().map(Action::Add).collect(),
-                vec![txn(&app_id, seq)],
-                meta,
-                self.cfg.federator.max_commit_retries,
+            .commit_batch(
+                Commit {
+                    batches: &q,
+                    metadata: None,
+                    actions: vec![],
+                    moves,
+                    app_metadata: meta,
+                    fault_before_commit: None,
+                    absent: 0,
+                },
+                (STAGE, &self.region),
+                threads,
             )
             .await?;
         fault::point("bronze.after_quarantine_commit");
@@ -378,6 +474,11 @@ impl BronzeIngest {
             f.manifests.clear();
         }
         Self::maybe_write_index(&self.flows[i], self.cfg.bronze.index_every_batches).await?;
+        tributary_core::metrics::landing_discovery(
+            &self.region,
+            &source,
+            self.flows[i].discovery.recent.len() as u64,
+        );
         BatchCommitted {
             stage: STAGE,
             region: &self.region,
@@ -420,7 +521,7 @@ impl Stage for BronzeIngest {
     async fn recover(&mut self) -> Result<()> {
         self.quarantine.refresh().await?;
         for f in &mut self.flows {
-            Self::load_flow(f, &self.quarantine).await?;
+            Self::load_flow(f, &self.quarantine, self.cfg.bronze.index_every_batches).await?;
         }
         for i in 0..self.flows.len() {
             self.catch_up_quarantine(i).await?;

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub expectation_rows: Family<ExpectationLabels, Counter>,
     pub drift_events: Family<DriftLabels, Counter>,
     pub schema_version: Family<TableLabels, Gauge>,
+    pub landing_recent_files: Family<TableLabels, Gauge>,
     pub late_events: Family<WatermarkLabels, Counter>,
     pub watermark: Family<WatermarkLabels, Gauge>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
@@ -108,6 +109,12 @@ impl Metrics {
             let expectation_rows = Family::<ExpectationLabels, Counter>::default();
             let drift_events = Family::<DriftLabels, Counter>::default();
             let schema_version = Family::<TableLabels, Gauge>::default();
+            let landing_recent_files = Family::<TableLabels, Gauge>::default();
+            registry.register(
+                "landing_recent_files",
+                "Ingested landing files held above the discovery frontier (bounded; history is not kept)",
+                landing_recent_files.clone(),
+            );
             let late_events = Family::<WatermarkLabels, Counter>::default();
             let watermark = Family::<WatermarkLabels, Gauge>::default();
             registry.register(
@@ -174,6 +181,7 @@ impl Metrics {
                 expectation_rows,
                 drift_events,
                 schema_version,
+                landing_recent_files,
                 late_events,
                 watermark,
                 status_counters: Mutex::new(BTreeMap::new()),
@@ -332,6 +340,14 @@ pub fn schema_version(stage: &str, region: &str, table: &str, version: i64) {
         .schema_version
         .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: table.into() })
         .set(version);
+}
+
+/// Internal event: the files bronze keeps in memory above its landing frontier, per source.
+pub fn landing_discovery(region: &str, source: &str, recent: u64) {
+    Metrics::global()
+        .landing_recent_files
+        .get_or_create(&TableLabels { stage: "bronze".into(), region: region.into(), table: format!("bronze/{source}") })
+        .set(recent as i64);
 }
 
 /// Internal event: a commit lost a race to a concurrent writer and is retried.

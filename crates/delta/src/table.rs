@@ -284,7 +284,8 @@ impl Table {
                 self.name.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                let mut writer = if !evolved {
+                let props = writer_properties(&schema);
+                let writer = if !evolved {
                     RecordBatchWriter::for_table(&table).map_err(|e| delta_err(format!("writer for {name}"), e))?
                 } else {
                     // An evolved schema not committed yet: files in the new schema, committed
@@ -292,6 +293,7 @@ impl Table {
                     RecordBatchWriter::try_new(url.as_str(), schema, Some(partitions), None)
                         .map_err(|e| delta_err(format!("writer for {name}"), e))?
                 };
+                let mut writer = writer.with_writer_properties(props);
                 for b in group {
                     writer.write(b).await.map_err(|e| delta_err(format!("writing files of {name}"), e))?;
                 }
@@ -631,7 +633,27 @@ impl Table {
         labels: (&str, &str),
         max_attempts: u32,
     ) -> Result<i64> {
+        self.commit_contended_absent(actions, moves, app_metadata, labels, max_attempts, -1).await
+    }
+
+    /// `commit_contended` where a position without a `txn` yet reads as `absent`.
+    async fn commit_contended_absent(
+        &mut self,
+        actions: Vec<Action>,
+        moves: &[PositionMove],
+        app_metadata: HashMap<String, Value>,
+        labels: (&str, &str),
+        max_attempts: u32,
+        absent: i64,
+    ) -> Result<i64> {
         let txns: Vec<Transaction> = moves.iter().map(|m| txn(&m.app_id, m.to)).collect();
+        // A unique id in the commitInfo: after a lost race, "the position is at `to`" counts as
+        // this writer's own earlier attempt only if the commit that moved it carries this id (a
+        // twin writer that committed the same position with other content is a conflict).
+        let attempt_id = uuid::Uuid::new_v4().to_string();
+        let mut app_metadata = app_metadata;
+        app_metadata.insert("tributary.attempt".into(), Value::String(attempt_id.clone()));
+        let started_at = self.version();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -647,7 +669,7 @@ impl Table {
                     self.refresh().await?;
                     let mut landed = 0;
                     for m in moves {
-                        let now = self.txn_version(&m.app_id).await?.unwrap_or(-1);
+                        let now = self.txn_version(&m.app_id).await?.unwrap_or(absent);
                         if now == m.to {
                             landed += 1;
                         } else if now != m.from {
@@ -658,11 +680,98 @@ impl Table {
                         }
                     }
                     if landed == moves.len() && !moves.is_empty() {
-                        return Ok(self.version());
+                        for v in (started_at + 1)..=self.version() {
+                            if self.commit_metadata(v, "tributary.attempt").await?.as_ref().and_then(|x| x.as_str())
+                                == Some(attempt_id.as_str())
+                            {
+                                return Ok(v);
+                            }
+                        }
+                        return Err(Error::conflict(format!(
+                            "{}: another writer committed the same input positions (to {:?}); this batch is dropped",
+                            self.name,
+                            moves.iter().map(|m| m.to).collect::<Vec<_>>()
+                        )));
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Parquet settings of every file Tributary writes: snappy, and for the wide, high-cardinality
+/// text columns (the raw payload, rescued data, quarantined raw bytes) no dictionary (it never
+/// pays off and is rebuilt then abandoned per page) and statistics per chunk only.
+fn writer_properties(schema: &SchemaRef) -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use deltalake::parquet::schema::types::ColumnPath;
+    let mut b = WriterProperties::builder().set_compression(deltalake::parquet::basic::Compression::SNAPPY);
+    for name in ["payload", "_rescued_data", "raw", "detail"] {
+        if schema.field_with_name(name).is_ok() {
+            let col = ColumnPath::from(name);
+            b = b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_statistics_enabled(col, EnabledStatistics::Chunk);
+        }
+    }
+    b.build()
+}
+
+/// One commit of the commit protocol: what a stage hands over once it has decided a batch.
+pub struct Commit<'a> {
+    /// Rows to write as new files (any number of batches, already in the writer schema).
+    pub batches: &'a [RecordBatch],
+    /// A schema `metadata` action (evolution) committed with the rows. A commit that carries
+    /// one is never retried on a conflict: the schema it was built on may be stale.
+    pub metadata: Option<Action>,
+    /// Further actions of the same commit (e.g. `remove`s of a partition rewrite).
+    pub actions: Vec<Action>,
+    /// The input positions this commit moves (`txn` actions), checked before committing.
+    pub moves: Vec<PositionMove>,
+    /// `commitInfo` application metadata (reconciliation, batch description).
+    pub app_metadata: HashMap<String, Value>,
+    /// Fault point hit after the files are written, before the commit (crash tests).
+    pub fault_before_commit: Option<&'static str>,
+    /// What a position without a `txn` in the table reads as (-1 for offsets and versions, 0 for
+    /// batch sequences).
+    pub absent: i64,
+}
+
+impl Table {
+    /// The commit protocol, in one place for every stage and output table:
+    /// write the files (Parquet encoding on up to `threads` tasks) → fault point → re-read the
+    /// table and check that every position is still at its `from` (else this writer is a zombie
+    /// or has a concurrent twin: `ErrorKind::Conflict`, nothing committed) → commit rows + txns
+    /// atomically, backing off while other writers of *other* positions win the race (an earlier
+    /// attempt of this writer that landed counts as done). Returns the committed version; an
+    /// empty commit (no rows, no actions) still records the positions.
+    pub async fn commit_batch(&mut self, c: Commit<'_>, labels: (&str, &str), threads: usize) -> Result<i64> {
+        let mut actions: Vec<Action> = c.metadata.iter().cloned().collect();
+        let retry = c.metadata.is_none();
+        let typed_on = self.version();
+        actions.extend(self.write_files_parallel(c.batches, threads).await?.into_iter().map(Action::Add));
+        actions.extend(c.actions);
+        if let Some(p) = c.fault_before_commit {
+            tributary_core::fault::point(p);
+        }
+        let expected: Vec<(&str, i64)> = c.moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
+        self.expect_positions(&expected, c.absent).await?;
+        if !retry {
+            // The metadata action was built on the snapshot the rows were typed with: commit on
+            // exactly that state or not at all (another writer's schema change would be lost).
+            if self.version() != typed_on {
+                self.sync_schema()?;
+                return Err(Error::conflict(format!(
+                    "{}: the table moved from version {typed_on} to {} while this batch evolved its schema; batch \
+                     dropped, to be redone on the new schema",
+                    self.name,
+                    self.version()
+                )));
+            }
+            let txns = c.moves.iter().map(|m| txn(&m.app_id, m.to)).collect();
+            return self.commit(actions, txns, c.app_metadata, 0).await;
+        }
+        self.commit_contended_absent(actions, &c.moves, c.app_metadata, labels, 20, c.absent).await
     }
 }

@@ -24,7 +24,7 @@ use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
 use tributary_delta::quarantine::QuarantineRows;
-use tributary_delta::{Action, Table, schemas, txn};
+use tributary_delta::{Commit, PositionMove, Table, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
 pub const STAGE: &str = "silver";
@@ -217,15 +217,21 @@ impl SilverTransform {
             return Err(Error::internal(format!("a committed batch now fails a `fail` expectation: {message}")));
         }
         let rows = q.len();
-        self.quarantine.refresh().await?;
-        let adds = self.quarantine.write_files(&q.finish()?).await?;
+        let qbatches = q.finish()?;
         let app_id = self.flows[i].app_id.clone();
         self.quarantine
-            .commit(
-                adds.into_iter().map(Action::Add).collect(),
-                vec![txn(&app_id, to)],
-                HashMap::new(),
-                self.cfg.federator.max_commit_retries,
+            .commit_batch(
+                Commit {
+                    batches: &qbatches,
+                    metadata: None,
+                    actions: vec![],
+                    moves: vec![PositionMove { app_id, from, to }],
+                    app_metadata: HashMap::new(),
+                    fault_before_commit: None,
+                    absent: -1,
+                },
+                (STAGE, &self.region),
+                self.cfg.server.threads(),
             )
             .await?;
         tracing::warn!(source = %self.flows[i].source, from, to, rows, "silver quarantine caught up after a restart");
@@ -397,25 +403,43 @@ impl SilverTransform {
             Some(b) => vec![b],
             None => out.finish()?,
         };
-        let adds = self.flows[i].output.write_files(&batches).await?;
-        fault::point("silver.before_commit");
+        let threads = self.cfg.server.threads();
         let version = self.flows[i]
             .output
-            .commit(adds.into_iter().map(Action::Add).collect(), vec![txn(&app_id, up_to)], meta.clone(), 0)
+            .commit_batch(
+                Commit {
+                    batches: &batches,
+                    metadata: None,
+                    actions: vec![],
+                    moves: vec![PositionMove { app_id: app_id.clone(), from: pos, to: up_to }],
+                    app_metadata: meta.clone(),
+                    fault_before_commit: Some("silver.before_commit"),
+                    absent: -1,
+                },
+                (STAGE, &self.region),
+                threads,
+            )
             .await?;
         fault::point("silver.after_data_commit");
         self.flows[i].output.notice(STAGE, &self.region, version, written, max_event_ms);
         self.flows[i].pos = up_to;
         self.flows[i].dedup.append(&new_keys, version).await?;
         fault::point("silver.after_index_commit");
-        self.quarantine.refresh().await?;
-        let qadds = self.quarantine.write_files(&q.finish()?).await?;
+        let qbatches = q.finish()?;
+        let q_from = self.flows[i].quarantine_pos;
         self.quarantine
-            .commit(
-                qadds.into_iter().map(Action::Add).collect(),
-                vec![txn(&app_id, up_to)],
-                meta,
-                self.cfg.federator.max_commit_retries,
+            .commit_batch(
+                Commit {
+                    batches: &qbatches,
+                    metadata: None,
+                    actions: vec![],
+                    moves: vec![PositionMove { app_id: app_id.clone(), from: q_from, to: up_to }],
+                    app_metadata: meta,
+                    fault_before_commit: None,
+                    absent: -1,
+                },
+                (STAGE, &self.region),
+                threads,
             )
             .await?;
         fault::point("silver.after_quarantine_commit");

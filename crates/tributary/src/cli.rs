@@ -245,6 +245,14 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         buckets: u32,
     },
+    /// Benchmark: one landing poll with N files already ingested (incremental discovery vs. a
+    /// full listing and a set of every name).
+    BenchDiscovery {
+        #[arg(long, default_value = "./.cache/bench-discovery")]
+        dir: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        files: u64,
+    },
     /// Benchmark helper: the broker's own ceiling — a plain consumer that only counts the
     /// messages of the source topics of `--regions` (fresh group, from the beginning).
     BenchKafkaCeiling {
@@ -429,6 +437,10 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Cmd::BenchDiscovery { dir, files } => match runtime().block_on(crate::report::bench_discovery(&dir, files)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Cmd::BenchKafkaCeiling { common, timeout_secs } => {
             let cfg = match common.load() {
                 Ok(c) => c,

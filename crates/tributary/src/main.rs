@@ -6,6 +6,9 @@ mod events;
 mod report;
 mod standalone;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tributary_core::install_crypto_provider();
     cli::main()

@@ -348,3 +348,70 @@ pub async fn bench_dedup(
     println!("peak RSS {:.1} MiB", peak_rss_mib());
     Ok(())
 }
+
+/// `tributary bench-discovery`: the cost of one landing poll when `files` files are already
+/// ingested (laid out as `<source>/<day>/<hour>/part-N.ndjson`, 1,000 per hour folder), with the
+/// incremental discovery (frontier + recent, pruned walk) against the old way (list everything,
+/// filter through a set of every ingested name). Prints poll time and the memory each keeps.
+pub async fn bench_discovery(dir: &str, files: u64) -> Result<()> {
+    use bronze_ingest::files::{Discovery, landing_store, list_above};
+    let root = std::path::Path::new(dir).join("landing");
+    let marker = root.join(format!(".complete-{files}"));
+    if !marker.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        let t = std::time::Instant::now();
+        for i in 0..files {
+            let folder = root.join("audit").join(format!("day-{:05}", i / 24_000)).join(format!("h{:02}", (i / 1000) % 24));
+            if i % 1000 == 0 {
+                std::fs::create_dir_all(&folder).map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
+            }
+            std::fs::File::create(folder.join(format!("part-{i:09}.ndjson")))
+                .map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
+        }
+        std::fs::write(&marker, b"").map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
+        println!("created {files} empty landing files in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    let store = landing_store(root.to_str().unwrap_or_default())?;
+    // The frontier after ingesting all of them, and one new file landing in the newest folder.
+    let last = files - 1;
+    let frontier =
+        format!("audit/day-{:05}/h{:02}/part-{last:09}.ndjson", last / 24_000, (last / 1000) % 24);
+    let newest = root.join(format!("audit/day-{:05}/h{:02}/part-{files:09}.ndjson", last / 24_000, (last / 1000) % 24));
+    std::fs::write(&newest, b"{}\n").map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
+    let d = Discovery { frontier: Some(frontier), recent: Default::default() };
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let new = list_above(&store, Some(&root), "audit", d.frontier.as_deref()).await?;
+        times.push(t.elapsed().as_secs_f64());
+        assert_eq!(new.len(), 1, "exactly the one new file is found");
+    }
+    times.sort_by(f64::total_cmp);
+    let state_bytes = serde_json::to_vec(&d).map(|v| v.len()).unwrap_or(0);
+    println!(
+        "incremental discovery, {files} files ingested: poll (list above the frontier) median {:.1} ms; state {state_bytes} bytes",
+        times[2] * 1e3
+    );
+    // The old way: list everything, keep every ingested name in a set.
+    let rss0 = tributary_core::process_usage().1;
+    let t = std::time::Instant::now();
+    let all = list_above(&store, Some(&root), "audit", None).await?;
+    let done: std::collections::HashSet<String> =
+        all.iter().filter(|m| m.location.as_ref() != frontier_of(&newest, &root)).map(|m| m.location.to_string()).collect();
+    let new: Vec<_> = all.iter().filter(|m| !done.contains(m.location.as_ref())).collect();
+    let full = t.elapsed().as_secs_f64();
+    let rss1 = tributary_core::process_usage().1;
+    println!(
+        "old way (full listing + set of every ingested name): poll {:.0} ms, {} new, set of {} names; peak RSS grew {:.0} MiB",
+        full * 1e3,
+        new.len(),
+        done.len(),
+        (rss1 - rss0).max(0.0)
+    );
+    let _ = std::fs::remove_file(&newest);
+    Ok(())
+}
+
+fn frontier_of<'a>(file: &'a std::path::Path, root: &std::path::Path) -> &'a str {
+    file.strip_prefix(root).ok().and_then(|p| p.to_str()).unwrap_or_default()
+}
