@@ -108,6 +108,7 @@ def main():
     ap.add_argument("--kafka", action="store_true")
     ap.add_argument("--tansu", default=os.path.expanduser("~/.cache/tributary/tansu-0.6.0/bin/tansu"))
     ap.add_argument("--bin", default="./target/release/tributary")
+    ap.add_argument("--storage", default="sqlite://tansu.db", help="tansu storage engine (memory://tansu/ for its in-memory one)")
     ap.add_argument("--python", default=None, help="interpreter with polars for the baseline")
     ap.add_argument("--rate", type=int, default=2000, help="live-run producer rate (events/s)")
     args = ap.parse_args()
@@ -120,7 +121,7 @@ def main():
         port = free_port()
         os.makedirs(f"{work}/broker")
         broker = subprocess.Popen([args.tansu, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-                                   "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "sqlite://tansu.db", "--silent"],
+                                   "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", args.storage, "--silent"],
                                   cwd=f"{work}/broker", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(300):
@@ -142,7 +143,7 @@ def main():
             kenv = dict(env, TRIBUTARY__KAFKA__GROUP_ID="bench-preloaded", TRIBUTARY__KAFKA__MAX_BATCH_RECORDS="20000")
             secs, rss, _ = run([args.bin, "bronze-ingest", "--data", data, *common, "--region", "r1", "--from", "kafka",
                                 "--trigger", "available-now"], kenv)
-            print(f"kafka→bronze (pre-loaded topic, includes group join and the idle check): {total} msgs in {secs:.1f}s "
+            print(f"kafka→bronze (pre-loaded topic, storage {args.storage}, includes group join and the idle check): ~{total} msgs in {secs:.1f}s "
                   f"= {total / secs:.0f} msgs/s; peak RSS {rss / 1024 if rss else float('nan'):.0f} MiB")
             # Live: producer at a fixed rate while ingest runs; latency from the rows themselves.
             data2 = f"{work}/k2"

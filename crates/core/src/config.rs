@@ -360,7 +360,7 @@ impl Default for BronzeConfig {
         Self {
             sources: SOURCES.iter().map(|s| s.to_string()).collect(),
             max_files_per_batch: 64,
-            max_bytes_per_batch: 128 * 1024 * 1024,
+            max_bytes_per_batch: 32 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
             index_every_batches: 32,
             schema_evolution: "addNewColumns".into(),
