@@ -151,8 +151,7 @@ impl BronzeRows {
             let seen = classify(raw);
             // Look up by `&str` first: the common case (a field seen before) allocates nothing.
             if !self.fields.contains_key(key.as_str()) {
-                self.fields
-                    .insert(key.clone(), FieldCells { first_lineage: lineage.describe(), ..Default::default() });
+                self.fields.insert(key.clone(), FieldCells { first_lineage: lineage.describe(), ..Default::default() });
             }
             let Some(cells) = self.fields.get_mut(key.as_str()) else { continue };
             cells.present += 1;

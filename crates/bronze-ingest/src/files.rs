@@ -48,7 +48,8 @@ impl Discovery {
 
     /// Records committed paths.
     pub fn record(&mut self, paths: &[String]) {
-        self.recent.extend(paths.iter().filter(|p| !self.frontier.as_deref().is_some_and(|f| p.as_str() <= f)).cloned());
+        self.recent
+            .extend(paths.iter().filter(|p| !self.frontier.as_deref().is_some_and(|f| p.as_str() <= f)).cloned());
     }
 
     /// Moves the frontier over the ingested prefix of `listed` (sorted, all above the frontier).
@@ -240,8 +241,14 @@ mod tests {
     #[tokio::test]
     async fn local_walk_lists_only_above_the_frontier() {
         let dir = tempfile::tempdir().unwrap();
-        for p in ["audit/2026-11-01/a.ndjson", "audit/2026-11-02/b.ndjson", "audit/2026-11-02/c.ndjson",
-                  "audit/2026-11-03/d.ndjson.gz", "audit/2026-11-03/.tmp-e.ndjson", "audit/_x/f.ndjson"] {
+        for p in [
+            "audit/2026-11-01/a.ndjson",
+            "audit/2026-11-02/b.ndjson",
+            "audit/2026-11-02/c.ndjson",
+            "audit/2026-11-03/d.ndjson.gz",
+            "audit/2026-11-03/.tmp-e.ndjson",
+            "audit/_x/f.ndjson",
+        ] {
             let f = dir.path().join("landing").join(p);
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             std::fs::write(f, b"{}\n").unwrap();
@@ -250,7 +257,15 @@ mod tests {
         let store = landing_store(root.to_str().unwrap()).unwrap();
         let names = |v: Vec<ObjectMeta>| v.into_iter().map(|m| m.location.to_string()).collect::<Vec<_>>();
         let all = list_above(&store, Some(&root), "audit", None).await.unwrap();
-        assert_eq!(names(all), ["audit/2026-11-01/a.ndjson", "audit/2026-11-02/b.ndjson", "audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"]);
+        assert_eq!(
+            names(all),
+            [
+                "audit/2026-11-01/a.ndjson",
+                "audit/2026-11-02/b.ndjson",
+                "audit/2026-11-02/c.ndjson",
+                "audit/2026-11-03/d.ndjson.gz"
+            ]
+        );
         let above = list_above(&store, Some(&root), "audit", Some("audit/2026-11-02/b.ndjson")).await.unwrap();
         assert_eq!(names(above), ["audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"]);
         // The object-store path gives the same answer.

@@ -82,7 +82,9 @@ pub struct BronzeIngest {
     next_flow: usize,
 }
 
-pub use tributary_delta::catalog::{bronze_location as table_location, bronze_quarantine_location as quarantine_location};
+pub use tributary_delta::catalog::{
+    bronze_location as table_location, bronze_quarantine_location as quarantine_location,
+};
 
 impl BronzeIngest {
     pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
@@ -120,8 +122,16 @@ impl BronzeIngest {
         }
         let landing_root = (!landing_uri.contains("://") || landing_uri.starts_with("file://"))
             .then(|| std::path::PathBuf::from(landing_uri.strip_prefix("file://").unwrap_or(&landing_uri)));
-        let mut me =
-            Self { cfg, region: region.to_string(), landing, landing_uri, landing_root, flows, quarantine, next_flow: 0 };
+        let mut me = Self {
+            cfg,
+            region: region.to_string(),
+            landing,
+            landing_uri,
+            landing_root,
+            flows,
+            quarantine,
+            next_flow: 0,
+        };
         me.recover().await?;
         Ok(me)
     }
@@ -238,7 +248,12 @@ impl BronzeIngest {
         if flow.seq % every != 0 {
             return Ok(());
         }
-        let idx = Index { seq: flow.seq, source: flow.source.clone(), files: vec![], discovery: Some(flow.discovery.clone()) };
+        let idx = Index {
+            seq: flow.seq,
+            source: flow.source.clone(),
+            files: vec![],
+            discovery: Some(flow.discovery.clone()),
+        };
         let store = flow.table.table.object_store();
         store
             .put(&Self::index_path(flow.seq), serde_json::to_vec(&idx).unwrap_or_default().into())
@@ -474,11 +489,7 @@ impl BronzeIngest {
             f.manifests.clear();
         }
         Self::maybe_write_index(&self.flows[i], self.cfg.bronze.index_every_batches).await?;
-        tributary_core::metrics::landing_discovery(
-            &self.region,
-            &source,
-            self.flows[i].discovery.recent.len() as u64,
-        );
+        tributary_core::metrics::landing_discovery(&self.region, &source, self.flows[i].discovery.recent.len() as u64);
         BatchCommitted {
             stage: STAGE,
             region: &self.region,

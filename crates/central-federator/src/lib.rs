@@ -17,13 +17,13 @@
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use tributary_delta::catalog::{self, GoldKind};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
+use tributary_delta::catalog::{self, GoldKind};
 use tributary_delta::{Action, PositionMove, Table, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 

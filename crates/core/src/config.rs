@@ -391,7 +391,13 @@ impl Default for FederatorConfig {
 }
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { grpc_addr: String::new(), admin_addr: String::new(), poll_interval_ms: 500, worker_threads: 0, tls: None }
+        Self {
+            grpc_addr: String::new(),
+            admin_addr: String::new(),
+            poll_interval_ms: 500,
+            worker_threads: 0,
+            tls: None,
+        }
     }
 }
 impl Default for TelemetryConfig {

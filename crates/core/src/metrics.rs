@@ -346,7 +346,11 @@ pub fn schema_version(stage: &str, region: &str, table: &str, version: i64) {
 pub fn landing_discovery(region: &str, source: &str, recent: u64) {
     Metrics::global()
         .landing_recent_files
-        .get_or_create(&TableLabels { stage: "bronze".into(), region: region.into(), table: format!("bronze/{source}") })
+        .get_or_create(&TableLabels {
+            stage: "bronze".into(),
+            region: region.into(),
+            table: format!("bronze/{source}"),
+        })
         .set(recent as i64);
 }
 

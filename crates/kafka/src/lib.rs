@@ -347,7 +347,12 @@ mod tests {
 /// `topics` from the beginning and only counts messages (and payload bytes) until every
 /// partition reached the high watermark it had at the start, or `timeout` passes. Returns
 /// (messages, bytes, seconds from the first message to the last).
-pub async fn count_to_end(k: &KafkaConfig, topics: &[String], group: &str, timeout: Duration) -> Result<(u64, u64, f64)> {
+pub async fn count_to_end(
+    k: &KafkaConfig,
+    topics: &[String],
+    group: &str,
+    timeout: Duration,
+) -> Result<(u64, u64, f64)> {
     let consumer: StreamConsumer = client_config(k)?
         .set("group.id", group)
         .set("enable.auto.commit", "false")

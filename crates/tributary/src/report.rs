@@ -361,7 +361,8 @@ pub async fn bench_discovery(dir: &str, files: u64) -> Result<()> {
         let _ = std::fs::remove_dir_all(&root);
         let t = std::time::Instant::now();
         for i in 0..files {
-            let folder = root.join("audit").join(format!("day-{:05}", i / 24_000)).join(format!("h{:02}", (i / 1000) % 24));
+            let folder =
+                root.join("audit").join(format!("day-{:05}", i / 24_000)).join(format!("h{:02}", (i / 1000) % 24));
             if i % 1000 == 0 {
                 std::fs::create_dir_all(&folder).map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
             }
@@ -374,8 +375,7 @@ pub async fn bench_discovery(dir: &str, files: u64) -> Result<()> {
     let store = landing_store(root.to_str().unwrap_or_default())?;
     // The frontier after ingesting all of them, and one new file landing in the newest folder.
     let last = files - 1;
-    let frontier =
-        format!("audit/day-{:05}/h{:02}/part-{last:09}.ndjson", last / 24_000, (last / 1000) % 24);
+    let frontier = format!("audit/day-{:05}/h{:02}/part-{last:09}.ndjson", last / 24_000, (last / 1000) % 24);
     let newest = root.join(format!("audit/day-{:05}/h{:02}/part-{files:09}.ndjson", last / 24_000, (last / 1000) % 24));
     std::fs::write(&newest, b"{}\n").map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
     let d = Discovery { frontier: Some(frontier), recent: Default::default() };
@@ -396,8 +396,11 @@ pub async fn bench_discovery(dir: &str, files: u64) -> Result<()> {
     let rss0 = tributary_core::process_usage().1;
     let t = std::time::Instant::now();
     let all = list_above(&store, Some(&root), "audit", None).await?;
-    let done: std::collections::HashSet<String> =
-        all.iter().filter(|m| m.location.as_ref() != frontier_of(&newest, &root)).map(|m| m.location.to_string()).collect();
+    let done: std::collections::HashSet<String> = all
+        .iter()
+        .filter(|m| m.location.as_ref() != frontier_of(&newest, &root))
+        .map(|m| m.location.to_string())
+        .collect();
     let new: Vec<_> = all.iter().filter(|m| !done.contains(m.location.as_ref())).collect();
     let full = t.elapsed().as_secs_f64();
     let rss1 = tributary_core::process_usage().1;
