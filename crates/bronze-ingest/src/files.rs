@@ -48,8 +48,7 @@ impl Discovery {
 
     /// Records committed paths.
     pub fn record(&mut self, paths: &[String]) {
-        self.recent
-            .extend(paths.iter().filter(|p| !self.frontier.as_deref().is_some_and(|f| p.as_str() <= f)).cloned());
+        self.recent.extend(paths.iter().filter(|p| self.frontier.as_deref().is_none_or(|f| p.as_str() > f)).cloned());
     }
 
     /// Moves the frontier over the ingested prefix of `listed` (sorted, all above the frontier).
@@ -167,8 +166,11 @@ pub fn take_batch(files: Vec<ObjectMeta>, max_files: usize, max_bytes: u64) -> V
     out
 }
 
+/// A landing file's content, or why it cannot be read (with its raw bytes, for quarantine).
+pub type Body = std::result::Result<bytes::Bytes, (String, bytes::Bytes)>;
+
 /// The file's bytes, gunzipped when its name ends in `.gz` (a plain file is not copied).
-pub fn decompress(name: &str, raw: bytes::Bytes) -> Result<bytes::Bytes, (String, bytes::Bytes)> {
+pub fn decompress(name: &str, raw: bytes::Bytes) -> Body {
     if name.ends_with(".gz") {
         let mut out = Vec::with_capacity(raw.len() * 4);
         match flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out) {

@@ -277,8 +277,7 @@ impl BronzeIngest {
     /// depend on the thread count.
     async fn decode_files(&self, source: &str, paths: &[String]) -> Result<(BronzeRows, Vec<RecordBatch>, u64)> {
         let now = tributary_core::now_ms() * 1000;
-        let mut bodies: Vec<(String, std::result::Result<bytes::Bytes, (String, bytes::Bytes)>)> =
-            Vec::with_capacity(paths.len());
+        let mut bodies: Vec<(String, files::Body)> = Vec::with_capacity(paths.len());
         for p in paths {
             let location = Path::from(p.as_str());
             // Lineage is the path inside the landing zone (`<source>/<file>`), so two pipelines fed

@@ -307,42 +307,6 @@ pub async fn produce_files(k: &KafkaConfig, dir: &std::path::Path, source: &str,
     Ok(sent)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use opentelemetry::trace::TraceContextExt;
-
-    #[test]
-    fn traceparent_header_becomes_the_parent_context() {
-        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-        let cx = trace::context_from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let sc = cx.span().span_context().clone();
-        assert!(sc.is_valid() && sc.is_remote());
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
-        // Garbage is ignored, not a panic.
-        assert!(!trace::context_from("not a traceparent").span().span_context().is_valid());
-    }
-
-    #[test]
-    fn sasl_password_comes_from_the_environment_only() {
-        let mut k = KafkaConfig { brokers: "127.0.0.1:1".into(), ..Default::default() };
-        k.security_protocol = "sasl_ssl".into();
-        k.sasl_mechanism = "SCRAM-SHA-512".into();
-        k.sasl_username = "svc".into();
-        k.sasl_password_env = "TRIBUTARY_TEST_KAFKA_PW_UNSET".into();
-        let err = client_config(&k).unwrap_err().to_string();
-        assert!(err.contains("TRIBUTARY_TEST_KAFKA_PW_UNSET"), "{err}");
-        k.ssl_ca_location = "/etc/ssl/ca.pem".into();
-        k.sasl_password_env = "PATH".into(); // any variable that is set
-        let c = client_config(&k).unwrap();
-        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
-        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
-        assert_eq!(c.get("ssl.ca.location"), Some("/etc/ssl/ca.pem"));
-        assert!(c.get("sasl.password").is_some());
-    }
-}
-
 /// The broker's own ceiling for the benchmark: a plain consumer in a fresh group that reads
 /// `topics` from the beginning and only counts messages (and payload bytes) until every
 /// partition reached the high watermark it had at the start, or `timeout` passes. Returns
@@ -396,4 +360,40 @@ pub async fn count_to_end(
     }
     let secs = first.map(|f| last.duration_since(f).as_secs_f64()).unwrap_or(0.0);
     Ok((n, bytes, secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+
+    #[test]
+    fn traceparent_header_becomes_the_parent_context() {
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        let cx = trace::context_from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote());
+        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        // Garbage is ignored, not a panic.
+        assert!(!trace::context_from("not a traceparent").span().span_context().is_valid());
+    }
+
+    #[test]
+    fn sasl_password_comes_from_the_environment_only() {
+        let mut k = KafkaConfig { brokers: "127.0.0.1:1".into(), ..Default::default() };
+        k.security_protocol = "sasl_ssl".into();
+        k.sasl_mechanism = "SCRAM-SHA-512".into();
+        k.sasl_username = "svc".into();
+        k.sasl_password_env = "TRIBUTARY_TEST_KAFKA_PW_UNSET".into();
+        let err = client_config(&k).unwrap_err().to_string();
+        assert!(err.contains("TRIBUTARY_TEST_KAFKA_PW_UNSET"), "{err}");
+        k.ssl_ca_location = "/etc/ssl/ca.pem".into();
+        k.sasl_password_env = "PATH".into(); // any variable that is set
+        let c = client_config(&k).unwrap();
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("ssl.ca.location"), Some("/etc/ssl/ca.pem"));
+        assert!(c.get("sasl.password").is_some());
+    }
 }
