@@ -440,15 +440,9 @@ impl KafkaIngest {
                 version = out
                     .table
                     .commit_batch(
-                        Commit {
-                            batches: &prepared.batches,
-                            metadata: prepared.metadata.clone(),
-                            actions: vec![],
-                            moves: data_moves.clone(),
-                            app_metadata: meta.clone(),
-                            fault_before_commit: Some("kafka.after_upload_before_commit"),
-                            absent: -1,
-                        },
+                        Commit::new(&prepared.batches, data_moves.clone(), meta.clone(), -1)
+                            .evolving(prepared.metadata.clone())
+                            .fault("kafka.after_upload_before_commit"),
                         (STAGE, &self.region),
                         threads,
                     )
@@ -473,19 +467,7 @@ impl KafkaIngest {
             if !q_moves.is_empty() {
                 let qbatches = q.finish()?;
                 self.quarantine
-                    .commit_batch(
-                        Commit {
-                            batches: &qbatches,
-                            metadata: None,
-                            actions: vec![],
-                            moves: q_moves.clone(),
-                            app_metadata: meta,
-                            fault_before_commit: None,
-                            absent: -1,
-                        },
-                        (STAGE, &self.region),
-                        threads,
-                    )
+                    .commit_batch(Commit::new(&qbatches, q_moves.clone(), meta, -1), (STAGE, &self.region), threads)
                     .await?;
                 for mv in &q_moves {
                     if let Some(p) = parse_partition(&mv.app_id)

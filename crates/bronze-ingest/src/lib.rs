@@ -361,15 +361,7 @@ impl BronzeIngest {
         let meta = HashMap::from([("tributary.recovered_batches".to_string(), serde_json::json!([from + 1, to]))]);
         self.quarantine
             .commit_batch(
-                Commit {
-                    batches: &q,
-                    metadata: None,
-                    actions: vec![],
-                    moves: vec![PositionMove { app_id: app_id.clone(), from, to }],
-                    app_metadata: meta,
-                    fault_before_commit: None,
-                    absent: 0,
-                },
+                Commit::new(&q, vec![PositionMove { app_id: app_id.clone(), from, to }], meta, 0),
                 (STAGE, &self.region),
                 self.cfg.server.threads(),
             )
@@ -443,15 +435,9 @@ impl BronzeIngest {
         let version = self.flows[i]
             .table
             .commit_batch(
-                Commit {
-                    batches: &prepared.batches,
-                    metadata: prepared.metadata.clone(),
-                    actions: vec![],
-                    moves: moves.clone(),
-                    app_metadata: meta.clone(),
-                    fault_before_commit: Some("bronze.after_upload_before_commit"),
-                    absent: 0,
-                },
+                Commit::new(&prepared.batches, moves, meta.clone(), 0)
+                    .evolving(prepared.metadata.clone())
+                    .fault("bronze.after_upload_before_commit"),
                 (STAGE, &self.region),
                 threads,
             )
@@ -471,21 +457,7 @@ impl BronzeIngest {
         // Quarantine: its own txn for the same sequence, committed even when empty so that a
         // restart knows it has caught up; fenced like the data commit.
         let moves = vec![PositionMove { app_id: app_id.clone(), from: self.flows[i].quarantine_seq, to: seq }];
-        self.quarantine
-            .commit_batch(
-                Commit {
-                    batches: &q,
-                    metadata: None,
-                    actions: vec![],
-                    moves,
-                    app_metadata: meta,
-                    fault_before_commit: None,
-                    absent: 0,
-                },
-                (STAGE, &self.region),
-                threads,
-            )
-            .await?;
+        self.quarantine.commit_batch(Commit::new(&q, moves, meta, 0), (STAGE, &self.region), threads).await?;
         fault::point("bronze.after_quarantine_commit");
         {
             let f = &mut self.flows[i];

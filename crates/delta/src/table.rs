@@ -725,8 +725,6 @@ pub struct Commit<'a> {
     /// A schema `metadata` action (evolution) committed with the rows. A commit that carries
     /// one is never retried on a conflict: the schema it was built on may be stale.
     pub metadata: Option<Action>,
-    /// Further actions of the same commit (e.g. `remove`s of a partition rewrite).
-    pub actions: Vec<Action>,
     /// The input positions this commit moves (`txn` actions), checked before committing.
     pub moves: Vec<PositionMove>,
     /// `commitInfo` application metadata (reconciliation, batch description).
@@ -736,6 +734,28 @@ pub struct Commit<'a> {
     /// What a position without a `txn` in the table reads as (-1 for offsets and versions, 0 for
     /// batch sequences).
     pub absent: i64,
+}
+
+impl<'a> Commit<'a> {
+    /// Rows moving `moves`, with no schema change and no fault point.
+    pub fn new(
+        batches: &'a [RecordBatch],
+        moves: Vec<PositionMove>,
+        app_metadata: HashMap<String, Value>,
+        absent: i64,
+    ) -> Self {
+        Self { batches, metadata: None, moves, app_metadata, fault_before_commit: None, absent }
+    }
+    /// Commits `metadata` (schema evolution) with the rows.
+    pub fn evolving(mut self, metadata: Option<Action>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+    /// Hits fault point `name` after the files are written, before the commit.
+    pub fn fault(mut self, name: &'static str) -> Self {
+        self.fault_before_commit = Some(name);
+        self
+    }
 }
 
 impl Table {
@@ -751,7 +771,6 @@ impl Table {
         let retry = c.metadata.is_none();
         let typed_on = self.version();
         actions.extend(self.write_files_parallel(c.batches, threads).await?.into_iter().map(Action::Add));
-        actions.extend(c.actions);
         if let Some(p) = c.fault_before_commit {
             tributary_core::fault::point(p);
         }

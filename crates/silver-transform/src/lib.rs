@@ -221,15 +221,7 @@ impl SilverTransform {
         let app_id = self.flows[i].app_id.clone();
         self.quarantine
             .commit_batch(
-                Commit {
-                    batches: &qbatches,
-                    metadata: None,
-                    actions: vec![],
-                    moves: vec![PositionMove { app_id, from, to }],
-                    app_metadata: HashMap::new(),
-                    fault_before_commit: None,
-                    absent: -1,
-                },
+                Commit::new(&qbatches, vec![PositionMove { app_id, from, to }], HashMap::new(), -1),
                 (STAGE, &self.region),
                 self.cfg.server.threads(),
             )
@@ -407,15 +399,13 @@ impl SilverTransform {
         let version = self.flows[i]
             .output
             .commit_batch(
-                Commit {
-                    batches: &batches,
-                    metadata: None,
-                    actions: vec![],
-                    moves: vec![PositionMove { app_id: app_id.clone(), from: pos, to: up_to }],
-                    app_metadata: meta.clone(),
-                    fault_before_commit: Some("silver.before_commit"),
-                    absent: -1,
-                },
+                Commit::new(
+                    &batches,
+                    vec![PositionMove { app_id: app_id.clone(), from: pos, to: up_to }],
+                    meta.clone(),
+                    -1,
+                )
+                .fault("silver.before_commit"),
                 (STAGE, &self.region),
                 threads,
             )
@@ -429,15 +419,12 @@ impl SilverTransform {
         let q_from = self.flows[i].quarantine_pos;
         self.quarantine
             .commit_batch(
-                Commit {
-                    batches: &qbatches,
-                    metadata: None,
-                    actions: vec![],
-                    moves: vec![PositionMove { app_id: app_id.clone(), from: q_from, to: up_to }],
-                    app_metadata: meta,
-                    fault_before_commit: None,
-                    absent: -1,
-                },
+                Commit::new(
+                    &qbatches,
+                    vec![PositionMove { app_id: app_id.clone(), from: q_from, to: up_to }],
+                    meta,
+                    -1,
+                ),
                 (STAGE, &self.region),
                 threads,
             )
