@@ -16,6 +16,7 @@ pub mod expectations;
 pub mod transform;
 
 use deltalake::arrow::array::{BooleanArray, RecordBatch};
+use deltalake::arrow::compute::{concat_batches, filter_record_batch, max};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,9 +46,8 @@ struct Flow {
 
 /// What expectations did to one batch.
 enum Judged {
-    /// Rows dropped (the quarantined ones went to `q`); the batch the rules were evaluated on,
-    /// filtered to the kept rows, when there were rules (so it is not built twice).
-    Applied { dropped: u64, kept: Option<RecordBatch> },
+    /// Rows dropped (the quarantined ones went to `q`) and the batch filtered to the kept rows.
+    Applied { dropped: u64, kept: RecordBatch },
     /// A `fail` expectation failed: the message; nothing of the batch may be committed.
     Stop(String),
 }
@@ -124,47 +124,67 @@ impl SilverTransform {
         Ok(())
     }
 
-    /// Splits valid rows into new ones (`out`), duplicates (counted) and rows older than the
-    /// dedup horizon (`q`, reason `beyond_dedup_horizon`). `floor` is the horizon's start.
+    /// Splits validated rows into new ones (returned), duplicates (counted) and rows older than
+    /// the dedup horizon (`q`, reason `beyond_dedup_horizon`). `floor` is the horizon's start.
+    /// Columnar: one keep mask over the batch, one filter.
     async fn dedup_rows(
         &mut self,
         i: usize,
-        rows: Vec<transform::SilverRow>,
+        batch: RecordBatch,
         floor: Option<i64>,
-        out: &mut transform::SilverRows,
-        batch_ids: &mut HashSet<String>,
         q: &mut QuarantineRows,
-    ) -> Result<u64> {
-        let (old, rows): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| floor.is_some_and(|f| r.event_time < f));
+    ) -> Result<(RecordBatch, u64)> {
         let source = self.flows[i].source.clone();
-        for r in old {
-            q.push(
-                &source,
-                "beyond_dedup_horizon",
-                None,
-                &format!(
-                    "event_time is more than silver.dedup.horizon_days ({}) behind the newest event of {source}; it \
-                     cannot be proven new, replay it after raising the horizon",
-                    self.cfg.silver.dedup.horizon_days
-                ),
-                &r.to_json(),
-                Some(&r.event_id),
-                r.file.as_deref(),
-                r.line,
-                Some(&r.lineage()),
-            );
-        }
-        let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-        let known = self.flows[i].dedup.contains(&ids).await?;
-        let mut duplicates = 0;
-        for (row, known) in rows.into_iter().zip(known) {
-            if known || !batch_ids.insert(row.event_id.clone()) {
-                duplicates += 1;
-                continue;
+        let n = batch.num_rows();
+        let ids = transform::event_ids(&batch)?;
+        let times = transform::event_times(&batch)?;
+        let mut candidates: Vec<usize> = Vec::with_capacity(n);
+        let detail = format!(
+            "event_time is more than silver.dedup.horizon_days ({}) behind the newest event of {source}; it cannot be \
+             proven new, replay it after raising the horizon",
+            self.cfg.silver.dedup.horizon_days
+        );
+        for r in 0..n {
+            if floor.is_some_and(|f| times.value(r) < f) {
+                transform::quarantine_row(q, &batch, r, &source, "beyond_dedup_horizon", None, &detail);
+            } else {
+                candidates.push(r);
             }
-            out.push(row);
         }
-        Ok(duplicates)
+        let candidate_ids: Vec<&str> = candidates.iter().map(|r| ids.value(*r)).collect();
+        let known = self.flows[i].dedup.contains(&candidate_ids).await?;
+        let mut seen: HashSet<&str> = HashSet::with_capacity(candidates.len());
+        let mut keep = vec![false; n];
+        let mut duplicates = 0;
+        for ((r, id), known) in candidates.iter().zip(&candidate_ids).zip(known) {
+            if known || !seen.insert(id) {
+                duplicates += 1;
+            } else {
+                keep[*r] = true;
+            }
+        }
+        if candidates.len() == n && duplicates == 0 {
+            return Ok((batch, 0));
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))
+            .map_err(|e| Error::internal(format!("filtering silver/{source}")).with_source(e))?;
+        Ok((kept, duplicates))
+    }
+
+    /// Validates bronze batches (columnar, on the worker threads) into one silver batch.
+    fn validate_input(&self, i: usize, input: &[(i64, RecordBatch)], q: &mut QuarantineRows) -> Result<RecordBatch> {
+        let source = &self.flows[i].source;
+        let mut parts = Vec::new();
+        for (v, b) in input {
+            parts.extend(tributary_core::cpu_section(|| {
+                transform::validate_parallel(source, &self.region, b, *v, q, self.cfg.server.threads())
+            })?);
+        }
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        concat_batches(&schemas::silver(source), &parts)
+            .map_err(|e| Error::internal(format!("concatenating silver/{source}")).with_source(e))
     }
 
     /// Reads bronze versions `(after, up_to]` of one flow.
@@ -204,16 +224,12 @@ impl SilverTransform {
             .commit_metadata(self.flows[i].output.version(), "tributary.reconciliation")
             .await?
             .and_then(|m| m.get("dedup_floor_us").and_then(|v| v.as_i64()));
-        let mut candidates = transform::SilverRows::new(&self.flows[i].source, &self.region);
-        let mut batch_ids = HashSet::new();
-        let mut valid = Vec::new();
-        for (v, b) in &input {
-            valid.extend(transform::validate(&self.flows[i].source, &self.region, b, *v, &mut q)?);
-        }
+        let valid = self.validate_input(i, &input, &mut q)?;
+        drop(input);
         // Rows in silver now are the ones the batch wrote or had seen before; the others (not
         // beyond the horizon) are the expectation candidates.
-        self.dedup_rows(i, valid, floor, &mut candidates, &mut batch_ids, &mut q).await?;
-        if let Judged::Stop(message) = self.judge(i, &mut candidates, &mut batch_ids, &mut q, (from + 1, to), false)? {
+        let (candidates, _) = self.dedup_rows(i, valid, floor, &mut q).await?;
+        if let Judged::Stop(message) = self.judge(i, candidates, &mut q, (from + 1, to), false)? {
             return Err(Error::internal(format!("a committed batch now fails a `fail` expectation: {message}")));
         }
         let rows = q.len();
@@ -232,23 +248,21 @@ impl SilverTransform {
     }
 
     /// Evaluates the flow's expectations over the batch's new rows: quarantined rows go to `q`
-    /// (reason `expectation_failed`), dropped ones are counted, and neither joins the dedup set
-    /// (`batch_ids`), so a replay of them is judged again the same way.
+    /// (reason `expectation_failed`), dropped ones are counted; neither reaches the dedup index,
+    /// so a replay of them is judged again the same way.
     fn judge(
         &self,
         i: usize,
-        out: &mut transform::SilverRows,
-        batch_ids: &mut HashSet<String>,
+        batch: RecordBatch,
         q: &mut QuarantineRows,
         input: (i64, i64),
         record: bool,
     ) -> Result<Judged> {
         let f = &self.flows[i];
-        if f.expectations.is_empty() || out.is_empty() {
-            return Ok(Judged::Applied { dropped: 0, kept: None });
+        if f.expectations.is_empty() || batch.num_rows() == 0 {
+            return Ok(Judged::Applied { dropped: 0, kept: batch });
         }
         let table = f.output.name.clone();
-        let batch = out.to_batch()?;
         let verdict = expectations::judge(&f.expectations, &batch)?;
         if record {
             let rules: Vec<serde_json::Value> = f
@@ -281,47 +295,43 @@ impl SilverTransform {
         }
         if let Some((k, row)) = verdict.failure {
             let e = &f.expectations[k];
-            let r = &out.rows()[row];
             return Ok(Judged::Stop(format!(
                 "{table}: expectation {:?} (`{}`, action fail) failed for event_id {} at {}; {} of {} rows of bronze \
                  versions {}..={} fail it. The flow is stopped and nothing of the batch was committed",
                 e.name,
                 e.expr,
-                r.event_id,
-                r.lineage(),
+                transform::event_ids(&batch)?.value(row),
+                transform::lineage(&batch, row),
                 verdict.counts[k].1,
                 batch.num_rows(),
                 input.0,
                 input.1
             )));
         }
-        let kept = deltalake::arrow::compute::filter_record_batch(&batch, &BooleanArray::from(verdict.keep.clone()))
-            .map_err(|e| Error::internal(format!("filtering {table}")).with_source(e))?;
-        let removed = out.retain(&verdict.keep);
-        let kept_quarantine: Vec<Option<usize>> =
-            verdict.quarantined_by.iter().zip(&verdict.keep).filter(|(_, k)| !**k).map(|(q, _)| *q).collect();
         let mut dropped = 0;
-        for (r, by) in removed.iter().zip(kept_quarantine) {
-            batch_ids.remove(&r.event_id);
+        for (row, by) in verdict.quarantined_by.iter().enumerate().filter(|(row, _)| !verdict.keep[*row]) {
             match by {
                 Some(k) => {
-                    let e = &f.expectations[k];
-                    q.push(
+                    let e = &f.expectations[*k];
+                    transform::quarantine_row(
+                        q,
+                        &batch,
+                        row,
                         &f.source,
                         "expectation_failed",
                         Some(&e.name),
                         &format!("expectation {} failed: {}", e.name, e.expr),
-                        &r.to_json(),
-                        Some(&r.event_id),
-                        r.file.as_deref(),
-                        r.line,
-                        Some(&r.lineage()),
                     );
                 }
                 None => dropped += 1,
             }
         }
-        Ok(Judged::Applied { dropped, kept: Some(kept) })
+        if verdict.keep.iter().all(|k| *k) {
+            return Ok(Judged::Applied { dropped, kept: batch });
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(verdict.keep))
+            .map_err(|e| Error::internal(format!("filtering {table}")).with_source(e))?;
+        Ok(Judged::Applied { dropped, kept })
     }
 
     async fn run_flow(&mut self, i: usize) -> Result<u64> {
@@ -350,21 +360,14 @@ impl SilverTransform {
         let source = self.flows[i].source.clone();
         let now_us = tributary_core::now_ms() * 1000;
         let mut q = QuarantineRows::new(now_us);
-        let mut out = transform::SilverRows::new(&source, &self.region);
-        let mut batch_ids: HashSet<String> = HashSet::new();
-        let mut input_rows = 0u64;
-        let mut valid = Vec::new();
-        for (v, b) in &input {
-            input_rows += b.num_rows() as u64;
-            valid.extend(tributary_core::cpu_section(|| {
-                transform::validate_parallel(&source, &self.region, b, *v, &mut q, self.cfg.server.threads())
-            })?);
-        }
+        let input_rows: u64 = input.iter().map(|(_, b)| b.num_rows() as u64).sum();
+        let valid = self.validate_input(i, &input, &mut q)?;
+        drop(input);
         let floor = self.flows[i].dedup.floor_us();
         let before = self.flows[i].dedup.stats;
-        let duplicates = self.dedup_rows(i, valid, floor, &mut out, &mut batch_ids, &mut q).await?;
+        let (out, duplicates) = self.dedup_rows(i, valid, floor, &mut q).await?;
         let after = self.flows[i].dedup.stats;
-        let (dropped, judged) = match self.judge(i, &mut out, &mut batch_ids, &mut q, (pos + 1, up_to), true)? {
+        let (dropped, out) = match self.judge(i, out, &mut q, (pos + 1, up_to), true)? {
             Judged::Applied { dropped, kept } => (dropped, kept),
             Judged::Stop(message) => {
                 event_log::flow_stopped(STAGE, &self.region, &self.flows[i].output.name, &message);
@@ -372,8 +375,8 @@ impl SilverTransform {
                 return Ok(0);
             }
         };
-        let written = out.len() as u64;
-        let max_event_ms = out.max_event_time_us() / 1000;
+        let written = out.num_rows() as u64;
+        let max_event_ms = max(transform::event_times(&out)?).unwrap_or(0) / 1000;
         let quarantined = q.len() as u64;
         if input_rows != written + quarantined + duplicates + dropped {
             return Err(Error::internal(format!(
@@ -390,11 +393,12 @@ impl SilverTransform {
                                          "false_positives": after.false_positives - before.false_positives,
                                          "bucket_loads": after.bucket_loads - before.bucket_loads}}),
         )]);
-        let new_keys: Vec<(String, i64)> = out.rows().iter().map(|r| (r.event_id.clone(), r.event_time)).collect();
-        let batches = match judged {
-            Some(b) => vec![b],
-            None => out.finish()?,
-        };
+        let new_keys: Vec<(String, i64)> = transform::event_ids(&out)?
+            .iter()
+            .map(|id| id.unwrap_or_default().to_string())
+            .zip(transform::event_times(&out)?.values().iter().copied())
+            .collect();
+        let batches = if out.num_rows() > 0 { vec![out] } else { vec![] };
         let threads = self.cfg.server.threads();
         let version = self.flows[i]
             .output

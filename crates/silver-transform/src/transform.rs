@@ -1,9 +1,12 @@
-//! Pure row logic of silver: validation with reasons, typed field extraction, row building.
+//! Columnar row logic of silver: validation with reasons into a batch of the silver schema, typed
+//! field extraction from the payload, quarantine rows from batch rows.
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Array, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, Decimal128Builder, Float64Builder, Int32Array, Int64Array, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
+use deltalake::arrow::compute::{cast, filter};
+use deltalake::arrow::datatypes::DataType;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use tributary_core::{Error, Result};
@@ -18,26 +21,6 @@ pub enum Typed {
     F64(Option<f64>),
     Ts(Option<i64>),
     Dec(Option<i128>),
-}
-
-#[derive(Debug, Clone)]
-pub struct SilverRow {
-    pub event_id: String,
-    pub event_time: i64,
-    pub region: String,
-    pub workspace_id: Option<String>,
-    pub customer_id: Option<String>,
-    pub egress_approved: Option<bool>,
-    pub typed: Vec<Typed>,
-    pub payload: String,
-    pub rescued: Option<String>,
-    pub file: Option<String>,
-    pub line: Option<i64>,
-    pub k_topic: Option<String>,
-    pub k_partition: Option<i32>,
-    pub k_offset: Option<i64>,
-    pub bronze_version: i64,
-    pub ingested_at: i64,
 }
 
 /// Parses an exact decimal (JSON number or string) at scale 9; `None` if not exact at that scale.
@@ -103,6 +86,61 @@ fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
     if a.is_valid(i) { Some(a.value(i)) } else { None }
 }
 
+/// One typed column of silver being built from the payloads of the valid rows.
+enum TypedBuilder {
+    Str(StringBuilder),
+    I64(Int64Builder),
+    F64(Float64Builder),
+    Ts(TimestampMicrosecondBuilder),
+    Dec(Decimal128Builder),
+}
+
+impl TypedBuilder {
+    fn new(kind: Kind, rows: usize) -> Result<Self> {
+        Ok(match kind {
+            Kind::Str => Self::Str(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::I64 => Self::I64(Int64Builder::with_capacity(rows)),
+            Kind::F64 => Self::F64(Float64Builder::with_capacity(rows)),
+            Kind::Ts => Self::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
+            Kind::Decimal => Self::Dec(
+                Decimal128Builder::with_capacity(rows)
+                    .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE as i8)
+                    .map_err(|e| Error::internal("decimal type").with_source(e))?,
+            ),
+        })
+    }
+
+    fn append(&mut self, t: Typed) {
+        match (self, t) {
+            (Self::Str(b), Typed::Str(v)) => b.append_option(v),
+            (Self::I64(b), Typed::I64(v)) => b.append_option(v),
+            (Self::F64(b), Typed::F64(v)) => b.append_option(v),
+            (Self::Ts(b), Typed::Ts(v)) => b.append_option(v),
+            (Self::Dec(b), Typed::Dec(v)) => b.append_option(v),
+            // `Typed` values come from `parse_typed`/`none_of` with the field's own kind.
+            (Self::Str(b), _) => b.append_null(),
+            (Self::I64(b), _) => b.append_null(),
+            (Self::F64(b), _) => b.append_null(),
+            (Self::Ts(b), _) => b.append_null(),
+            (Self::Dec(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Self::Str(mut b) => Arc::new(b.finish()),
+            Self::I64(mut b) => Arc::new(b.finish()),
+            Self::F64(mut b) => Arc::new(b.finish()),
+            Self::Ts(mut b) => Arc::new(b.finish()),
+            Self::Dec(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn is_null(t: &Typed) -> bool {
+    matches!(t, Typed::Str(None) | Typed::I64(None) | Typed::F64(None) | Typed::Ts(None) | Typed::Dec(None))
+}
+
 /// `validate` with the rows spread over up to `threads` threads, each on one contiguous slice of
 /// the batch (zero-copy) with its own quarantine builder; results are concatenated in row
 /// order, so the outcome does not depend on the thread count.
@@ -113,11 +151,11 @@ pub fn validate_parallel(
     bronze_version: i64,
     q: &mut QuarantineRows,
     threads: usize,
-) -> Result<Vec<SilverRow>> {
+) -> Result<Vec<RecordBatch>> {
     const MIN_ROWS: usize = 2048;
     let parts = threads.clamp(1, b.num_rows().div_ceil(MIN_ROWS).max(1));
     if parts == 1 {
-        return validate(source, region, b, bronze_version, q);
+        return Ok(vec![validate(source, region, b, bronze_version, q)?]);
     }
     let chunk = b.num_rows().div_ceil(parts);
     let slices: Vec<RecordBatch> =
@@ -127,23 +165,38 @@ pub fn validate_parallel(
         let mut part_q = QuarantineRows::new(now_us);
         validate(source, region, s, bronze_version, &mut part_q).map(|rows| (rows, part_q))
     });
-    let mut out = Vec::with_capacity(b.num_rows());
+    let mut out = Vec::with_capacity(parts);
     for r in results {
         let (rows, part_q) = r?;
-        out.extend(rows);
+        out.push(rows);
         q.absorb(part_q)?;
     }
     Ok(out)
 }
 
-/// Splits a bronze batch into valid silver rows and quarantined rows (appended to `q`).
+/// Casts `a` to `t` when its type differs (e.g. a timestamp read back without its zone).
+fn as_type(a: ArrayRef, t: &DataType) -> Result<ArrayRef> {
+    if a.data_type() == t {
+        return Ok(a);
+    }
+    cast(&a, t).map_err(|e| Error::internal(format!("casting {} to {t}", a.data_type())).with_source(e))
+}
+
+fn column(b: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    b.column_by_name(name).cloned().ok_or_else(|| Error::internal(format!("bronze batch lacks column {name}")))
+}
+
+/// Splits a bronze batch into valid rows — returned as a batch in the silver schema of the
+/// source — and rejected rows (appended to `q` with a reason). Columnar: the envelope, payload
+/// and lineage columns are the bronze arrays (filtered only when a row was rejected); the only
+/// per-row work is parsing the payload for the source's typed fields, and JSON for rejected rows.
 pub fn validate(
     source: &str,
     region: &str,
     b: &RecordBatch,
     bronze_version: i64,
     q: &mut QuarantineRows,
-) -> Result<Vec<SilverRow>> {
+) -> Result<RecordBatch> {
     let ids: &StringArray = col(b, "event_id")?;
     let times: &TimestampMicrosecondArray = col(b, "event_time")?;
     let regions: &StringArray = col(b, "region")?;
@@ -157,21 +210,22 @@ pub fn validate(
     let k_topics: &StringArray = col(b, "_kafka_topic")?;
     let k_parts: &Int32Array = col(b, "_kafka_partition")?;
     let k_offsets: &Int64Array = col(b, "_kafka_offset")?;
-    let ingested: &TimestampMicrosecondArray = col(b, "_ingested_at")?;
     let fields = source_fields(source);
-    let mut out = Vec::with_capacity(b.num_rows());
-    for i in 0..b.num_rows() {
+    let n = b.num_rows();
+    let mut typed_cols = fields.iter().map(|f| TypedBuilder::new(f.kind, n)).collect::<Result<Vec<_>>>()?;
+    let mut valid = Vec::with_capacity(n);
+    // Rows (index among the valid ones) whose `_rescued_data` gains mistyped optional fields.
+    let mut rescued_override: Vec<(usize, String)> = Vec::new();
+    let mut typed: Vec<Typed> = Vec::with_capacity(fields.len());
+    let mut kept = 0usize;
+    for i in 0..n {
         let file = opt_str(files, i);
         let line = if lines.is_valid(i) { Some(lines.value(i)) } else { None };
-        let k_topic = opt_str(k_topics, i);
-        let k_partition = if k_parts.is_valid(i) { Some(k_parts.value(i)) } else { None };
-        let k_offset = if k_offsets.is_valid(i) { Some(k_offsets.value(i)) } else { None };
         // Built only for a rejected row (the rows that pass never need it).
-        let lineage = || match (k_topic, k_partition, k_offset) {
-            (Some(t), Some(p), Some(o)) => {
-                serde_json::json!({"bronze_version": bronze_version, "topic": t, "partition": p, "offset": o})
-                    .to_string()
-            }
+        let lineage = || match (opt_str(k_topics, i), k_parts.is_valid(i), k_offsets.is_valid(i)) {
+            (Some(t), true, true) => serde_json::json!({"bronze_version": bronze_version, "topic": t,
+                                               "partition": k_parts.value(i), "offset": k_offsets.value(i)})
+            .to_string(),
             _ => format!("{{\"bronze_version\":{bronze_version}}}"),
         };
         let raw_row = || {
@@ -192,293 +246,228 @@ pub fn validate(
             m.insert("_rescued_data".into(), opt_str(rescued, i).into());
             serde_json::to_vec(&m).unwrap_or_default()
         };
+        let mut reject = |reason: &str, rule: Option<&str>, detail: &str, id: Option<&str>| {
+            q.push(source, reason, rule, detail, &raw_row(), id, file, line, Some(&lineage()));
+            valid.push(false);
+        };
         let Some(event_id) = opt_str(ids, i) else {
-            q.push(
-                source,
-                "null_key",
-                Some("event_id IS NOT NULL"),
-                "event_id is null or not a string",
-                &raw_row(),
-                None,
-                file,
-                line,
-                Some(&lineage()),
-            );
+            reject("null_key", Some("event_id IS NOT NULL"), "event_id is null or not a string", None);
             continue;
         };
         if !times.is_valid(i) {
-            q.push(
-                source,
+            reject(
                 "invalid_event_time",
                 Some("event_time IS NOT NULL"),
                 "event_time is missing or not RFC 3339 / epoch ms",
-                &raw_row(),
                 Some(event_id),
-                file,
-                line,
-                Some(&lineage()),
             );
             continue;
         }
         let parsed = match tributary_events::decode::Fields::parse(payload.value(i)) {
             Ok(p) => p,
             Err(e) => {
-                q.push(
-                    source,
-                    "malformed_payload",
-                    None,
-                    &format!("payload is not a JSON object: {e}"),
-                    &raw_row(),
-                    Some(event_id),
-                    file,
-                    line,
-                    Some(&lineage()),
-                );
+                reject("malformed_payload", None, &format!("payload is not a JSON object: {e}"), Some(event_id));
                 continue;
             }
         };
-        let mut typed = Vec::with_capacity(fields.len());
-        let mut extra_rescued: Vec<(String, String)> = Vec::new();
-        let mut reject: Option<(String, String, String)> = None;
+        typed.clear();
+        let mut extra_rescued: Vec<(&str, &str)> = Vec::new();
+        let mut rejected: Option<(&str, String, String)> = None;
         for f in fields {
             match parsed.get(f.name) {
-                None => {
-                    if f.required {
-                        reject = Some((
-                            "missing_required_field".into(),
+                None if f.required => {
+                    rejected = Some((
+                        "missing_required_field",
+                        format!("{} IS NOT NULL", f.name),
+                        format!("required field {} is missing", f.name),
+                    ));
+                    break;
+                }
+                None => typed.push(none_of(f.kind)),
+                Some(raw) => match parse_typed(f.kind, raw) {
+                    Ok(t) if is_null(&t) && f.required => {
+                        rejected = Some((
+                            "missing_required_field",
                             format!("{} IS NOT NULL", f.name),
-                            format!("required field {} is missing", f.name),
+                            format!("required field {} is null", f.name),
                         ));
                         break;
                     }
-                    typed.push(none_of(f.kind));
-                }
-                Some(raw) => match parse_typed(f.kind, raw) {
-                    Ok(t) => {
-                        let is_null = matches!(
-                            &t,
-                            Typed::Str(None) | Typed::I64(None) | Typed::F64(None) | Typed::Ts(None) | Typed::Dec(None)
-                        );
-                        if is_null && f.required {
-                            reject = Some((
-                                "missing_required_field".into(),
-                                format!("{} IS NOT NULL", f.name),
-                                format!("required field {} is null", f.name),
-                            ));
-                            break;
-                        }
-                        typed.push(t);
+                    Ok(t) => typed.push(t),
+                    Err(()) if f.required => {
+                        rejected = Some((
+                            "invalid_field",
+                            f.name.to_string(),
+                            format!(
+                                "field {} = {} is not a valid {:?} (exact, scale {DECIMAL_SCALE} for decimals)",
+                                f.name,
+                                raw.get(),
+                                f.kind
+                            ),
+                        ));
+                        break;
                     }
                     Err(()) => {
-                        if f.required {
-                            reject = Some((
-                                "invalid_field".into(),
-                                f.name.to_string(),
-                                format!(
-                                    "field {} = {} is not a valid {:?} (exact, scale {DECIMAL_SCALE} for decimals)",
-                                    f.name,
-                                    raw.get(),
-                                    f.kind
-                                ),
-                            ));
-                            break;
-                        }
-                        extra_rescued.push((f.name.to_string(), raw.get().to_string()));
+                        extra_rescued.push((f.name, raw.get()));
                         typed.push(none_of(f.kind));
                     }
                 },
             }
         }
-        if let Some((reason, rule, detail)) = reject {
-            q.push(source, &reason, Some(&rule), &detail, &raw_row(), Some(event_id), file, line, Some(&lineage()));
+        if let Some((reason, rule, detail)) = rejected {
+            reject(reason, Some(&rule), &detail, Some(event_id));
             continue;
         }
-        let mut rescued_out = opt_str(rescued, i).map(|s| s.to_string());
         if !extra_rescued.is_empty() {
             let mut m: serde_json::Map<String, serde_json::Value> =
-                rescued_out.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+                opt_str(rescued, i).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
             for (k, v) in extra_rescued {
-                m.insert(k, serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v)));
+                m.insert(k.to_string(), serde_json::from_str(v).unwrap_or_else(|_| v.into()));
             }
-            rescued_out = Some(serde_json::Value::Object(m).to_string());
+            rescued_override.push((kept, serde_json::Value::Object(m).to_string()));
         }
-        out.push(SilverRow {
-            event_id: event_id.to_string(),
-            event_time: times.value(i),
-            region: opt_str(regions, i).unwrap_or(region).to_string(),
-            workspace_id: opt_str(ws, i).map(str::to_string),
-            customer_id: opt_str(cust, i).map(str::to_string),
-            egress_approved: if egress.is_valid(i) { Some(egress.value(i)) } else { None },
-            typed,
-            payload: payload.value(i).to_string(),
-            rescued: rescued_out,
-            file: file.map(str::to_string),
-            line,
-            k_topic: k_topic.map(str::to_string),
-            k_partition,
-            k_offset,
-            bronze_version,
-            ingested_at: ingested.value(i),
-        });
+        for (builder, t) in typed_cols.iter_mut().zip(typed.drain(..)) {
+            builder.append(t);
+        }
+        valid.push(true);
+        kept += 1;
     }
-    Ok(out)
+    let mask = (kept < n).then(|| BooleanArray::from(valid));
+    let pick = |name: &str| -> Result<ArrayRef> {
+        let a = column(b, name)?;
+        match &mask {
+            None => Ok(a),
+            Some(m) => filter(&a, m).map_err(|e| Error::internal(format!("filtering {name}")).with_source(e)),
+        }
+    };
+    let schema = schemas::silver(source);
+    let times = as_type(pick("event_time")?, &schemas::ts())?;
+    let region_col = {
+        let r = pick("region")?;
+        if r.null_count() == 0 {
+            r
+        } else {
+            let r = r.as_any().downcast_ref::<StringArray>().expect("region is a string column");
+            Arc::new(r.iter().map(|v| Some(v.unwrap_or(region))).collect::<StringArray>()) as ArrayRef
+        }
+    };
+    let rescued_col = {
+        let r = pick("_rescued_data")?;
+        if rescued_override.is_empty() {
+            r
+        } else {
+            let r = r.as_any().downcast_ref::<StringArray>().expect("_rescued_data is a string column");
+            let mut next = rescued_override.iter().peekable();
+            let mut out = StringBuilder::with_capacity(kept, 0);
+            for (k, v) in r.iter().enumerate() {
+                match next.peek() {
+                    Some((at, s)) if *at == k => {
+                        out.append_value(s);
+                        next.next();
+                    }
+                    _ => out.append_option(v),
+                }
+            }
+            Arc::new(out.finish()) as ArrayRef
+        }
+    };
+    let dates = {
+        let t = times.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("event_time is a timestamp");
+        // Consecutive rows mostly share a day: format each day once.
+        let mut out = StringBuilder::with_capacity(kept, kept * 10);
+        let mut last: Option<(i64, String)> = None;
+        for us in t.values().iter() {
+            let day = us.div_euclid(86_400_000_000);
+            if last.as_ref().is_none_or(|(d, _)| *d != day) {
+                last = Some((day, tributary_events::date_of_micros(*us)));
+            }
+            out.append_value(&last.as_ref().expect("set above").1);
+        }
+        Arc::new(out.finish()) as ArrayRef
+    };
+    let mut cols: Vec<ArrayRef> = vec![
+        pick("event_id")?,
+        times,
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(source, kept))),
+        region_col,
+        pick("workspace_id")?,
+        pick("customer_id")?,
+        pick("egress_approved")?,
+    ];
+    cols.extend(typed_cols.into_iter().map(TypedBuilder::finish));
+    cols.extend([
+        pick("payload")?,
+        rescued_col,
+        pick("_source_file")?,
+        pick("_source_line")?,
+        pick("_kafka_topic")?,
+        pick("_kafka_partition")?,
+        pick("_kafka_offset")?,
+        Arc::new(Int64Array::from_value(bronze_version, kept)),
+        as_type(pick("_ingested_at")?, &schemas::ts())?,
+        dates,
+    ]);
+    RecordBatch::try_new(schema, cols)
+        .map_err(|e| Error::internal(format!("building silver/{source} batch")).with_source(e))
 }
 
-impl SilverRow {
-    /// Where the row came from, for messages and quarantine rows.
-    pub fn lineage(&self) -> String {
-        match (&self.k_topic, self.k_partition, self.k_offset) {
-            (Some(t), Some(p), Some(o)) => {
-                serde_json::json!({"bronze_version": self.bronze_version, "topic": t, "partition": p, "offset": o})
-                    .to_string()
-            }
-            _ => serde_json::json!({"bronze_version": self.bronze_version, "file": self.file, "line": self.line})
-                .to_string(),
-        }
-    }
+/// The event ids of a silver batch.
+pub fn event_ids(b: &RecordBatch) -> Result<&StringArray> {
+    col(b, "event_id")
+}
 
-    /// The row as JSON (quarantine's `raw`).
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
-            "event_id": self.event_id,
-            "event_time": self.event_time,
-            "region": self.region,
-            "workspace_id": self.workspace_id,
-            "customer_id": self.customer_id,
-            "egress_approved": self.egress_approved,
-            "payload": serde_json::from_str::<serde_json::Value>(&self.payload).unwrap_or(serde_json::Value::Null),
-            "_rescued_data": self.rescued,
-        }))
-        .unwrap_or_default()
+/// The event times (µs) of a silver batch.
+pub fn event_times(b: &RecordBatch) -> Result<&TimestampMicrosecondArray> {
+    col(b, "event_time")
+}
+
+/// Where row `i` of a silver batch came from, for messages and quarantine rows.
+pub fn lineage(b: &RecordBatch, i: usize) -> String {
+    let s = |name: &str| col::<StringArray>(b, name).ok().and_then(|a| opt_str(a, i).map(str::to_string));
+    let n64 = |name: &str| col::<Int64Array>(b, name).ok().and_then(|a| a.is_valid(i).then(|| a.value(i)));
+    let version = n64("_bronze_version");
+    let partition = col::<Int32Array>(b, "_kafka_partition").ok().and_then(|a| a.is_valid(i).then(|| a.value(i)));
+    match (s("_kafka_topic"), partition, n64("_kafka_offset")) {
+        (Some(t), Some(p), Some(o)) => {
+            serde_json::json!({"bronze_version": version, "topic": t, "partition": p, "offset": o}).to_string()
+        }
+        _ => serde_json::json!({"bronze_version": version, "file": s("_source_file"), "line": n64("_source_line")})
+            .to_string(),
     }
 }
 
-/// Accumulates silver rows and builds the batch in the silver schema of the source.
-pub struct SilverRows {
-    source: String,
-    rows: Vec<SilverRow>,
+/// Row `i` of a silver batch as JSON (quarantine's `raw`).
+pub fn row_json(b: &RecordBatch, i: usize) -> Vec<u8> {
+    let s = |name: &str| col::<StringArray>(b, name).ok().and_then(|a| opt_str(a, i));
+    let time = col::<TimestampMicrosecondArray>(b, "event_time").ok().map(|a| a.value(i));
+    let egress = col::<BooleanArray>(b, "egress_approved").ok().and_then(|a| a.is_valid(i).then(|| a.value(i)));
+    serde_json::to_vec(&serde_json::json!({
+        "event_id": s("event_id"),
+        "event_time": time,
+        "region": s("region"),
+        "workspace_id": s("workspace_id"),
+        "customer_id": s("customer_id"),
+        "egress_approved": egress,
+        "payload": s("payload").and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
+        "_rescued_data": s("_rescued_data"),
+    }))
+    .unwrap_or_default()
 }
 
-impl SilverRows {
-    pub fn new(source: &str, _region: &str) -> Self {
-        Self { source: source.into(), rows: Vec::new() }
-    }
-    pub fn push(&mut self, r: SilverRow) {
-        self.rows.push(r);
-    }
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-    pub fn max_event_time_us(&self) -> i64 {
-        self.rows.iter().map(|r| r.event_time).max().unwrap_or(0)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    pub fn finish(self) -> Result<Vec<RecordBatch>> {
-        if self.rows.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(vec![self.to_batch()?])
-    }
-
-    /// Keeps the rows whose `keep` is true; returns the others, in order.
-    pub fn retain(&mut self, keep: &[bool]) -> Vec<SilverRow> {
-        let all = std::mem::take(&mut self.rows);
-        let mut removed = Vec::new();
-        for (r, k) in all.into_iter().zip(keep.iter().copied().chain(std::iter::repeat(true))) {
-            if k { self.rows.push(r) } else { removed.push(r) }
-        }
-        removed
-    }
-
-    pub fn rows(&self) -> &[SilverRow] {
-        &self.rows
-    }
-
-    /// The rows as one batch in the silver schema of the source.
-    pub fn to_batch(&self) -> Result<RecordBatch> {
-        let rows = &self.rows;
-        let source = self.source.clone();
-        let ts_col = |f: &dyn Fn(&SilverRow) -> Option<i64>| -> ArrayRef {
-            let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
-            for r in rows {
-                b.append_option(f(r));
-            }
-            Arc::new(b.finish())
-        };
-        let str_col = |f: &dyn Fn(&SilverRow) -> Option<&str>| -> ArrayRef {
-            let mut b = StringBuilder::new();
-            for r in rows {
-                b.append_option(f(r));
-            }
-            Arc::new(b.finish())
-        };
-        let mut cols: Vec<ArrayRef> = vec![
-            str_col(&|r| Some(r.event_id.as_str())),
-            ts_col(&|r| Some(r.event_time)),
-            Arc::new(StringArray::from(vec![source.clone(); rows.len()])),
-            str_col(&|r| Some(r.region.as_str())),
-            str_col(&|r| r.workspace_id.as_deref()),
-            str_col(&|r| r.customer_id.as_deref()),
-            {
-                let mut b = BooleanBuilder::new();
-                for r in rows {
-                    b.append_option(r.egress_approved);
-                }
-                Arc::new(b.finish())
-            },
-        ];
-        for (k, f) in source_fields(&self.source).iter().enumerate() {
-            let arr: ArrayRef = match f.kind {
-                Kind::Str => str_col(&|r| match &r.typed[k] {
-                    Typed::Str(s) => s.as_deref(),
-                    _ => None,
-                }),
-                Kind::I64 => {
-                    let mut b = Int64Builder::new();
-                    for r in rows {
-                        b.append_option(if let Typed::I64(v) = r.typed[k] { v } else { None });
-                    }
-                    Arc::new(b.finish())
-                }
-                Kind::F64 => {
-                    let mut b = Float64Builder::new();
-                    for r in rows {
-                        b.append_option(if let Typed::F64(v) = r.typed[k] { v } else { None });
-                    }
-                    Arc::new(b.finish())
-                }
-                Kind::Ts => ts_col(&|r| {
-                    if let Typed::Ts(v) = r.typed[k] { v } else { None }
-                }),
-                Kind::Decimal => {
-                    let mut b = Decimal128Builder::new()
-                        .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE as i8)
-                        .map_err(|e| Error::internal("decimal type").with_source(e))?;
-                    for r in rows {
-                        b.append_option(if let Typed::Dec(v) = r.typed[k] { v } else { None });
-                    }
-                    Arc::new(b.finish())
-                }
-            };
-            cols.push(arr);
-        }
-        cols.push(str_col(&|r| Some(r.payload.as_str())));
-        cols.push(str_col(&|r| r.rescued.as_deref()));
-        cols.push(str_col(&|r| r.file.as_deref()));
-        cols.push(Arc::new(rows.iter().map(|r| r.line).collect::<Int64Array>()));
-        cols.push(str_col(&|r| r.k_topic.as_deref()));
-        cols.push(Arc::new(rows.iter().map(|r| r.k_partition).collect::<Int32Array>()));
-        cols.push(Arc::new(rows.iter().map(|r| r.k_offset).collect::<Int64Array>()));
-        cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.bronze_version))));
-        cols.push(ts_col(&|r| Some(r.ingested_at)));
-        let dates: Vec<String> = rows.iter().map(|r| tributary_events::date_of_micros(r.event_time)).collect();
-        cols.push(Arc::new(StringArray::from(dates)));
-        RecordBatch::try_new(schemas::silver(&self.source), cols)
-            .map_err(|e| Error::internal(format!("building silver/{} batch", self.source)).with_source(e))
-    }
+/// `row_json`, `lineage`, event id, file and line of row `i`: what a quarantine row needs.
+pub fn quarantine_row(
+    q: &mut QuarantineRows,
+    b: &RecordBatch,
+    i: usize,
+    source: &str,
+    reason: &str,
+    rule: Option<&str>,
+    detail: &str,
+) {
+    let id = col::<StringArray>(b, "event_id").ok().and_then(|a| opt_str(a, i));
+    let file = col::<StringArray>(b, "_source_file").ok().and_then(|a| opt_str(a, i));
+    let line = col::<Int64Array>(b, "_source_line").ok().and_then(|a| a.is_valid(i).then(|| a.value(i)));
+    q.push(source, reason, rule, detail, &row_json(b, i), id, file, line, Some(&lineage(b, i)));
 }
 
 #[cfg(test)]
@@ -503,5 +492,95 @@ mod tests {
         assert!(parse_typed(Kind::I64, &raw("\"5\"")).is_err());
         assert!(parse_typed(Kind::F64, &raw("\"5.0\"")).is_err());
         assert_eq!(parse_typed(Kind::I64, &raw("5")), Ok(Typed::I64(Some(5))));
+    }
+
+    /// A bronze batch of `job` rows: (event_id, event_time µs, region, payload, rescued).
+    /// (event_id, event_time µs, region, payload, rescued) — one bronze row.
+    type Row<'a> = (Option<&'a str>, Option<i64>, Option<&'a str>, &'a str, Option<&'a str>);
+
+    fn bronze(rows: &[Row<'_>]) -> RecordBatch {
+        let n = rows.len();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(rows.iter().map(|r| r.0).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|r| r.1).collect::<TimestampMicrosecondArray>().with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("job", n))),
+            Arc::new(rows.iter().map(|r| r.2).collect::<StringArray>()),
+            Arc::new(StringArray::from(vec![Some("ws"); n])),
+            Arc::new(StringArray::from(vec![None::<&str>; n])),
+            Arc::new(BooleanArray::from(vec![Some(true); n])),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3))),
+            Arc::new(rows.iter().map(|r| r.4).collect::<StringArray>()),
+            Arc::new(StringArray::from(vec![Some("f.json"); n])),
+            Arc::new(Int64Array::from_iter_values(1..=n as i64)),
+            Arc::new(StringArray::from(vec![None::<&str>; n])),
+            Arc::new(Int32Array::from(vec![None; n])),
+            Arc::new(Int64Array::from(vec![None; n])),
+            Arc::new(TimestampMicrosecondArray::from(vec![None; n]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(vec![7; n]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec![Some("2026-01-01"); n])),
+        ];
+        RecordBatch::try_new(schemas::bronze(), cols).unwrap()
+    }
+
+    #[test]
+    fn validation_is_columnar_with_a_reason_for_every_rejected_row() {
+        let day = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+        let b = bronze(&[
+            (Some("a"), Some(day), Some("eu"), r#"{"job_id":"j","sequence":3}"#, None),
+            (None, Some(day), Some("eu"), r#"{}"#, None),
+            (Some("c"), None, Some("eu"), r#"{}"#, None),
+            (Some("d"), Some(day), Some("eu"), r#"[1]"#, None),
+            (Some("e"), Some(day + 86_400_000_000), None, r#"{"sequence":"x"}"#, Some(r#"{"k":1}"#)),
+        ]);
+        let mut q = QuarantineRows::new(0);
+        let out = validate("job", "us", &b, 42, &mut q).unwrap();
+        assert_eq!(out.schema(), schemas::silver("job"));
+        assert_eq!(q.len(), 3);
+        let reasons = q.finish().unwrap()[0].column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+        let reasons: Vec<&str> = reasons.iter().map(Option::unwrap).collect();
+        assert_eq!(reasons, ["null_key", "invalid_event_time", "malformed_payload"]);
+        assert_eq!(out.num_rows(), 2);
+        let s = |name: &str, i: usize| {
+            let a = out.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+            opt_str(a, i).map(str::to_string)
+        };
+        assert_eq!(s("event_id", 1).as_deref(), Some("e"));
+        assert_eq!(s("region", 1).as_deref(), Some("us"), "a null region is the pipeline's");
+        assert_eq!(s("event_date", 0).as_deref(), Some("2026-01-01"));
+        assert_eq!(s("event_date", 1).as_deref(), Some("2026-01-02"));
+        assert_eq!(s("job_id", 0).as_deref(), Some("j"));
+        let seq = out.column_by_name("sequence").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!((seq.value(0), seq.is_null(1)), (3, true));
+        // A mistyped optional field is kept in `_rescued_data` next to bronze's rescued fields.
+        let rescued: serde_json::Value = serde_json::from_str(&s("_rescued_data", 1).unwrap()).unwrap();
+        assert_eq!(rescued, serde_json::json!({"k": 1, "sequence": "x"}));
+        assert_eq!(s("_rescued_data", 0), None);
+        let v = out.column_by_name("_bronze_version").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(v.values().to_vec(), vec![42, 42]);
+        assert!(lineage(&out, 1).contains("\"line\":5"), "{}", lineage(&out, 1));
+        let raw: serde_json::Value = serde_json::from_slice(&row_json(&out, 0)).unwrap();
+        assert_eq!(raw["payload"]["sequence"], 3);
+    }
+
+    #[test]
+    fn parallel_validation_equals_serial() {
+        let day = 1_767_225_600_000_000;
+        let payloads: Vec<String> = (0..5000).map(|k| format!(r#"{{"sequence":{k}}}"#)).collect();
+        let ids: Vec<String> = (0..5000).map(|k| format!("id{k}")).collect();
+        let rows: Vec<_> = (0..5000)
+            .map(|k| {
+                let id = if k % 7 == 0 { None } else { Some(ids[k].as_str()) };
+                (id, Some(day + k as i64), Some("eu"), payloads[k].as_str(), None)
+            })
+            .collect();
+        let b = bronze(&rows);
+        let mut q1 = QuarantineRows::new(0);
+        let serial = validate("job", "eu", &b, 1, &mut q1).unwrap();
+        let mut q2 = QuarantineRows::new(0);
+        let parts = validate_parallel("job", "eu", &b, 1, &mut q2, 4).unwrap();
+        let parallel = deltalake::arrow::compute::concat_batches(&serial.schema(), &parts).unwrap();
+        assert!(parts.len() > 1);
+        assert_eq!(serial, parallel);
+        assert_eq!((q1.len(), q2.len()), (715, 715));
     }
 }
