@@ -27,7 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
-use tributary_delta::{Commit, PositionMove, Table, schemas};
+use tributary_delta::{Commit, PositionMove, Table, Writer, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
 type Tp = (String, i32);
@@ -101,6 +101,7 @@ pub struct KafkaIngest {
     events: Arc<Mutex<Vec<Event>>>,
     topics: HashMap<String, TopicOut>,
     quarantine: Table,
+    writer: Writer,
     assigned: BTreeMap<Tp, PartState>,
     buffer: Vec<Buffered>,
     buffer_bytes: usize,
@@ -163,6 +164,7 @@ impl KafkaIngest {
         consumer.subscribe(&names).map_err(|e| Error::external(format!("subscribing to {names:?}")).with_source(e))?;
         tracing::info!(topics = ?names, group = %k.group_id, "Kafka ingest subscribed");
         Ok(Self {
+            writer: Writer::new(STAGE, region, &cfg),
             cfg,
             region: region.into(),
             consumer,
@@ -443,8 +445,7 @@ impl KafkaIngest {
                         Commit::new(&prepared.batches, data_moves.clone(), meta.clone(), -1)
                             .evolving(prepared.metadata.clone())
                             .fault("kafka.after_upload_before_commit"),
-                        (STAGE, &self.region),
-                        threads,
+                        &self.writer,
                     )
                     .await?;
                 for mv in &data_moves {
@@ -466,9 +467,7 @@ impl KafkaIngest {
             }
             if !q_moves.is_empty() {
                 let qbatches = q.finish()?;
-                self.quarantine
-                    .commit_batch(Commit::new(&qbatches, q_moves.clone(), meta, -1), (STAGE, &self.region), threads)
-                    .await?;
+                self.quarantine.commit_batch(Commit::new(&qbatches, q_moves.clone(), meta, -1), &self.writer).await?;
                 for mv in &q_moves {
                     if let Some(p) = parse_partition(&mv.app_id)
                         && let Some(st) = self.assigned.get_mut(&(topic.clone(), p))

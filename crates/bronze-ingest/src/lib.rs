@@ -27,7 +27,7 @@ use std::time::Instant;
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
-use tributary_delta::{Commit, PositionMove, Table, schemas};
+use tributary_delta::{Commit, PositionMove, Table, Writer, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
 pub const STAGE: &str = "bronze";
@@ -79,6 +79,7 @@ pub struct BronzeIngest {
     landing_root: Option<std::path::PathBuf>,
     flows: Vec<Flow>,
     quarantine: Table,
+    writer: Writer,
     next_flow: usize,
 }
 
@@ -123,6 +124,7 @@ impl BronzeIngest {
         let landing_root = (!landing_uri.contains("://") || landing_uri.starts_with("file://"))
             .then(|| std::path::PathBuf::from(landing_uri.strip_prefix("file://").unwrap_or(&landing_uri)));
         let mut me = Self {
+            writer: Writer::new(STAGE, region, &cfg),
             cfg,
             region: region.to_string(),
             landing,
@@ -362,8 +364,7 @@ impl BronzeIngest {
         self.quarantine
             .commit_batch(
                 Commit::new(&q, vec![PositionMove { app_id: app_id.clone(), from, to }], meta, 0),
-                (STAGE, &self.region),
-                self.cfg.server.threads(),
+                &self.writer,
             )
             .await?;
         tracing::warn!(source, from, to, rows, "quarantine caught up with bronze after a restart");
@@ -426,7 +427,6 @@ impl BronzeIngest {
         let quarantined: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         fault::point("bronze.before_write");
         let app_id = self.flows[i].app_id.clone();
-        let threads = self.cfg.server.threads();
         let meta = HashMap::from([(
             "tributary.batch".to_string(),
             serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": paths.len(), "lines": lines_in, "rows": written, "quarantined": quarantined}),
@@ -438,8 +438,7 @@ impl BronzeIngest {
                 Commit::new(&prepared.batches, moves, meta.clone(), 0)
                     .evolving(prepared.metadata.clone())
                     .fault("bronze.after_upload_before_commit"),
-                (STAGE, &self.region),
-                threads,
+                &self.writer,
             )
             .await?;
         fault::point("bronze.after_data_commit");
@@ -457,7 +456,7 @@ impl BronzeIngest {
         // Quarantine: its own txn for the same sequence, committed even when empty so that a
         // restart knows it has caught up; fenced like the data commit.
         let moves = vec![PositionMove { app_id: app_id.clone(), from: self.flows[i].quarantine_seq, to: seq }];
-        self.quarantine.commit_batch(Commit::new(&q, moves, meta, 0), (STAGE, &self.region), threads).await?;
+        self.quarantine.commit_batch(Commit::new(&q, moves, meta, 0), &self.writer).await?;
         fault::point("bronze.after_quarantine_commit");
         {
             let f = &mut self.flows[i];

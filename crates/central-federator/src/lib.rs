@@ -24,7 +24,7 @@ use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
 use tributary_delta::catalog::{self, GoldKind};
-use tributary_delta::{Action, PositionMove, Table, schemas};
+use tributary_delta::{Commit, PositionMove, Table, Writer, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
 pub const STAGE: &str = "federator";
@@ -208,7 +208,6 @@ impl CentralFederator {
 
     async fn federate_silver(&mut self, fi: usize, si: usize) -> Result<u64> {
         let max_versions = self.cfg.federator.max_versions_per_batch as i64;
-        let attempts = self.cfg.federator.max_commit_retries as u32;
         let region = self.feeds[fi].region.clone();
         let (source, input) = &mut self.feeds[fi].silver[si];
         let source = source.clone();
@@ -227,13 +226,7 @@ impl CentralFederator {
         let mut rows_in = 0u64;
         let mut batches = Vec::new();
         let now_us = tributary_core::now_ms() * 1000;
-        let changes = t.changes(from, up_to).await?;
-        let mut read = Vec::new();
-        for (v, adds) in changes {
-            for b in t.read_adds(&adds).await? {
-                read.push((v, b));
-            }
-        }
+        let read = t.read_versions(from, up_to).await?;
         for (v, b) in &read {
             rows_in += b.num_rows() as u64;
             if let Some(c) = self.central_rows(&region, b, *v, now_us)? {
@@ -241,21 +234,16 @@ impl CentralFederator {
             }
         }
         let written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        self.events.expect_positions(&[(&app_id, from)], -1).await?;
-        let adds = self.events.write_files(&batches).await?;
-        fault::point("federator.before_commit");
         let meta = HashMap::from([(
             "tributary.federation".to_string(),
             serde_json::json!({"region": region, "source": source, "from": from + 1, "to": up_to, "rows_in": rows_in, "egress_rows": written}),
         )]);
         let version = self
             .events
-            .commit_contended(
-                adds.into_iter().map(Action::Add).collect(),
-                &[PositionMove { app_id: app_id.clone(), from, to: up_to }],
-                meta,
-                (STAGE, &region),
-                attempts,
+            .commit_batch(
+                Commit::new(&batches, vec![PositionMove { app_id: app_id.clone(), from, to: up_to }], meta, -1)
+                    .fault("federator.before_commit"),
+                &Writer::new(STAGE, &region, &self.cfg),
             )
             .await?;
         fault::point("federator.after_events_commit");
@@ -279,7 +267,7 @@ impl CentralFederator {
     }
 
     async fn federate_gold(&mut self, fi: usize, gi: usize) -> Result<u64> {
-        let attempts = self.cfg.federator.max_commit_retries as u32;
+        let writer = Writer::new(STAGE, &self.feeds[fi].region, &self.cfg);
         let region = self.feeds[fi].region.clone();
         let (kind, input) = &mut self.feeds[fi].gold[gi];
         let kind = *kind;
@@ -317,7 +305,9 @@ impl CentralFederator {
             .iter_mut()
             .find(|(k, _)| *k == kind)
             .ok_or_else(|| Error::internal("central gold table missing"))?;
-        central.expect_positions(&[(&app_id, from)], -1).await?;
+        // This region's partitions of the touched dates are replaced (only this region's
+        // federator writes them); the position move fences a zombie.
+        central.refresh().await?;
         let old: HashSet<String> = central
             .files()?
             .into_iter()
@@ -327,20 +317,15 @@ impl CentralFederator {
             })
             .map(|f| f.path)
             .collect();
-        let adds = central.write_files(&batches).await?;
-        let mut actions = central.remove_actions(&old)?;
-        actions.extend(adds.into_iter().map(Action::Add));
         let meta = HashMap::from([(
             "tributary.federation".to_string(),
             serde_json::json!({"region": region, "table": kind.table_name(), "from": from + 1, "to": v, "partitions": dates.len(), "rows": rows}),
         )]);
         let version = central
-            .commit_contended(
-                actions,
-                &[PositionMove { app_id: app_id.clone(), from, to: v }],
-                meta,
-                (STAGE, &region),
-                attempts,
+            .commit_batch(
+                Commit::new(&batches, vec![PositionMove { app_id: app_id.clone(), from, to: v }], meta, -1)
+                    .replacing(old),
+                &writer,
             )
             .await?;
         fault::point("federator.after_gold_commit");
@@ -416,16 +401,12 @@ impl CentralFederator {
             })
             .map(|f| f.path)
             .collect();
-        let adds = self.watermarks.write_files(&[batch]).await?;
-        let mut actions = self.watermarks.remove_actions(&old)?;
-        actions.extend(adds.into_iter().map(Action::Add));
+        let writer = Writer::new(STAGE, &region, &self.cfg);
         self.watermarks
-            .commit_contended(
-                actions,
-                &[PositionMove { app_id, from: at, to: mirrored }],
-                HashMap::new(),
-                (STAGE, &region),
-                self.cfg.federator.max_commit_retries as u32,
+            .commit_batch(
+                Commit::new(&[batch], vec![PositionMove { app_id, from: at, to: mirrored }], HashMap::new(), -1)
+                    .replacing(old),
+                &writer,
             )
             .await?;
         self.feeds[fi].watermarks_pos[gi] = mirrored;

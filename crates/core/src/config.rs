@@ -31,6 +31,9 @@ pub struct Config {
     pub landing_root: Option<String>,
     /// Central tables root. Default `<data_root>/central`.
     pub central_root: Option<String>,
+    /// Commit attempts of every stage while other writers win the race for a table's next
+    /// version (50+ regions' federators on the central tables); backoff with jitter in between.
+    pub commit_attempts: usize,
     pub bronze: BronzeConfig,
     pub silver: SilverConfig,
     pub gold: GoldConfig,
@@ -218,8 +221,6 @@ pub struct FederatorConfig {
     /// Only rows whose boolean field of this name is true leave the region.
     pub egress_field: String,
     pub max_versions_per_batch: usize,
-    /// Commit attempts when other regions commit to the same central table at once.
-    pub max_commit_retries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -344,6 +345,7 @@ impl Default for Config {
             regions: vec!["us-east-1".into()],
             landing_root: None,
             central_root: None,
+            commit_attempts: 100,
             bronze: BronzeConfig::default(),
             silver: SilverConfig::default(),
             gold: GoldConfig::default(),
@@ -386,7 +388,7 @@ impl Default for GoldConfig {
 }
 impl Default for FederatorConfig {
     fn default() -> Self {
-        Self { egress_field: "egress_approved".into(), max_versions_per_batch: 64, max_commit_retries: 100 }
+        Self { egress_field: "egress_approved".into(), max_versions_per_batch: 64 }
     }
 }
 impl Default for ServerConfig {
@@ -453,6 +455,9 @@ impl Config {
         }
         if self.regions.is_empty() {
             return bad("regions must list at least one region".into());
+        }
+        if self.commit_attempts == 0 {
+            return bad("commit_attempts must be at least 1".into());
         }
         for r in &self.regions {
             if r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {

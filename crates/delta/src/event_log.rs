@@ -3,7 +3,7 @@
 //! `tributary_core::event_log::flush`). Several processes append to the same table; appends
 //! never conflict logically, lost version races are retried with backoff.
 
-use crate::{Action, Table, schemas};
+use crate::{Commit, Table, Writer, schemas};
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,8 +94,9 @@ async fn append(table: &mut Option<Table>, location: &str, pipeline: &str, event
     let t = table.as_mut().ok_or_else(|| Error::internal("event log table"))?;
     let batch = to_batch(pipeline, events)?;
     t.refresh().await?;
-    let adds = t.write_files(&[batch]).await?;
-    t.commit_contended(adds.into_iter().map(Action::Add).collect(), &[], HashMap::new(), ("event_log", ""), 50).await?;
+    // Append-only, no input position: every process appends concurrently, retried on races.
+    let writer = Writer { stage: "event_log".into(), region: String::new(), threads: 1, attempts: 50 };
+    t.commit_batch(Commit::new(&[batch], vec![], HashMap::new(), -1), &writer).await?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
 use futures::TryStreamExt;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tributary_core::{Error, ErrorKind, Result};
 use url::Url;
@@ -624,20 +624,9 @@ impl Table {
     /// winning the race for the next version. Between attempts the table is reloaded and every
     /// position is checked: if this writer's own earlier attempt already landed (all `to`
     /// recorded) the commit is done; if another writer moved a position, this one is a zombie and
-    /// gets `ErrorKind::Conflict` without committing.
-    pub async fn commit_contended(
-        &mut self,
-        actions: Vec<Action>,
-        moves: &[PositionMove],
-        app_metadata: HashMap<String, Value>,
-        labels: (&str, &str),
-        max_attempts: u32,
-    ) -> Result<i64> {
-        self.commit_contended_absent(actions, moves, app_metadata, labels, max_attempts, -1).await
-    }
-
-    /// `commit_contended` where a position without a `txn` yet reads as `absent`.
-    async fn commit_contended_absent(
+    /// gets `ErrorKind::Conflict` without committing. A position without a `txn` yet reads as
+    /// `absent`.
+    pub(crate) async fn commit_contended(
         &mut self,
         actions: Vec<Action>,
         moves: &[PositionMove],
@@ -718,12 +707,41 @@ fn writer_properties(schema: &SchemaRef) -> deltalake::parquet::file::properties
     b.build()
 }
 
+/// Who commits, how wide and how persistently: one per service, from its config.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    pub stage: String,
+    pub region: String,
+    /// Parallel Parquet encoders per commit (`server.worker_threads`).
+    pub threads: usize,
+    /// Commit attempts while other writers win the race for the next version (`commit_attempts`,
+    /// the one retry setting of every stage).
+    pub attempts: u32,
+}
+
+impl Writer {
+    pub fn new(stage: &str, region: &str, cfg: &tributary_core::config::Config) -> Self {
+        Self {
+            stage: stage.into(),
+            region: region.into(),
+            threads: cfg.server.threads(),
+            attempts: cfg.commit_attempts.max(1) as u32,
+        }
+    }
+}
+
 /// One commit of the commit protocol: what a stage hands over once it has decided a batch.
 pub struct Commit<'a> {
     /// Rows to write as new files (any number of batches, already in the writer schema).
     pub batches: &'a [RecordBatch],
-    /// A schema `metadata` action (evolution) committed with the rows. A commit that carries
-    /// one is never retried on a conflict: the schema it was built on may be stale.
+    /// Write every batch into files of its own (never mixed with the other batches' rows:
+    /// gold's final billing rows and provisional ones).
+    pub file_per_batch: bool,
+    /// Files of the current snapshot the rows replace (a partition rewrite), removed in the
+    /// same commit. Only the writer that owns those partitions may name them.
+    pub replacing: HashSet<String>,
+    /// A schema or properties `metadata` action committed with the rows. A commit that carries
+    /// one is never retried on a conflict: the metadata it was built on may be stale.
     pub metadata: Option<Action>,
     /// The input positions this commit moves (`txn` actions), checked before committing.
     pub moves: Vec<PositionMove>,
@@ -744,9 +762,18 @@ impl<'a> Commit<'a> {
         app_metadata: HashMap<String, Value>,
         absent: i64,
     ) -> Self {
-        Self { batches, metadata: None, moves, app_metadata, fault_before_commit: None, absent }
+        Self {
+            batches,
+            file_per_batch: false,
+            replacing: HashSet::new(),
+            metadata: None,
+            moves,
+            app_metadata,
+            fault_before_commit: None,
+            absent,
+        }
     }
-    /// Commits `metadata` (schema evolution) with the rows.
+    /// Commits `metadata` (schema evolution, table properties) with the rows.
     pub fn evolving(mut self, metadata: Option<Action>) -> Self {
         self.metadata = metadata;
         self
@@ -756,21 +783,40 @@ impl<'a> Commit<'a> {
         self.fault_before_commit = Some(name);
         self
     }
+    /// Removes `files` (of the loaded snapshot) in the same commit: a partition rewrite.
+    pub fn replacing(mut self, files: HashSet<String>) -> Self {
+        self.replacing = files;
+        self
+    }
+    /// Writes each batch into files of its own.
+    pub fn file_per_batch(mut self) -> Self {
+        self.file_per_batch = true;
+        self
+    }
 }
 
 impl Table {
     /// The commit protocol, in one place for every stage and output table:
-    /// write the files (Parquet encoding on up to `threads` tasks) → fault point → re-read the
+    /// write the files (Parquet encoding on up to `w.threads` tasks) → fault point → re-read the
     /// table and check that every position is still at its `from` (else this writer is a zombie
-    /// or has a concurrent twin: `ErrorKind::Conflict`, nothing committed) → commit rows + txns
-    /// atomically, backing off while other writers of *other* positions win the race (an earlier
-    /// attempt of this writer that landed counts as done). Returns the committed version; an
-    /// empty commit (no rows, no actions) still records the positions.
-    pub async fn commit_batch(&mut self, c: Commit<'_>, labels: (&str, &str), threads: usize) -> Result<i64> {
+    /// or has a concurrent twin: `ErrorKind::Conflict`, nothing committed) → commit rows, removes
+    /// of replaced files and txns atomically, backing off while other writers of *other*
+    /// positions win the race, up to `w.attempts` (an earlier attempt of this writer that landed
+    /// counts as done). Returns the committed version; an empty commit (no rows, no actions)
+    /// still records the positions.
+    pub async fn commit_batch(&mut self, c: Commit<'_>, w: &Writer) -> Result<i64> {
         let mut actions: Vec<Action> = c.metadata.iter().cloned().collect();
         let retry = c.metadata.is_none();
         let typed_on = self.version();
-        actions.extend(self.write_files_parallel(c.batches, threads).await?.into_iter().map(Action::Add));
+        actions.extend(self.remove_actions(&c.replacing)?);
+        if c.file_per_batch {
+            for b in c.batches {
+                let adds = self.write_files_parallel(std::slice::from_ref(b), w.threads).await?;
+                actions.extend(adds.into_iter().map(Action::Add));
+            }
+        } else {
+            actions.extend(self.write_files_parallel(c.batches, w.threads).await?.into_iter().map(Action::Add));
+        }
         if let Some(p) = c.fault_before_commit {
             tributary_core::fault::point(p);
         }
@@ -782,8 +828,8 @@ impl Table {
             if self.version() != typed_on {
                 self.sync_schema()?;
                 return Err(Error::conflict(format!(
-                    "{}: the table moved from version {typed_on} to {} while this batch evolved its schema; batch \
-                     dropped, to be redone on the new schema",
+                    "{}: the table moved from version {typed_on} to {} while this batch changed its metadata; \
+                     batch dropped, to be redone on the new state",
                     self.name,
                     self.version()
                 )));
@@ -791,6 +837,18 @@ impl Table {
             let txns = c.moves.iter().map(|m| txn(&m.app_id, m.to)).collect();
             return self.commit(actions, txns, c.app_metadata, 0).await;
         }
-        self.commit_contended_absent(actions, &c.moves, c.app_metadata, labels, 20, c.absent).await
+        self.commit_contended(actions, &c.moves, c.app_metadata, (&w.stage, &w.region), w.attempts, c.absent).await
+    }
+
+    /// Every row added by the versions in `(after, up_to]`, with the version that added it, in
+    /// commit order: how a stage reads its input incrementally.
+    pub async fn read_versions(&self, after: i64, up_to: i64) -> Result<Vec<(i64, RecordBatch)>> {
+        let mut out = Vec::new();
+        for (v, adds) in self.changes(after, up_to).await? {
+            for b in self.read_adds(&adds).await? {
+                out.push((v, b));
+            }
+        }
+        Ok(out)
     }
 }

@@ -1,6 +1,6 @@
 //! The exactly-once bookkeeping against real Delta tables on local disk.
 
-use crate::{PositionMove, Table, schemas, txn};
+use crate::{Commit, PositionMove, Table, Writer, schemas, txn};
 use deltalake::arrow::array::{Int64Array, RecordBatch};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use std::collections::HashMap;
@@ -41,6 +41,7 @@ async fn a_zombie_writer_cannot_commit_a_position_another_writer_moved() {
         HashMap::new(),
         ("test", "r"),
         5,
+        -1,
     )
     .await
     .unwrap();
@@ -65,6 +66,7 @@ async fn a_zombie_writer_cannot_commit_a_position_another_writer_moved() {
             HashMap::new(),
             ("test", "r"),
             5,
+            -1,
         )
         .await
         .unwrap_err();
@@ -89,6 +91,7 @@ async fn concurrent_writers_with_different_positions_both_land() {
             HashMap::new(),
             ("test", "r"),
             5,
+            -1,
         )
         .await
         .unwrap();
@@ -96,4 +99,47 @@ async fn concurrent_writers_with_different_positions_both_land() {
     b.refresh().await.unwrap();
     assert_eq!(b.txn_version("p/r1").await.unwrap(), Some(1));
     assert_eq!(b.txn_version("p/r2").await.unwrap(), Some(1));
+}
+
+fn writer() -> Writer {
+    Writer { stage: "test".into(), region: "r".into(), threads: 2, attempts: 5 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_batch_rewrites_partitions_and_fences_a_zombie_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let mut live = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    let mv = |from, to| vec![PositionMove { app_id: "p/in".into(), from, to }];
+    live.commit_batch(Commit::new(&[batch(&[1, 2])], mv(-1, 0), HashMap::new(), -1), &writer()).await.unwrap();
+    let mut zombie = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    // A rewrite: the two rows are replaced by their sum, in one commit with the position.
+    let old: std::collections::HashSet<String> = live.files().unwrap().into_iter().map(|f| f.path).collect();
+    live.commit_batch(
+        Commit::new(&[batch(&[3]), batch(&[4])], mv(0, 1), HashMap::new(), -1).replacing(old.clone()).file_per_batch(),
+        &writer(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&mut live).await, 2);
+    assert_eq!(live.files().unwrap().len(), 2, "file per batch");
+    // A zombie that decided on version 0 would remove the same files and move 0 → 1 again.
+    let err = zombie
+        .commit_batch(Commit::new(&[batch(&[3])], mv(0, 1), HashMap::new(), -1).replacing(old), &writer())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    let mut all: Vec<i64> = live
+        .read_all()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+        .collect();
+    all.sort();
+    assert_eq!(all, vec![3, 4]);
+    // Versions read back as (version, rows) in commit order (version 0 created the table).
+    let read: Vec<(i64, usize)> =
+        live.read_versions(-1, 2).await.unwrap().iter().map(|(v, b)| (*v, b.num_rows())).collect();
+    assert_eq!(read, vec![(1, 2), (2, 1), (2, 1)]);
 }

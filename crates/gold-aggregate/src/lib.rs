@@ -26,7 +26,7 @@ use tributary_core::event_log::{self, Level};
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
-use tributary_delta::{Action, Table, schemas, txn};
+use tributary_delta::{Commit, PositionMove, Table, Writer, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 use window::{GoldKind, WindowState};
 
@@ -52,6 +52,7 @@ struct Flow {
 pub struct GoldAggregate {
     cfg: Arc<Config>,
     region: String,
+    writer: Writer,
     flows: Vec<Flow>,
 }
 
@@ -89,7 +90,7 @@ impl GoldAggregate {
                 .collect();
             flows.push(Flow { kind, output, inputs, max_event_time: BTreeMap::new() });
         }
-        let mut me = Self { cfg, region: region.into(), flows };
+        let mut me = Self { writer: Writer::new(STAGE, region, &cfg), cfg, region: region.into(), flows };
         me.recover().await?;
         Ok(me)
     }
@@ -184,38 +185,48 @@ impl GoldAggregate {
         }
         let now_us = tributary_core::now_ms() * 1000;
         let sources: Vec<String> = flow.inputs.iter().map(|i| i.source.clone()).collect();
-        let mut adds = Vec::new();
-        let mut written = 0u64;
-        if flow.kind.is_billing() {
+        let batches: Vec<RecordBatch> = if flow.kind.is_billing() {
             let src = sources.first().cloned().unwrap_or_default();
             let (fin, prov) =
                 state.merge_billing(&current, &dates, new_wm.get(&src).copied(), old_wm.get(&src).copied(), now_us)?;
-            // Two writes: final rows never share a file with provisional ones.
-            for b in [fin, prov].into_iter().flatten() {
-                written += b.num_rows() as u64;
-                adds.extend(flow.output.write_files(&[b]).await?);
-            }
+            [fin, prov].into_iter().flatten().collect()
         } else {
-            let batches = state.merge_counts(&current, &dates, &new_wm, &sources, now_us)?;
-            written = batches.iter().map(|b| b.num_rows() as u64).sum();
-            adds = flow.output.write_files(&batches).await?;
-        }
-        let mut actions = flow.output.remove_actions(&old_files)?;
-        actions.extend(adds.into_iter().map(Action::Add));
+            state.merge_counts(&current, &dates, &new_wm, &sources, now_us)?
+        };
+        let written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let recorded =
             serde_json::to_string(&new_max).map_err(|e| Error::internal("watermark state").with_source(e))?;
-        if flow.output.properties()?.get(MAX_EVENT_TIME_PROPERTY) != Some(&recorded) {
-            actions.push(flow.output.evolve(&[], &[(MAX_EVENT_TIME_PROPERTY.to_string(), recorded)])?);
-        }
-        let txns: Vec<_> = plan.iter().map(|(ii, up_to)| txn(&flow.inputs[*ii].app_id, *up_to)).collect();
+        let properties = if flow.output.properties()?.get(MAX_EVENT_TIME_PROPERTY) != Some(&recorded) {
+            Some(flow.output.evolve(&[], &[(MAX_EVENT_TIME_PROPERTY.to_string(), recorded)])?)
+        } else {
+            None
+        };
+        let moves: Vec<PositionMove> = plan
+            .iter()
+            .map(|(ii, up_to)| {
+                let i = &flow.inputs[*ii];
+                PositionMove { app_id: i.app_id.clone(), from: i.pos, to: *up_to }
+            })
+            .collect();
         let late = state.late_events();
         let meta = HashMap::from([(
             "tributary.gold".to_string(),
             serde_json::json!({"input_rows": input_rows, "partitions": dates.len(), "rows_written": written,
                                "late_events": late, "watermarks_us": new_wm}),
         )]);
-        fault::point("gold.before_commit");
-        let version = flow.output.commit(actions, txns, meta, 0).await?;
+        // The touched partitions are rewritten in one commit with the watermark property; final
+        // billing rows never share a file with provisional ones (file per batch).
+        let version = flow
+            .output
+            .commit_batch(
+                Commit::new(&batches, moves, meta, -1)
+                    .replacing(old_files)
+                    .evolving(properties)
+                    .file_per_batch()
+                    .fault("gold.before_commit"),
+                &self.writer,
+            )
+            .await?;
         fault::point("gold.after_commit");
         let name = flow.output.name.clone();
         flow.output.notice(STAGE, &region, version, written, new_max.values().copied().max().unwrap_or(0) / 1000);

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tributary_core::config::DedupConfig;
 use tributary_core::{Error, Result};
-use tributary_delta::{Action, FileRef, Table, schemas, txn};
+use tributary_delta::{Action, Commit, FileRef, PositionMove, Table, Writer, schemas};
 
 pub const DAY_US: i64 = 86_400_000_000;
 
@@ -122,6 +122,7 @@ struct Cached {
 
 pub struct DedupIndex {
     pub table: Table,
+    writer: Writer,
     app_id: String,
     /// The silver version whose keys the index holds up to.
     pub pos: i64,
@@ -141,11 +142,12 @@ pub struct DedupIndex {
 }
 
 impl DedupIndex {
-    pub async fn open(cfg: &DedupConfig, name: &str, location: &str, app_id: &str) -> Result<Self> {
+    pub async fn open(cfg: &DedupConfig, name: &str, location: &str, app_id: &str, writer: Writer) -> Result<Self> {
         let table = Table::open_or_create(name, location, index_schema(), &["bucket"]).await?;
         let pos = table.txn_version(app_id).await?.unwrap_or(-1);
         Ok(Self {
             table,
+            writer,
             app_id: app_id.into(),
             pos,
             buckets: cfg.buckets,
@@ -190,10 +192,8 @@ impl DedupIndex {
         let latest = silver.version();
         if latest > self.pos {
             let mut ids: Vec<(String, i64)> = Vec::new();
-            for (_, adds) in silver.changes(self.pos, latest).await? {
-                for b in silver.read_adds(&adds).await? {
-                    ids.extend(keys_of(&b)?);
-                }
+            for (_, b) in silver.read_versions(self.pos, latest).await? {
+                ids.extend(keys_of(&b)?);
             }
             if !ids.is_empty() {
                 tracing::warn!(index = %self.table.name, from = self.pos, to = latest, keys = ids.len(),
@@ -311,16 +311,9 @@ impl DedupIndex {
         for (b, ks) in &by_bucket {
             batches.push(index_batch(ks.iter().map(|k| (k.0.as_str(), k.1)), *b)?);
         }
-        self.table.refresh().await?;
-        let adds = self.table.write_files(&batches).await?;
-        self.table
-            .commit(
-                adds.into_iter().map(Action::Add).collect(),
-                vec![txn(&self.app_id, silver_version)],
-                HashMap::new(),
-                0,
-            )
-            .await?;
+        // Fenced like every commit: a zombie silver whose index position moved gets a conflict.
+        let moves = vec![PositionMove { app_id: self.app_id.clone(), from: self.pos, to: silver_version }];
+        self.table.commit_batch(Commit::new(&batches, moves, HashMap::new(), -1), &self.writer).await?;
         self.pos = silver_version;
         for (b, ks) in by_bucket {
             for (id, t) in ks {
@@ -424,6 +417,10 @@ pub fn keys_of(b: &RecordBatch) -> Result<Vec<(String, i64)>> {
 mod tests {
     use super::*;
 
+    fn writer() -> Writer {
+        Writer::new("silver", "t", &tributary_core::Config::default())
+    }
+
     #[test]
     fn bloom_has_no_false_negatives_and_a_low_fp_rate() {
         let mut b = Bloom::new(1 << 20);
@@ -451,7 +448,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = DedupConfig { horizon_days: 2, buckets: 4, bloom_mb: 1, cache_mb: 0, compact_min_files: 3 };
         let loc = dir.join("idx").to_string_lossy().to_string();
-        let mut idx = DedupIndex::open(&cfg, "idx", &loc, "t/dedup").await.unwrap();
+        let mut idx = DedupIndex::open(&cfg, "idx", &loc, "t/dedup", writer()).await.unwrap();
         for day in 0..5i64 {
             let keys: Vec<(String, i64)> = (0..500).map(|i| (format!("d{day}-{i}"), day * DAY_US + i)).collect();
             idx.append(&keys, day).await.unwrap();
@@ -470,7 +467,7 @@ mod tests {
         assert_eq!(idx.contains(&["d0-1", "d1-499", "d2-0"]).await.unwrap(), vec![false, false, false]);
         // Re-opened: same answers from the table alone (the "silver" here is an empty table
         // behind the index, so nothing needs catching up).
-        let mut again = DedupIndex::open(&cfg, "idx", &loc, "t/dedup").await.unwrap();
+        let mut again = DedupIndex::open(&cfg, "idx", &loc, "t/dedup", writer()).await.unwrap();
         assert_eq!(again.pos, 4);
         let behind = dir.join("behind").to_string_lossy().to_string();
         let silver = Table::open_or_create("behind", &behind, index_schema(), &["bucket"]).await.unwrap();

@@ -30,7 +30,7 @@ use tributary_core::config::{EntityConfig, ExpectationConfig};
 use tributary_core::event_log::{self, Level};
 use tributary_core::metrics::BatchCommitted;
 use tributary_core::{Config, Error, Result, fault};
-use tributary_delta::{Action, Table, schemas, txn};
+use tributary_delta::{Commit, PositionMove, Table, Writer, schemas};
 
 /// Silver columns that are not entity attributes (raw payload, lineage, processing time).
 const NOT_ENTITY: &[&str] = &[
@@ -98,6 +98,7 @@ pub struct EntityFlow {
     region: String,
     pub current: Table,
     pub history: Table,
+    writer: Writer,
     input_location: String,
     input: Option<Table>,
     pub app_current: String,
@@ -250,6 +251,7 @@ impl EntityFlow {
             region: region.into(),
             current,
             history,
+            writer: Writer::new(crate::STAGE, region, cfg),
             input_location: crate::table_location(cfg, region, &spec.source),
             input: None,
             app_history: format!("{app}/history"),
@@ -293,8 +295,8 @@ impl EntityFlow {
         let mut new_changes: Vec<Change> = Vec::new();
         let mut skipped = 0u64;
         let mut input_rows = 0u64;
-        for (_, adds) in input.changes(lo, up_to).await? {
-            for b in input.read_adds(&adds).await? {
+        for (_, b) in input.read_versions(lo, up_to).await? {
+            {
                 input_rows += b.num_rows() as u64;
                 let keys = keys_of(&b, &self.spec.keys)?;
                 let seqs = seq_values(
@@ -393,10 +395,14 @@ impl EntityFlow {
         let name = self.spec.name.clone();
         let mut version = -1;
         if self.history_pos < up_to {
-            let adds = self.history.write_files(&[hist_batch]).await?;
-            let mut actions = self.history.remove_actions(&old_hist_files)?;
-            actions.extend(adds.into_iter().map(Action::Add));
-            version = self.history.commit(actions, vec![txn(&self.app_history, up_to)], meta.clone(), 0).await?;
+            let moves = vec![PositionMove { app_id: self.app_history.clone(), from: self.history_pos, to: up_to }];
+            version = self
+                .history
+                .commit_batch(
+                    Commit::new(std::slice::from_ref(&hist_batch), moves, meta.clone(), -1).replacing(old_hist_files),
+                    &self.writer,
+                )
+                .await?;
             self.history_pos = up_to;
         }
         fault::point("silver.entity_after_history_commit");
@@ -410,10 +416,14 @@ impl EntityFlow {
                 })
                 .map(|f| f.path)
                 .collect();
-            let adds = self.current.write_files(&[cur_batch]).await?;
-            let mut actions = self.current.remove_actions(&old_cur)?;
-            actions.extend(adds.into_iter().map(Action::Add));
-            version = self.current.commit(actions, vec![txn(&self.app_current, up_to)], meta, 0).await?;
+            let moves = vec![PositionMove { app_id: self.app_current.clone(), from: self.current_pos, to: up_to }];
+            version = self
+                .current
+                .commit_batch(
+                    Commit::new(std::slice::from_ref(&cur_batch), moves, meta, -1).replacing(old_cur),
+                    &self.writer,
+                )
+                .await?;
             self.current_pos = up_to;
         }
         if skipped > 0 {

@@ -25,7 +25,7 @@ use tributary_core::metrics::BatchCommitted;
 use tributary_core::stage::Stage;
 use tributary_core::{Config, Error, Result, fault};
 use tributary_delta::quarantine::QuarantineRows;
-use tributary_delta::{Commit, PositionMove, Table, schemas};
+use tributary_delta::{Commit, PositionMove, Table, Writer, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
 pub const STAGE: &str = "silver";
@@ -58,6 +58,7 @@ pub struct SilverTransform {
     flows: Vec<Flow>,
     quarantine: Table,
     entities: Vec<entities::EntityFlow>,
+    writer: Writer,
 }
 
 pub use tributary_delta::catalog::{
@@ -89,6 +90,7 @@ impl SilverTransform {
                 &format!("silver/_dedup/{source}"),
                 &dedup_location(&cfg, region, source),
                 &tributary_delta::catalog::silver_dedup_app_id(&cfg, region, source),
+                Writer::new(STAGE, region, &cfg),
             )
             .await?;
             flows.push(Flow {
@@ -109,7 +111,14 @@ impl SilverTransform {
         for spec in cfg.silver.entities.iter().filter(|e| cfg.bronze.sources.contains(&e.source)) {
             ents.push(entities::EntityFlow::build(&cfg, region, spec).await?);
         }
-        let mut me = Self { cfg, region: region.into(), flows, quarantine, entities: ents };
+        let mut me = Self {
+            writer: Writer::new(STAGE, region, &cfg),
+            cfg,
+            region: region.into(),
+            flows,
+            quarantine,
+            entities: ents,
+        };
         me.recover().await?;
         Ok(me)
     }
@@ -190,13 +199,7 @@ impl SilverTransform {
     /// Reads bronze versions `(after, up_to]` of one flow.
     async fn read_input(&mut self, i: usize, after: i64, up_to: i64) -> Result<Vec<(i64, RecordBatch)>> {
         let input = self.flows[i].input.as_ref().ok_or_else(|| Error::internal("input not open"))?;
-        let mut out = Vec::new();
-        for (v, adds) in input.changes(after, up_to).await? {
-            for b in input.read_adds(&adds).await? {
-                out.push((v, b));
-            }
-        }
-        Ok(out)
+        input.read_versions(after, up_to).await
     }
 
     async fn ensure_input(&mut self, i: usize) -> Result<bool> {
@@ -238,8 +241,7 @@ impl SilverTransform {
         self.quarantine
             .commit_batch(
                 Commit::new(&qbatches, vec![PositionMove { app_id, from, to }], HashMap::new(), -1),
-                (STAGE, &self.region),
-                self.cfg.server.threads(),
+                &self.writer,
             )
             .await?;
         tracing::warn!(source = %self.flows[i].source, from, to, rows, "silver quarantine caught up after a restart");
@@ -399,7 +401,6 @@ impl SilverTransform {
             .zip(transform::event_times(&out)?.values().iter().copied())
             .collect();
         let batches = if out.num_rows() > 0 { vec![out] } else { vec![] };
-        let threads = self.cfg.server.threads();
         let version = self.flows[i]
             .output
             .commit_batch(
@@ -410,8 +411,7 @@ impl SilverTransform {
                     -1,
                 )
                 .fault("silver.before_commit"),
-                (STAGE, &self.region),
-                threads,
+                &self.writer,
             )
             .await?;
         fault::point("silver.after_data_commit");
@@ -429,8 +429,7 @@ impl SilverTransform {
                     meta,
                     -1,
                 ),
-                (STAGE, &self.region),
-                threads,
+                &self.writer,
             )
             .await?;
         fault::point("silver.after_quarantine_commit");

@@ -275,7 +275,8 @@ pub async fn bench_dedup(
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| tributary_core::Error::user(format!("{dir}: {e}")))?;
     let loc = std::path::Path::new(dir).join("index").to_string_lossy().to_string();
-    let mut idx = DedupIndex::open(cfg, "bench/_dedup", &loc, "bench/dedup").await?;
+    let writer = tributary_delta::Writer::new("bench", "bench", &tributary_core::Config::default());
+    let mut idx = DedupIndex::open(cfg, "bench/_dedup", &loc, "bench/dedup", writer).await?;
     let start_us = 1_761_955_200_000_000i64;
     let span = 30 * DAY_US;
     let id = |i: u64| format!("bench-{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
