@@ -75,10 +75,14 @@ _test:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-30}
 
 .PHONY: fuzz
-fuzz: ## Fuzz the event decoder with cargo-fuzz (libFuzzer, nightly) for FUZZ_SECONDS (default 60)
+fuzz: ## Fuzz the event decoder, the exact-decimal parser and the line splitter (cargo-fuzz, nightly), FUZZ_SECONDS each (default 60)
 	@if [ ! -x $(CARGO_FUZZ) ]; then $(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(CACHE)/cargo-fuzz; fi
 	cd fuzz && mkdir -p corpus-work && PATH=$(CACHE)/cargo-fuzz/bin:$$PATH RUSTFLAGS= cargo +nightly fuzz run decode_event corpus-work corpus/decode_event -- \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1
+	@for t in decimal lines; do \
+	  (cd fuzz && mkdir -p corpus-work-$$t && PATH=$(CACHE)/cargo-fuzz/bin:$$PATH RUSTFLAGS= cargo +nightly fuzz run $$t corpus-work-$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=512 -print_final_stats=1) || exit 1; \
+	done
 
 .PHONY: bench
 bench: test-deps ## Release load harness: files vs polars baseline, per-stage cost, e2e, Kafka vs broker ceiling, dedup

@@ -2,6 +2,7 @@
 
 mod e2e;
 mod federation;
+mod inputs;
 mod kafka;
 mod quality;
 mod restart;

@@ -166,42 +166,46 @@ pub fn take_batch(files: Vec<ObjectMeta>, max_files: usize, max_bytes: u64) -> V
     out
 }
 
-/// A landing file's content, or why it cannot be read (with its raw bytes, for quarantine).
-pub type Body = std::result::Result<bytes::Bytes, (String, bytes::Bytes)>;
+/// Why a landing file cannot be read as a whole: reason code, detail, and its raw bytes (kept
+/// in quarantine).
+pub type Unreadable = (&'static str, String, bytes::Bytes);
 
-/// The file's bytes, gunzipped when its name ends in `.gz` (a plain file is not copied).
+/// A landing file's content (gunzipped, without a UTF-8 byte-order mark), or why it cannot be read.
+pub type Body = std::result::Result<bytes::Bytes, Unreadable>;
+
+/// The file's bytes, gunzipped when its name ends in `.gz` (a plain file is not copied). The
+/// landing encoding is UTF-8: a leading UTF-8 byte-order mark (Windows tools, some exporters) is
+/// skipped; a UTF-16 or UTF-32 one makes the whole file `unsupported_encoding` (quarantined as
+/// one row with its bytes: nothing silently lost, nothing decoded as garbage lines).
 pub fn decompress(name: &str, raw: bytes::Bytes) -> Body {
-    if name.ends_with(".gz") {
+    let body: bytes::Bytes = if name.ends_with(".gz") {
         let mut out = Vec::with_capacity(raw.len() * 4);
         match flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out) {
-            Ok(_) => Ok(out.into()),
-            Err(e) => Err((format!("cannot gunzip {name}: {e}"), raw)),
+            Ok(_) => out.into(),
+            Err(e) => return Err(("corrupt_file", format!("cannot gunzip {name}: {e}"), raw)),
         }
     } else {
-        Ok(raw)
+        raw.clone()
+    };
+    let boms: [(&[u8], &str); 4] = [
+        (&[0x00, 0x00, 0xFE, 0xFF], "UTF-32BE"),
+        (&[0xFF, 0xFE, 0x00, 0x00], "UTF-32LE"),
+        (&[0xFE, 0xFF], "UTF-16BE"),
+        (&[0xFF, 0xFE], "UTF-16LE"),
+    ];
+    for (bom, enc) in boms {
+        if body.starts_with(bom) {
+            return Err((
+                "unsupported_encoding",
+                format!("{name} is {enc} (byte-order mark); landing files must be UTF-8 NDJSON"),
+                raw,
+            ));
+        }
     }
+    if body.starts_with(&[0xEF, 0xBB, 0xBF]) { Ok(body.slice(3..)) } else { Ok(body) }
 }
 
-/// Non-blank lines with their 1-based line numbers; `\r\n` endings tolerated.
-pub fn lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    // memchr finds the newlines with SIMD; a byte-at-a-time split was 4% of bronze's CPU.
-    let mut start = 0usize;
-    let mut ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-    std::iter::from_fn(move || {
-        if start > body.len() {
-            return None;
-        }
-        let end = ends.next()?;
-        let l = &body[start..end];
-        start = end + 1;
-        Some(l)
-    })
-    .enumerate()
-    .filter_map(|(i, l)| {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        if l.iter().all(|b| b.is_ascii_whitespace()) { None } else { Some((i + 1, l)) }
-    })
-}
+pub use tributary_events::lines::{all_lines, is_blank, lines};
 
 #[cfg(test)]
 mod tests {
@@ -211,6 +215,31 @@ mod tests {
     fn lines_skip_blank_and_number_from_one() {
         let v: Vec<_> = lines(b"a\r\n\n  \nb\n").collect();
         assert_eq!(v, vec![(1, &b"a"[..]), (4, &b"b"[..])]);
+        let blank = all_lines(b"a\r\n\n \t\r\nb").filter(|(_, l)| is_blank(l)).count();
+        assert_eq!(blank, 2, "blank lines are counted; no trailing phantom line");
+        assert_eq!(all_lines(b"a\n").count(), 1);
+        assert_eq!(all_lines(b"").count(), 0);
+    }
+
+    #[test]
+    fn a_utf8_bom_is_skipped_and_utf16_or_32_quarantines_the_file() {
+        let body = decompress("a.ndjson", bytes::Bytes::from_static(b"\xEF\xBB\xBF{\"a\":1}\n")).unwrap();
+        assert_eq!(&body[..], b"{\"a\":1}\n");
+        for (raw, enc) in [
+            (&b"\xFF\xFE{\x00"[..], "UTF-16LE"),
+            (&b"\xFE\xFF\x00{"[..], "UTF-16BE"),
+            (&b"\xFF\xFE\x00\x00{\x00\x00\x00"[..], "UTF-32LE"),
+        ] {
+            let (code, detail, kept) = decompress("b.ndjson", bytes::Bytes::copy_from_slice(raw)).unwrap_err();
+            assert_eq!(code, "unsupported_encoding");
+            assert!(detail.contains(enc), "{detail}");
+            assert_eq!(&kept[..], raw, "the file's bytes are kept for quarantine");
+        }
+        // Also inside a gzip file.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, b"\xEF\xBB\xBF{}\n").unwrap();
+        let body = decompress("c.ndjson.gz", gz.finish().unwrap().into()).unwrap();
+        assert_eq!(&body[..], b"{}\n");
     }
 
     fn meta(p: &str) -> ObjectMeta {

@@ -83,6 +83,15 @@ pub struct BronzeIngest {
     next_flow: usize,
 }
 
+/// One batch of landing files decoded: bronze rows, quarantine rows, event lines read (+ one per
+/// unreadable file) and blank lines skipped.
+struct Decoded {
+    rows: BronzeRows,
+    quarantine: Vec<RecordBatch>,
+    lines_in: u64,
+    blank_lines: u64,
+}
+
 pub use tributary_delta::catalog::{
     bronze_location as table_location, bronze_quarantine_location as quarantine_location,
 };
@@ -277,7 +286,7 @@ impl BronzeIngest {
     /// quarantine rows. The JSON work runs on `bronze.threads` threads over contiguous chunks of
     /// the batch's lines; rows are then appended in file/line order, so the result does not
     /// depend on the thread count.
-    async fn decode_files(&self, source: &str, paths: &[String]) -> Result<(BronzeRows, Vec<RecordBatch>, u64)> {
+    async fn decode_files(&self, source: &str, paths: &[String]) -> Result<Decoded> {
         let now = tributary_core::now_ms() * 1000;
         let mut raws: Vec<(String, bytes::Bytes)> = Vec::with_capacity(paths.len());
         for p in paths {
@@ -303,12 +312,17 @@ impl BronzeIngest {
                 (p.clone(), files::decompress(p, raw.clone()))
             });
             drop(raws);
-            let lines: Vec<(usize, usize, &[u8])> = bodies
-                .iter()
-                .enumerate()
-                .filter_map(|(fi, (_, b))| b.as_ref().ok().map(|b| (fi, b)))
-                .flat_map(|(fi, b)| files::lines(b).map(move |(li, l)| (fi, li, l)))
-                .collect();
+            let mut blank_lines = 0u64;
+            let mut lines: Vec<(usize, usize, &[u8])> = Vec::new();
+            for (fi, b) in bodies.iter().enumerate().filter_map(|(fi, (_, b))| b.as_ref().ok().map(|b| (fi, b))) {
+                for (li, l) in files::all_lines(b) {
+                    if files::is_blank(l) {
+                        blank_lines += 1;
+                    } else {
+                        lines.push((fi, li, l));
+                    }
+                }
+            }
             let decoded = tributary_core::parallel_map(&lines, threads, 512, |&(_, _, l)| {
                 tributary_events::decode_event(l, &source_owned, max_bytes)
             });
@@ -334,12 +348,12 @@ impl BronzeIngest {
                 }
             }
             for (file_uri, b) in &bodies {
-                if let Err((e, raw)) = b {
+                if let Err((code, e, raw)) = b {
                     lines_in += 1;
-                    quarantine.push(&source_owned, "corrupt_file", None, e, raw, None, Some(file_uri), None, None);
+                    quarantine.push(&source_owned, code, None, e, raw, None, Some(file_uri), None, None);
                 }
             }
-            Ok((bronze, quarantine.finish()?, lines_in))
+            Ok(Decoded { rows: bronze, quarantine: quarantine.finish()?, lines_in, blank_lines })
         })
         .await
         .map_err(|e| Error::internal("bronze decode task failed").with_source(e))?
@@ -358,7 +372,7 @@ impl BronzeIngest {
         for s in (from + 1)..=to {
             paths.extend(self.flows[i].manifests.get(&s).cloned().unwrap_or_default());
         }
-        let (_, q, _) = self.decode_files(&source, &paths).await?;
+        let q = self.decode_files(&source, &paths).await?.quarantine;
         let rows: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         let meta = HashMap::from([("tributary.recovered_batches".to_string(), serde_json::json!([from + 1, to]))]);
         self.quarantine
@@ -411,7 +425,7 @@ impl BronzeIngest {
             .await
             .map_err(|e| Error::external("writing batch manifest").with_source(e))?;
 
-        let (rows, q, lines_in) = self.decode_files(&source, &paths).await?;
+        let Decoded { rows, quarantine: q, lines_in, blank_lines } = self.decode_files(&source, &paths).await?;
         let prepared = {
             let f = &mut self.flows[i];
             match schema::prepare(&mut f.table, f.mode, &f.hints, rows)? {
@@ -429,7 +443,7 @@ impl BronzeIngest {
         let app_id = self.flows[i].app_id.clone();
         let meta = HashMap::from([(
             "tributary.batch".to_string(),
-            serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": paths.len(), "lines": lines_in, "rows": written, "quarantined": quarantined}),
+            serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": paths.len(), "lines": lines_in, "blank_lines": blank_lines, "rows": written, "quarantined": quarantined}),
         )]);
         let moves = vec![PositionMove { app_id: app_id.clone(), from: seq - 1, to: seq }];
         let version = self.flows[i]
@@ -442,6 +456,7 @@ impl BronzeIngest {
             )
             .await?;
         fault::point("bronze.after_data_commit");
+        tributary_core::metrics::blank_lines(&self.region, &source, blank_lines);
         {
             let f = &mut self.flows[i];
             schema::committed(&self.region, &f.table.name, &prepared, &mut f.drift, lines_in, quarantined);

@@ -157,37 +157,10 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(&s).ok().map(|t| t.timestamp_micros())
 }
 
-/// Parses an exact decimal number (JSON number text) at `scale`; `None` if it has more
-/// fractional digits than the scale (non-zero), an exponent, or more than `precision` digits.
+/// Parses an exact decimal (a JSON number in any spelling, or a string holding one) at
+/// `decimal(precision, scale)`: `tributary_events::decimal`, the one parser silver uses too.
 pub fn parse_decimal(raw: &str, precision: u8, scale: i8) -> Option<i128> {
-    let (neg, digits) = match raw.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, raw),
-    };
-    if digits.is_empty() || digits.bytes().any(|b| matches!(b, b'e' | b'E' | b'+' | b'-')) {
-        return None;
-    }
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let scale = scale.max(0) as usize;
-    let (kept, extra) = if frac.len() > scale { frac.split_at(scale) } else { (frac, "") };
-    if extra.bytes().any(|b| b != b'0') {
-        return None;
-    }
-    let mut v: i128 = 0;
-    let mut n_digits = 0usize;
-    for b in int.bytes().chain(kept.bytes()).chain(std::iter::repeat_n(b'0', scale - kept.len())) {
-        v = v.checked_mul(10)?.checked_add((b - b'0') as i128)?;
-        if v != 0 {
-            n_digits += 1;
-        }
-    }
-    if n_digits > precision as usize {
-        return None;
-    }
-    Some(if neg { -v } else { v })
+    tributary_events::decimal::parse(raw, precision, scale).ok()
 }
 
 /// Whether a raw value fits a column type (null fits every type).
@@ -203,7 +176,7 @@ pub fn fits(t: FieldType, raw: &str) -> bool {
         (FieldType::Timestamp, s) => s == Seen::Str && parse_timestamp(raw).is_some(),
         (FieldType::Json, _) => true,
         (FieldType::Decimal { precision, scale }, s) => {
-            matches!(s, Seen::Int | Seen::Float) && parse_decimal(raw, precision, scale).is_some()
+            matches!(s, Seen::Int | Seen::Float | Seen::Str) && parse_decimal(raw, precision, scale).is_some()
         }
     }
 }
@@ -580,10 +553,12 @@ mod tests {
         assert!(fits(dec, "0.123456789"));
         assert!(fits(dec, "1.1000000000000"));
         assert!(!fits(dec, "0.1234567891"));
-        assert!(!fits(dec, "\"1.5\""));
+        assert!(fits(dec, "\"1.5\""), "a decimal sent as a string is exact");
+        assert!(fits(dec, "7e-9") && fits(dec, "1.5E+3"), "exponent spellings of exact values");
+        assert!(!fits(dec, "\"abc\""));
         assert_eq!(parse_decimal("-12.5", 38, 9), Some(-12_500_000_000));
         assert_eq!(parse_decimal("123.45", 4, 2), None);
-        assert_eq!(parse_decimal("1e3", 38, 9), None);
+        assert_eq!(parse_decimal("1e3", 38, 9), Some(1_000_000_000_000));
     }
 
     fn cells(present: u64, nulls: u64) -> FieldCells {

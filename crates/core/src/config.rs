@@ -110,6 +110,10 @@ impl BronzeConfig {
 pub struct SilverConfig {
     /// Bronze versions read per silver commit at most.
     pub max_versions_per_batch: usize,
+    /// An event whose event_time is more than this after it landed in bronze (`_ingested_at`) is
+    /// quarantined as `event_time_in_future` (a producer's wrong clock): it would otherwise move
+    /// the dedup horizon and every gold watermark ahead of all real events.
+    pub max_future_secs: i64,
     /// Data-quality expectations, evaluated on every batch of the silver table they name.
     pub expectations: Vec<ExpectationConfig>,
     /// Exact dedup by (source, event_id) over an event-time horizon, in bounded memory.
@@ -375,6 +379,7 @@ impl Default for SilverConfig {
     fn default() -> Self {
         Self {
             max_versions_per_batch: 64,
+            max_future_secs: 3600,
             expectations: Vec::new(),
             dedup: DedupConfig::default(),
             entities: default_entities(),
@@ -455,6 +460,9 @@ impl Config {
         }
         if self.regions.is_empty() {
             return bad("regions must list at least one region".into());
+        }
+        if self.silver.max_future_secs < 0 {
+            return bad("silver.max_future_secs must not be negative".into());
         }
         if self.commit_attempts == 0 {
             return bad("commit_attempts must be at least 1".into());

@@ -82,6 +82,7 @@ pub struct Metrics {
     pub drift_events: Family<DriftLabels, Counter>,
     pub schema_version: Family<TableLabels, Gauge>,
     pub landing_recent_files: Family<TableLabels, Gauge>,
+    pub blank_lines: Family<TableLabels, Counter>,
     pub late_events: Family<WatermarkLabels, Counter>,
     pub watermark: Family<WatermarkLabels, Gauge>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
@@ -114,6 +115,12 @@ impl Metrics {
                 "landing_recent_files",
                 "Ingested landing files held above the discovery frontier (bounded; history is not kept)",
                 landing_recent_files.clone(),
+            );
+            let blank_lines = Family::<TableLabels, Counter>::default();
+            registry.register(
+                "landing_blank_lines",
+                "Blank or whitespace-only lines of landing files, skipped (not events) and counted",
+                blank_lines.clone(),
             );
             let late_events = Family::<WatermarkLabels, Counter>::default();
             let watermark = Family::<WatermarkLabels, Gauge>::default();
@@ -182,6 +189,7 @@ impl Metrics {
                 drift_events,
                 schema_version,
                 landing_recent_files,
+                blank_lines,
                 late_events,
                 watermark,
                 status_counters: Mutex::new(BTreeMap::new()),
@@ -352,6 +360,18 @@ pub fn landing_discovery(region: &str, source: &str, recent: u64) {
             table: format!("bronze/{source}"),
         })
         .set(recent as i64);
+}
+
+/// Internal event: blank lines bronze skipped in a batch of landing files.
+pub fn blank_lines(region: &str, source: &str, n: u64) {
+    Metrics::global()
+        .blank_lines
+        .get_or_create(&TableLabels {
+            stage: "bronze".into(),
+            region: region.into(),
+            table: format!("bronze/{source}"),
+        })
+        .inc_by(n);
 }
 
 /// Internal event: a commit lost a race to a concurrent writer and is retried.

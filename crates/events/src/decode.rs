@@ -168,7 +168,9 @@ pub fn decode_event(line: &[u8], source: &str, max_bytes: usize) -> Result<Decod
         return Err(Reject::Oversized { bytes: line.len(), limit: max_bytes });
     }
     let text = std::str::from_utf8(line).map_err(|e| Reject::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
+    // A UTF-8 byte-order mark (a Windows producer's first line or message) is not content.
     let trimmed = text.trim();
+    let trimmed = trimmed.strip_prefix('\u{feff}').unwrap_or(trimmed).trim_start();
     if trimmed.is_empty() {
         return Err(Reject::Empty);
     }
@@ -315,6 +317,8 @@ mod tests {
         assert_eq!(decode_event(b"{\"a\":\"\xff\"}", "job", 1024).unwrap_err().code(), "invalid_utf8");
         assert_eq!(decode_event(&[b'{'; 100], "job", 64).unwrap_err().code(), "oversized");
         assert_eq!(decode_event(b"   ", "job", 64).unwrap_err().code(), "empty");
+        let bom = decode_event(b"\xEF\xBB\xBF{\"event_id\":\"x\"}", "job", 64).unwrap();
+        assert_eq!(bom.event_id.as_deref(), Some("x"), "a UTF-8 byte-order mark is skipped");
         assert_eq!(decode_event(b"nope", "job", 64).unwrap_err().code(), "malformed_json");
         // Found by the fuzz property: a lone surrogate escape passes raw-value parsing.
         assert_eq!(decode_event(br#"{"a":"\ude00"}"#, "job", 64).unwrap_err().code(), "malformed_json");

@@ -2,8 +2,10 @@
 //! deterministic generator with its ground truth.
 
 pub mod contract;
+pub mod decimal;
 pub mod decode;
 pub mod generator;
+pub mod lines;
 pub mod rng;
 pub mod truth;
 

@@ -183,10 +183,11 @@ impl SilverTransform {
     /// Validates bronze batches (columnar, on the worker threads) into one silver batch.
     fn validate_input(&self, i: usize, input: &[(i64, RecordBatch)], q: &mut QuarantineRows) -> Result<RecordBatch> {
         let source = &self.flows[i].source;
+        let future_us = self.cfg.silver.max_future_secs.saturating_mul(1_000_000);
         let mut parts = Vec::new();
         for (v, b) in input {
             parts.extend(tributary_core::cpu_section(|| {
-                transform::validate_parallel(source, &self.region, b, *v, q, self.cfg.server.threads())
+                transform::validate_parallel(source, &self.region, b, *v, future_us, q, self.cfg.server.threads())
             })?);
         }
         if parts.len() == 1 {

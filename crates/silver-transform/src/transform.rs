@@ -23,21 +23,10 @@ pub enum Typed {
     Dec(Option<i128>),
 }
 
-/// Parses an exact decimal (JSON number or string) at scale 9; `None` if not exact at that scale.
+/// Parses an exact decimal (JSON number in any spelling, or a string holding one) at the contract's
+/// precision and scale (`tributary_events::decimal`, the one parser bronze uses too).
 pub fn parse_decimal(raw: &RawValue) -> Option<i128> {
-    let text = raw.get();
-    let s: String = if text.starts_with('"') { serde_json::from_str(text).ok()? } else { text.to_string() };
-    let d = rust_decimal::Decimal::from_str_exact(s.trim()).ok()?;
-    let d = d.normalize();
-    if d.scale() > DECIMAL_SCALE {
-        return None;
-    }
-    let m = d.mantissa();
-    let v = m.checked_mul(10i128.pow(DECIMAL_SCALE - d.scale()))?;
-    if v.unsigned_abs() >= 10u128.pow(DECIMAL_PRECISION as u32) {
-        return None;
-    }
-    Some(v)
+    tributary_events::decimal::parse(raw.get(), DECIMAL_PRECISION, DECIMAL_SCALE as i8).ok()
 }
 
 fn parse_typed(kind: Kind, raw: &RawValue) -> Result<Typed, ()> {
@@ -149,13 +138,14 @@ pub fn validate_parallel(
     region: &str,
     b: &RecordBatch,
     bronze_version: i64,
+    max_future_us: i64,
     q: &mut QuarantineRows,
     threads: usize,
 ) -> Result<Vec<RecordBatch>> {
     const MIN_ROWS: usize = 2048;
     let parts = threads.clamp(1, b.num_rows().div_ceil(MIN_ROWS).max(1));
     if parts == 1 {
-        return Ok(vec![validate(source, region, b, bronze_version, q)?]);
+        return Ok(vec![validate(source, region, b, bronze_version, max_future_us, q)?]);
     }
     let chunk = b.num_rows().div_ceil(parts);
     let slices: Vec<RecordBatch> =
@@ -163,7 +153,7 @@ pub fn validate_parallel(
     let now_us = q.now_us();
     let results = tributary_core::parallel_map(&slices, parts, 1, |s| {
         let mut part_q = QuarantineRows::new(now_us);
-        validate(source, region, s, bronze_version, &mut part_q).map(|rows| (rows, part_q))
+        validate(source, region, s, bronze_version, max_future_us, &mut part_q).map(|rows| (rows, part_q))
     });
     let mut out = Vec::with_capacity(parts);
     for r in results {
@@ -195,10 +185,12 @@ pub fn validate(
     region: &str,
     b: &RecordBatch,
     bronze_version: i64,
+    max_future_us: i64,
     q: &mut QuarantineRows,
 ) -> Result<RecordBatch> {
     let ids: &StringArray = col(b, "event_id")?;
     let times: &TimestampMicrosecondArray = col(b, "event_time")?;
+    let ingested: &TimestampMicrosecondArray = col(b, "_ingested_at")?;
     let regions: &StringArray = col(b, "region")?;
     let ws: &StringArray = col(b, "workspace_id")?;
     let cust: &StringArray = col(b, "customer_id")?;
@@ -254,11 +246,36 @@ pub fn validate(
             reject("null_key", Some("event_id IS NOT NULL"), "event_id is null or not a string", None);
             continue;
         };
+        if event_id.trim().is_empty() {
+            // An empty id would collapse every such event of the region into one silver row.
+            reject("null_key", Some("trim(event_id) <> ''"), "event_id is empty or whitespace-only", Some(event_id));
+            continue;
+        }
         if !times.is_valid(i) {
             reject(
                 "invalid_event_time",
                 Some("event_time IS NOT NULL"),
                 "event_time is missing or not RFC 3339 / epoch ms",
+                Some(event_id),
+            );
+            continue;
+        }
+        // A producer with a wrong clock: bounded against the time the event landed (a pure
+        // function of the bronze row, so a recomputed quarantine decision is the same), or one
+        // event dated 2125 would move the dedup floor and every watermark a century ahead.
+        if ingested.is_valid(i) && times.value(i) > ingested.value(i).saturating_add(max_future_us) {
+            let at = |us: i64| {
+                chrono::DateTime::from_timestamp_micros(us).map_or_else(|| us.to_string(), |d| d.to_rfc3339())
+            };
+            reject(
+                "event_time_in_future",
+                Some("event_time <= _ingested_at + silver.max_future_secs"),
+                &format!(
+                    "event_time {} is more than {}s after the event landed ({}): the producer's clock is wrong",
+                    at(times.value(i)),
+                    max_future_us / 1_000_000,
+                    at(ingested.value(i))
+                ),
                 Some(event_id),
             );
             continue;
@@ -298,12 +315,14 @@ pub fn validate(
                         rejected = Some((
                             "invalid_field",
                             f.name.to_string(),
-                            format!(
-                                "field {} = {} is not a valid {:?} (exact, scale {DECIMAL_SCALE} for decimals)",
-                                f.name,
-                                raw.get(),
-                                f.kind
-                            ),
+                            match tributary_events::decimal::parse(raw.get(), DECIMAL_PRECISION, DECIMAL_SCALE as i8) {
+                                Err(e) if f.kind == Kind::Decimal => format!(
+                                    "field {} = {} is not an exact decimal({DECIMAL_PRECISION},{DECIMAL_SCALE}): {e}",
+                                    f.name,
+                                    raw.get()
+                                ),
+                                _ => format!("field {} = {} is not a valid {:?}", f.name, raw.get(), f.kind),
+                            },
                         ));
                         break;
                     }
@@ -498,6 +517,10 @@ mod tests {
     /// (event_id, event_time µs, region, payload, rescued) — one bronze row.
     type Row<'a> = (Option<&'a str>, Option<i64>, Option<&'a str>, &'a str, Option<&'a str>);
 
+    const HOUR: i64 = 3_600_000_000;
+    /// `_ingested_at` of the fixture rows: 2027-01-01T00:00:00Z.
+    const INGESTED: i64 = 1_798_761_600_000_000;
+
     fn bronze(rows: &[Row<'_>]) -> RecordBatch {
         let n = rows.len();
         let cols: Vec<ArrayRef> = vec![
@@ -516,7 +539,7 @@ mod tests {
             Arc::new(Int32Array::from(vec![None; n])),
             Arc::new(Int64Array::from(vec![None; n])),
             Arc::new(TimestampMicrosecondArray::from(vec![None; n]).with_timezone("UTC")),
-            Arc::new(TimestampMicrosecondArray::from(vec![7; n]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(vec![INGESTED; n]).with_timezone("UTC")),
             Arc::new(StringArray::from(vec![Some("2026-01-01"); n])),
         ];
         RecordBatch::try_new(schemas::bronze(), cols).unwrap()
@@ -531,15 +554,22 @@ mod tests {
             (Some("c"), None, Some("eu"), r#"{}"#, None),
             (Some("d"), Some(day), Some("eu"), r#"[1]"#, None),
             (Some("e"), Some(day + 86_400_000_000), None, r#"{"sequence":"x"}"#, Some(r#"{"k":1}"#)),
+            (Some(" \t"), Some(day), Some("eu"), r#"{}"#, None),
+            (Some("g"), Some(INGESTED + HOUR + 1), Some("eu"), r#"{}"#, None),
+            (Some("h"), Some(INGESTED + HOUR), Some("eu"), r#"{}"#, None),
         ]);
         let mut q = QuarantineRows::new(0);
-        let out = validate("job", "us", &b, 42, &mut q).unwrap();
+        let out = validate("job", "us", &b, 42, HOUR, &mut q).unwrap();
         assert_eq!(out.schema(), schemas::silver("job"));
-        assert_eq!(q.len(), 3);
+        assert_eq!(q.len(), 5);
         let reasons = q.finish().unwrap()[0].column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
         let reasons: Vec<&str> = reasons.iter().map(Option::unwrap).collect();
-        assert_eq!(reasons, ["null_key", "invalid_event_time", "malformed_payload"]);
-        assert_eq!(out.num_rows(), 2);
+        assert_eq!(
+            reasons,
+            ["null_key", "invalid_event_time", "malformed_payload", "null_key", "event_time_in_future"],
+            "an empty id is no key; an event more than the tolerance after it landed is a wrong clock"
+        );
+        assert_eq!(out.num_rows(), 3, "exactly at the tolerance is accepted");
         let s = |name: &str, i: usize| {
             let a = out.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
             opt_str(a, i).map(str::to_string)
@@ -556,7 +586,7 @@ mod tests {
         assert_eq!(rescued, serde_json::json!({"k": 1, "sequence": "x"}));
         assert_eq!(s("_rescued_data", 0), None);
         let v = out.column_by_name("_bronze_version").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
-        assert_eq!(v.values().to_vec(), vec![42, 42]);
+        assert_eq!(v.values().to_vec(), vec![42, 42, 42]);
         assert!(lineage(&out, 1).contains("\"line\":5"), "{}", lineage(&out, 1));
         let raw: serde_json::Value = serde_json::from_slice(&row_json(&out, 0)).unwrap();
         assert_eq!(raw["payload"]["sequence"], 3);
@@ -575,9 +605,9 @@ mod tests {
             .collect();
         let b = bronze(&rows);
         let mut q1 = QuarantineRows::new(0);
-        let serial = validate("job", "eu", &b, 1, &mut q1).unwrap();
+        let serial = validate("job", "eu", &b, 1, HOUR, &mut q1).unwrap();
         let mut q2 = QuarantineRows::new(0);
-        let parts = validate_parallel("job", "eu", &b, 1, &mut q2, 4).unwrap();
+        let parts = validate_parallel("job", "eu", &b, 1, HOUR, &mut q2, 4).unwrap();
         let parallel = deltalake::arrow::compute::concat_batches(&serial.schema(), &parts).unwrap();
         assert!(parts.len() > 1);
         assert_eq!(serial, parallel);
