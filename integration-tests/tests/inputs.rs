@@ -119,3 +119,49 @@ async fn real_producer_inputs_are_exact_or_quarantined_with_a_reason() {
     let gold = read(&c.region_table(REGION, "gold/billing_usage_hourly")).await.unwrap();
     assert_eq!(decimals(&gold, "dbu").into_iter().sum::<Decimal>(), want + Decimal::from(20));
 }
+
+fn job(id: &str, minute: u32) -> String {
+    format!(
+        r#"{{"event_id":"{id}","event_time":"2026-11-01T11:{minute:02}:00Z","region":"{REGION}","workspace_id":"w1","job_id":"j","state":"RUNNING","sequence":1}}"#
+    )
+}
+
+/// Issue #14 item 11: one source whose input table cannot be read holds back only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_source_holds_back_only_itself() {
+    let p = Pipeline::new(&[REGION]);
+    let c = p.config();
+    let write = |source: &str, name: &str, lines: Vec<String>| {
+        std::fs::write(landing(&p, source).join(name), lines.join("\n") + "\n").unwrap();
+    };
+    let audit = |id: String, m: u32| job(&id, m).replace("\"job_id\"", "\"actor\"");
+    write("audit", "f1.ndjson", (0..2).map(|i| audit(format!("a{i}"), i)).collect());
+    write("job", "f1.ndjson", (0..3).map(|i| job(&format!("j{i}"), i)).collect());
+    p.run_to_completion(&["--stages", "bronze,silver"]).unwrap();
+    write("audit", "f2.ndjson", (0..2).map(|i| audit(format!("a2{i}"), i)).collect());
+    write("job", "f2.ndjson", (0..4).map(|i| job(&format!("j2{i}"), 10 + i)).collect());
+    write("billing", "f1.ndjson", vec![billing("b1", "2026-11-01T11:00:00Z", "1.5")]);
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    // Break silver's input for audit (the first flow in order): a garbage commit after the last.
+    let log = std::path::Path::new(&c.region_table(REGION, "bronze/audit")).join("_delta_log");
+    let last = std::fs::read_dir(&log)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap().file_name().to_string_lossy().strip_suffix(".json").and_then(|v| v.parse::<u64>().ok())
+        })
+        .max()
+        .unwrap();
+    std::fs::write(log.join(format!("{:020}.json", last + 1)), "this is not a Delta commit\n").unwrap();
+    let out =
+        p.command(&["standalone", "--exit-when-idle", "--timeout-secs", "20", "--stages", "silver"]).output().unwrap();
+    assert!(!out.status.success(), "a failing flow is never reported idle");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("silver/audit"), "the failing flow is named: {}", tail(&out.stderr, 2000));
+    let count = |t: &str| {
+        let t = c.region_table(REGION, t);
+        async move { read(&t).await.unwrap().iter().map(|b| b.num_rows()).sum::<usize>() }
+    };
+    assert_eq!(count("silver/job").await, 7, "the other sources kept going");
+    assert_eq!(count("silver/billing").await, 1);
+    assert_eq!(count("silver/audit").await, 2, "the broken one holds what it had");
+}

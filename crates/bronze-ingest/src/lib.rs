@@ -80,6 +80,8 @@ pub struct BronzeIngest {
     flows: Vec<Flow>,
     quarantine: Table,
     writer: Writer,
+    /// A failing source backs off alone; the others keep ingesting.
+    health: tributary_core::stage::FlowHealth,
     next_flow: usize,
 }
 
@@ -133,6 +135,7 @@ impl BronzeIngest {
         let landing_root = (!landing_uri.contains("://") || landing_uri.starts_with("file://"))
             .then(|| std::path::PathBuf::from(landing_uri.strip_prefix("file://").unwrap_or(&landing_uri)));
         let mut me = Self {
+            health: tributary_core::stage::FlowHealth::new(flows.len()),
             writer: Writer::new(STAGE, region, &cfg),
             cfg,
             region: region.to_string(),
@@ -513,20 +516,31 @@ impl Stage for BronzeIngest {
         let mut total = 0;
         for k in 0..n {
             let i = (self.next_flow + k) % n;
-            total += self.run_flow(i).await?;
+            if !self.health.due(i) {
+                continue;
+            }
+            let result = async {
+                if self.health.needs_reload(i) {
+                    self.quarantine.refresh().await?;
+                    Self::load_flow(&mut self.flows[i], &self.quarantine, self.cfg.bronze.index_every_batches).await?;
+                    self.health.reloaded(i);
+                }
+                self.run_flow(i).await
+            }
+            .await;
+            total += self.health.record(i, result, STAGE, &self.region, || format!("bronze/{}", self.flows[i].source));
         }
         self.next_flow = (self.next_flow + 1) % n.max(1);
         Ok(total)
     }
 
+    fn caught_up(&self) -> bool {
+        self.health.healthy()
+    }
+
     async fn recover(&mut self) -> Result<()> {
-        self.quarantine.refresh().await?;
-        for f in &mut self.flows {
-            Self::load_flow(f, &self.quarantine, self.cfg.bronze.index_every_batches).await?;
-        }
-        for i in 0..self.flows.len() {
-            self.catch_up_quarantine(i).await?;
-        }
+        // Each flow reloads itself (isolated) before its next run: see `run_once`.
+        self.health.reload_all();
         Ok(())
     }
 
@@ -554,7 +568,12 @@ impl Stage for BronzeIngest {
             tables,
             positions,
             counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
-            last_error: stopped.join("; "),
+            last_error: stopped
+                .into_iter()
+                .map(str::to_string)
+                .chain(self.health.errors())
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct CentralFederator {
     /// `central/region_watermarks`: per region, gold table and source, the max committed
     /// event_time and watermark the region's gold was computed with.
     watermarks: Table,
+    /// Per region: a failing region backs off alone.
+    health: tributary_core::stage::FlowHealth,
 }
 
 pub use tributary_delta::catalog::{
@@ -117,7 +119,7 @@ impl CentralFederator {
             &["region", "gold_table"],
         )
         .await?;
-        let feeds = regions
+        let feeds: Vec<RegionFeed> = regions
             .iter()
             .map(|r| RegionFeed {
                 region: r.clone(),
@@ -157,7 +159,8 @@ impl CentralFederator {
             })
             .collect();
         let label = regions.join(",");
-        let mut me = Self { cfg, label, feeds, events, gold, watermarks };
+        let health = tributary_core::stage::FlowHealth::new(feeds.len());
+        let mut me = Self { cfg, label, feeds, events, gold, watermarks, health };
         me.recover().await?;
         Ok(me)
     }
@@ -350,6 +353,31 @@ impl CentralFederator {
     }
 }
 
+impl CentralFederator {
+    /// Re-reads the central tables and this region's positions in them (after a failure, or on
+    /// start).
+    async fn reload_feed(&mut self, fi: usize) -> Result<()> {
+        self.events.refresh().await?;
+        for (_, t) in &mut self.gold {
+            t.refresh().await?;
+        }
+        self.watermarks.refresh().await?;
+        let feed = &mut self.feeds[fi];
+        for (_, input) in &mut feed.silver {
+            input.pos = self.events.txn_version(&input.app_id).await?.unwrap_or(-1);
+        }
+        for (kind, input) in &mut feed.gold {
+            let t = &self.gold.iter().find(|(k, _)| k == kind).ok_or_else(|| Error::internal("central gold"))?.1;
+            input.pos = t.txn_version(&input.app_id).await?.unwrap_or(-1);
+        }
+        for (gi, (kind, _)) in feed.gold.iter().enumerate() {
+            let app_id = watermarks_app_id(&self.cfg, &feed.region, *kind);
+            feed.watermarks_pos[gi] = self.watermarks.txn_version(&app_id).await?.unwrap_or(-1);
+        }
+        Ok(())
+    }
+}
+
 fn watermarks_app_id(cfg: &Config, region: &str, kind: GoldKind) -> String {
     catalog::central_watermarks_app_id(cfg, region, kind)
 }
@@ -425,35 +453,39 @@ impl Stage for CentralFederator {
     async fn run_once(&mut self) -> Result<u64> {
         let mut total = 0;
         for fi in 0..self.feeds.len() {
-            for si in 0..self.feeds[fi].silver.len() {
-                total += self.federate_silver(fi, si).await?;
+            // One region's failure (its tables unreadable, a partition) holds back only that
+            // region: it backs off and is reloaded; the other regions keep federating.
+            if !self.health.due(fi) {
+                continue;
             }
-            for gi in 0..self.feeds[fi].gold.len() {
-                total += self.federate_gold(fi, gi).await?;
-                total += self.publish_watermarks(fi, gi).await?;
+            let result = async {
+                if self.health.needs_reload(fi) {
+                    self.reload_feed(fi).await?;
+                    self.health.reloaded(fi);
+                }
+                let mut n = 0;
+                for si in 0..self.feeds[fi].silver.len() {
+                    n += self.federate_silver(fi, si).await?;
+                }
+                for gi in 0..self.feeds[fi].gold.len() {
+                    n += self.federate_gold(fi, gi).await?;
+                    n += self.publish_watermarks(fi, gi).await?;
+                }
+                Ok::<u64, Error>(n)
             }
+            .await;
+            total +=
+                self.health.record(fi, result, STAGE, &self.label, || format!("central/{}", self.feeds[fi].region));
         }
         Ok(total)
     }
+
+    fn caught_up(&self) -> bool {
+        self.health.healthy()
+    }
     async fn recover(&mut self) -> Result<()> {
-        self.events.refresh().await?;
-        for (_, t) in &mut self.gold {
-            t.refresh().await?;
-        }
-        for feed in &mut self.feeds {
-            for (_, input) in &mut feed.silver {
-                input.pos = self.events.txn_version(&input.app_id).await?.unwrap_or(-1);
-            }
-            for (kind, input) in &mut feed.gold {
-                let t = &self.gold.iter().find(|(k, _)| k == kind).ok_or_else(|| Error::internal("central gold"))?.1;
-                input.pos = t.txn_version(&input.app_id).await?.unwrap_or(-1);
-            }
-            self.watermarks.refresh().await?;
-            for (gi, (kind, _)) in feed.gold.iter().enumerate() {
-                let app_id = watermarks_app_id(&self.cfg, &feed.region, *kind);
-                feed.watermarks_pos[gi] = self.watermarks.txn_version(&app_id).await?.unwrap_or(-1);
-            }
-        }
+        // Each flow reloads itself (isolated) before its next run: see `run_once`.
+        self.health.reload_all();
         Ok(())
     }
     fn inputs(&self) -> Vec<String> {
@@ -496,7 +528,7 @@ impl Stage for CentralFederator {
             tables,
             positions,
             counters,
-            last_error: String::new(),
+            last_error: self.health.errors().join("; "),
         }
     }
 }

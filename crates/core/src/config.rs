@@ -411,7 +411,9 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_format: "pretty".into(),
-            log_filter: "info,buoyant_kernel=warn,deltalake_core=warn,deltalake=warn".into(),
+            log_filter:
+                "info,buoyant_kernel=warn,deltalake_core=warn,deltalake=warn,deltalake_core::kernel::transaction=off"
+                    .into(),
             otlp_endpoint: String::new(),
         }
     }

@@ -376,7 +376,8 @@ pub fn blank_lines(region: &str, source: &str, n: u64) {
 
 /// Internal event: a commit lost a race to a concurrent writer and is retried.
 pub fn commit_conflict(stage: &str, region: &str, table: &str, attempt: u32, reason: &str) {
-    tracing::warn!(stage, region, table, attempt, reason, "commit conflict, retrying");
+    // A lost race is routine with many writers (it is retried or fenced): not a warning.
+    tracing::info!(stage, region, table, attempt, reason, "commit conflict, retrying");
     let m = Metrics::global();
     m.commit_conflicts
         .get_or_create(&TableLabels { stage: stage.into(), region: region.into(), table: table.into() })

@@ -265,3 +265,115 @@ pub async fn serve_stages(
     }
     Ok(())
 }
+
+/// Failure isolation between the flows of one stage (a source, a region, an entity table): a
+/// failing flow backs off on its own (100 ms doubling to 30 s) and is reloaded from its tables
+/// before its next try, while the other flows keep their freshness. The stage reports itself
+/// caught up only when no flow is failing, so `--exit-when-idle` never mistakes a failing flow for
+/// a finished one.
+pub struct FlowHealth {
+    flows: Vec<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    retry_at: Option<std::time::Instant>,
+    backoff: Duration,
+    reload: bool,
+    last_error: Option<String>,
+}
+
+impl FlowHealth {
+    pub fn new(n: usize) -> Self {
+        Self { flows: (0..n).map(|_| Health::default()).collect() }
+    }
+    /// Whether flow `i` may run now (not backing off after a failure).
+    pub fn due(&self, i: usize) -> bool {
+        self.flows[i].retry_at.is_none_or(|t| std::time::Instant::now() >= t)
+    }
+    /// Whether flow `i` failed and must be reloaded from its tables before it runs again.
+    pub fn needs_reload(&self, i: usize) -> bool {
+        self.flows[i].reload
+    }
+    /// Every flow is (re)loaded from its tables before its next run, each on its own: a flow whose
+    /// tables cannot be read at start fails alone instead of failing the stage.
+    pub fn reload_all(&mut self) {
+        for h in &mut self.flows {
+            h.reload = true;
+        }
+    }
+    pub fn reloaded(&mut self, i: usize) {
+        self.flows[i].reload = false;
+    }
+    /// Flow `i` ran without error.
+    pub fn ok(&mut self, i: usize) {
+        let h = &mut self.flows[i];
+        h.retry_at = None;
+        h.backoff = Duration::ZERO;
+        h.last_error = None;
+    }
+    /// Flow `i` (`name`, e.g. `bronze/billing`) failed: counted and logged like a failed batch
+    /// (a lost race as a conflict), backed off, reloaded before its next try.
+    pub fn failed(&mut self, i: usize, stage: &str, region: &str, name: &str, e: &crate::Error) {
+        if e.kind == crate::ErrorKind::Conflict {
+            crate::metrics::commit_conflict(stage, region, name, 0, &e.to_string());
+        } else {
+            batch_failed(stage, region, name, e);
+        }
+        let h = &mut self.flows[i];
+        h.backoff = (h.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        h.retry_at = Some(std::time::Instant::now() + h.backoff);
+        h.reload = true;
+        h.last_error = Some(format!("{name}: {e}"));
+    }
+    /// Records the outcome of running flow `i` (`ok` or `failed`); returns the units of work done.
+    pub fn record(
+        &mut self,
+        i: usize,
+        result: crate::Result<u64>,
+        stage: &str,
+        region: &str,
+        name: impl FnOnce() -> String,
+    ) -> u64 {
+        match result {
+            Ok(n) => {
+                self.ok(i);
+                n
+            }
+            Err(e) => {
+                self.failed(i, stage, region, &name(), &e);
+                0
+            }
+        }
+    }
+    /// No flow is failing.
+    pub fn healthy(&self) -> bool {
+        self.flows.iter().all(|h| h.last_error.is_none())
+    }
+    /// The failing flows' last errors, for the status RPC.
+    pub fn errors(&self) -> Vec<String> {
+        self.flows.iter().filter_map(|h| h.last_error.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod flow_health_tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_flow_backs_off_alone_and_is_reloaded_before_its_next_try() {
+        let mut h = FlowHealth::new(2);
+        assert!(h.due(0) && h.due(1) && h.healthy());
+        h.failed(0, "bronze", "r1", "bronze/billing", &crate::Error::external("disk full"));
+        assert!(!h.due(0), "backing off");
+        assert!(h.due(1), "the other flow is not held back");
+        assert!(h.needs_reload(0) && !h.needs_reload(1));
+        assert!(!h.healthy());
+        assert_eq!(h.errors(), vec!["bronze/billing: disk full".to_string()]);
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(h.due(0));
+        h.reloaded(0);
+        h.ok(0);
+        assert!(h.healthy() && !h.needs_reload(0));
+    }
+}

@@ -54,6 +54,8 @@ pub struct GoldAggregate {
     region: String,
     writer: Writer,
     flows: Vec<Flow>,
+    /// Per gold table: a failing one backs off alone.
+    health: tributary_core::stage::FlowHealth,
 }
 
 pub use tributary_delta::catalog::{recorded_max_event_time, watermarks};
@@ -90,7 +92,8 @@ impl GoldAggregate {
                 .collect();
             flows.push(Flow { kind, output, inputs, max_event_time: BTreeMap::new() });
         }
-        let mut me = Self { writer: Writer::new(STAGE, region, &cfg), cfg, region: region.into(), flows };
+        let health = tributary_core::stage::FlowHealth::new(flows.len());
+        let mut me = Self { writer: Writer::new(STAGE, region, &cfg), cfg, region: region.into(), flows, health };
         me.recover().await?;
         Ok(me)
     }
@@ -293,18 +296,27 @@ impl Stage for GoldAggregate {
     async fn run_once(&mut self) -> Result<u64> {
         let mut total = 0;
         for i in 0..self.flows.len() {
-            total += self.run_flow(i).await?;
+            if !self.health.due(i) {
+                continue;
+            }
+            let result = async {
+                if self.health.needs_reload(i) {
+                    reload(&mut self.flows[i]).await?;
+                    self.health.reloaded(i);
+                }
+                self.run_flow(i).await
+            }
+            .await;
+            total += self.health.record(i, result, STAGE, &self.region, || self.flows[i].output.name.clone());
         }
         Ok(total)
     }
+    fn caught_up(&self) -> bool {
+        self.health.healthy()
+    }
     async fn recover(&mut self) -> Result<()> {
-        for flow in &mut self.flows {
-            flow.output.refresh().await?;
-            for input in &mut flow.inputs {
-                input.pos = flow.output.txn_version(&input.app_id).await?.unwrap_or(-1);
-            }
-            flow.max_event_time = recorded_max_event_time(&flow.output)?;
-        }
+        // Each flow reloads itself (isolated) before its next run: see `run_once`.
+        self.health.reload_all();
         Ok(())
     }
     fn inputs(&self) -> Vec<String> {
@@ -334,12 +346,22 @@ impl Stage for GoldAggregate {
             tables,
             positions,
             counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
-            last_error: String::new(),
+            last_error: self.health.errors().join("; "),
         }
     }
 }
 
 /// Exact billing sums per (customer, sku, hour) as read back from a gold billing table.
+/// Re-reads a gold table's input positions and recorded watermarks (on start, after a failure).
+async fn reload(flow: &mut Flow) -> Result<()> {
+    flow.output.refresh().await?;
+    for input in &mut flow.inputs {
+        input.pos = flow.output.txn_version(&input.app_id).await?.unwrap_or(-1);
+    }
+    flow.max_event_time = recorded_max_event_time(&flow.output)?;
+    Ok(())
+}
+
 pub fn billing_sums(batches: &[RecordBatch]) -> Result<window::BillingSums> {
     window::billing_sums(batches)
 }

@@ -59,6 +59,8 @@ pub struct SilverTransform {
     quarantine: Table,
     entities: Vec<entities::EntityFlow>,
     writer: Writer,
+    /// Flows then entity tables: a failing one backs off alone; the others keep their freshness.
+    health: tributary_core::stage::FlowHealth,
 }
 
 pub use tributary_delta::catalog::{
@@ -111,6 +113,7 @@ impl SilverTransform {
         for spec in cfg.silver.entities.iter().filter(|e| cfg.bronze.sources.contains(&e.source)) {
             ents.push(entities::EntityFlow::build(&cfg, region, spec).await?);
         }
+        let health = tributary_core::stage::FlowHealth::new(flows.len() + ents.len());
         let mut me = Self {
             writer: Writer::new(STAGE, region, &cfg),
             cfg,
@@ -118,6 +121,7 @@ impl SilverTransform {
             flows,
             quarantine,
             entities: ents,
+            health,
         };
         me.recover().await?;
         Ok(me)
@@ -463,26 +467,48 @@ impl Stage for SilverTransform {
     }
     async fn run_once(&mut self) -> Result<u64> {
         let mut total = 0;
-        for i in 0..self.flows.len() {
-            total += self.run_flow(i).await?;
+        let nf = self.flows.len();
+        for i in 0..nf {
+            if !self.health.due(i) {
+                continue;
+            }
+            let result = async {
+                if self.health.needs_reload(i) {
+                    self.quarantine.refresh().await?;
+                    Self::load_flow(&mut self.flows[i], &self.quarantine).await?;
+                    self.catch_up_quarantine(i).await?;
+                    self.health.reloaded(i);
+                }
+                self.run_flow(i).await
+            }
+            .await;
+            total += self.health.record(i, result, STAGE, &self.region, || format!("silver/{}", self.flows[i].source));
         }
         let max_versions = self.cfg.silver.max_versions_per_batch as i64;
-        for e in &mut self.entities {
-            total += e.run(max_versions).await?;
+        for (k, e) in self.entities.iter_mut().enumerate() {
+            let h = nf + k;
+            if !self.health.due(h) {
+                continue;
+            }
+            let result = async {
+                if self.health.needs_reload(h) {
+                    e.recover().await?;
+                    self.health.reloaded(h);
+                }
+                e.run(max_versions).await
+            }
+            .await;
+            total += self.health.record(h, result, STAGE, &self.region, || format!("silver/{}", e.spec.name));
         }
         Ok(total)
     }
+
+    fn caught_up(&self) -> bool {
+        self.health.healthy()
+    }
     async fn recover(&mut self) -> Result<()> {
-        self.quarantine.refresh().await?;
-        for f in &mut self.flows {
-            Self::load_flow(f, &self.quarantine).await?;
-        }
-        for i in 0..self.flows.len() {
-            self.catch_up_quarantine(i).await?;
-        }
-        for e in &mut self.entities {
-            e.recover().await?;
-        }
+        // Each flow reloads itself (isolated) before its next run: see `run_once`.
+        self.health.reload_all();
         Ok(())
     }
     fn inputs(&self) -> Vec<String> {
@@ -524,7 +550,12 @@ impl Stage for SilverTransform {
             tables,
             positions,
             counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
-            last_error: stopped.join("; "),
+            last_error: stopped
+                .into_iter()
+                .map(str::to_string)
+                .chain(self.health.errors())
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 }
