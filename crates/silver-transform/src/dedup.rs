@@ -28,6 +28,10 @@ use tributary_delta::{Action, Commit, FileRef, PositionMove, Table, Writer, sche
 
 pub const DAY_US: i64 = 86_400_000_000;
 
+/// Index table property: the horizon (µs) its content was maintained with. Keys older than it
+/// were deleted, so a larger horizon cannot be served from the index alone.
+pub const HORIZON_PROPERTY: &str = "tributary.dedup.horizon_us";
+
 pub fn index_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Utf8, false),
@@ -201,6 +205,7 @@ impl DedupIndex {
             }
             self.append(&ids, latest).await?;
         }
+        let rebuild = self.sync_horizon(silver).await? || rebuild;
         if !rebuild {
             return Ok(());
         }
@@ -219,6 +224,56 @@ impl DedupIndex {
         self.max_event_time_us = max;
         self.loaded = true;
         Ok(())
+    }
+
+    /// Makes the index hold every silver key within the configured horizon. When the horizon
+    /// grew since the index was maintained (the documented remedy for `beyond_dedup_horizon`),
+    /// the expired keys are gone from the index, so it is rebuilt from silver itself
+    /// (`event_id`, `event_time` over the new horizon) in one commit that replaces every index
+    /// file and records the new horizon; otherwise a replayed event whose key had expired would
+    /// be admitted twice. A smaller horizon only records itself (expiry does the rest). Memory of
+    /// a rebuild: the keys within the new horizon. Returns whether the index was rebuilt.
+    async fn sync_horizon(&mut self, silver: &Table) -> Result<bool> {
+        let recorded: Option<i64> = self.table.properties()?.get(HORIZON_PROPERTY).and_then(|v| v.parse().ok());
+        if recorded == Some(self.horizon_us) {
+            return Ok(false);
+        }
+        let grew = recorded.is_some_and(|r| r < self.horizon_us);
+        let mut batches = Vec::new();
+        let mut replacing = HashSet::new();
+        if grew {
+            let mut keys: Vec<(String, i64)> = Vec::new();
+            for b in silver.read_columns(&["event_id", "event_time"]).await? {
+                keys.extend(keys_of(&b)?);
+            }
+            let floor = keys.iter().map(|k| k.1).max().map(|m| m - self.horizon_us);
+            keys.retain(|k| floor.is_none_or(|f| k.1 >= f));
+            let mut by_bucket: BTreeMap<u32, Vec<(String, i64)>> = BTreeMap::new();
+            for k in keys {
+                by_bucket.entry(bucket_of(&k.0, self.buckets)).or_default().push(k);
+            }
+            for (b, mut ks) in by_bucket {
+                ks.sort();
+                batches.push(index_batch(ks.iter().map(|k| (k.0.as_str(), k.1)), b)?);
+            }
+            replacing = self.table.files()?.into_iter().map(|f| f.path).collect();
+            tracing::warn!(index = %self.table.name, from_us = ?recorded, to_us = self.horizon_us,
+                keys = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+                "dedup horizon grew: index rebuilt from silver");
+        }
+        let props = self.table.evolve(&[], &[(HORIZON_PROPERTY.to_string(), self.horizon_us.to_string())])?;
+        let moves = vec![PositionMove { app_id: self.app_id.clone(), from: self.pos, to: self.pos }];
+        let meta = HashMap::from([(
+            "tributary.dedup".to_string(),
+            serde_json::json!({"horizon_us": self.horizon_us, "previous_horizon_us": recorded, "rebuilt_from_silver": grew}),
+        )]);
+        self.table
+            .commit_batch(
+                Commit::new(&batches, moves, meta, -1).replacing(replacing).evolving(Some(props)).file_per_batch(),
+                &self.writer,
+            )
+            .await?;
+        Ok(grew)
     }
 
     /// For each id: is it in the index (a key silver holds)? Exact.
@@ -475,5 +530,40 @@ mod tests {
         assert_eq!(again.max_event_time_us, Some(4 * DAY_US + 499));
         assert_eq!(again.contains(&probe).await.unwrap(), vec![true, true, false, false, true]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue #14 item 6: raising the horizon and replaying must not admit an expired key again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raising_the_horizon_rebuilds_the_index_from_silver() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = |n: &str| dir.path().join(n).to_string_lossy().to_string();
+        // "Silver": five days of keys (the index schema has the two columns the index reads).
+        let mut silver = Table::open_or_create("silver", &loc("silver"), index_schema(), &["bucket"]).await.unwrap();
+        let short = DedupConfig { horizon_days: 2, buckets: 4, bloom_mb: 1, cache_mb: 0, compact_min_files: 3 };
+        let mut idx = DedupIndex::open(&short, "idx", &loc("idx"), "t/dedup", writer()).await.unwrap();
+        // Silver advances a day at a time and the index follows (expiring whole old files).
+        for day in 0..5i64 {
+            let keys: Vec<(String, i64)> = (0..300).map(|i| (format!("d{day}-{i}"), day * DAY_US + i)).collect();
+            let b = index_batch(keys.iter().map(|k| (k.0.as_str(), k.1)), 0).unwrap();
+            silver.commit_batch(Commit::new(&[b], vec![], HashMap::new(), -1), &writer()).await.unwrap();
+            idx.recover(&silver).await.unwrap();
+        }
+        assert_eq!(idx.pos, silver.version());
+        assert_eq!(idx.contains(&["d0-1", "d4-1"]).await.unwrap(), vec![false, true], "day 0 expired");
+        // The operator raises the horizon to 30 days to re-admit a replay: the index is rebuilt
+        // from silver, so day 0's keys are known again (a replayed d0-1 is a duplicate).
+        let long = DedupConfig { horizon_days: 30, ..short.clone() };
+        let mut idx = DedupIndex::open(&long, "idx", &loc("idx"), "t/dedup", writer()).await.unwrap();
+        idx.recover(&silver).await.unwrap();
+        assert_eq!(idx.contains(&["d0-1", "d2-299", "d4-1", "new"]).await.unwrap(), vec![true, true, true, false]);
+        let n: usize = idx.table.read_all().await.unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!(n, 1500, "every silver key exactly once");
+        assert_eq!(idx.table.properties().unwrap()[HORIZON_PROPERTY], (30 * DAY_US).to_string());
+        // Opened again with the same horizon: nothing is rebuilt.
+        let v = idx.table.version();
+        let mut idx = DedupIndex::open(&long, "idx", &loc("idx"), "t/dedup", writer()).await.unwrap();
+        idx.recover(&silver).await.unwrap();
+        assert_eq!(idx.table.version(), v);
+        assert_eq!(idx.pos, silver.version());
     }
 }
