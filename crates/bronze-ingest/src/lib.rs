@@ -568,12 +568,7 @@ impl Stage for BronzeIngest {
             tables,
             positions,
             counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
-            last_error: stopped
-                .into_iter()
-                .map(str::to_string)
-                .chain(self.health.errors())
-                .collect::<Vec<_>>()
-                .join("; "),
+            last_error: self.health.last_error(&stopped),
         }
     }
 }

@@ -528,7 +528,7 @@ impl Stage for CentralFederator {
             tables,
             positions,
             counters,
-            last_error: self.health.errors().join("; "),
+            last_error: self.health.last_error(&[]),
         }
     }
 }

@@ -354,6 +354,11 @@ impl FlowHealth {
     pub fn errors(&self) -> Vec<String> {
         self.flows.iter().filter_map(|h| h.last_error.clone()).collect()
     }
+    /// The status RPC's `last_error`: the stage's stopped flows (`stopped`, e.g. a `fail`
+    /// expectation), then the failing flows' last errors.
+    pub fn last_error(&self, stopped: &[&str]) -> String {
+        stopped.iter().map(|s| s.to_string()).chain(self.errors()).collect::<Vec<_>>().join("; ")
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +375,7 @@ mod flow_health_tests {
         assert!(h.needs_reload(0) && !h.needs_reload(1));
         assert!(!h.healthy());
         assert_eq!(h.errors(), vec!["bronze/billing: disk full".to_string()]);
+        assert_eq!(h.last_error(&["x stopped"]), "x stopped; bronze/billing: disk full");
         std::thread::sleep(Duration::from_millis(120));
         assert!(h.due(0));
         h.reloaded(0);

@@ -346,7 +346,7 @@ impl Stage for GoldAggregate {
             tables,
             positions,
             counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
-            last_error: self.health.errors().join("; "),
+            last_error: self.health.last_error(&[]),
         }
     }
 }

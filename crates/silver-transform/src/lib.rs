@@ -475,8 +475,8 @@ impl Stage for SilverTransform {
             let result = async {
                 if self.health.needs_reload(i) {
                     self.quarantine.refresh().await?;
+                    // (run_flow catches the quarantine up first.)
                     Self::load_flow(&mut self.flows[i], &self.quarantine).await?;
-                    self.catch_up_quarantine(i).await?;
                     self.health.reloaded(i);
                 }
                 self.run_flow(i).await
@@ -550,12 +550,7 @@ impl Stage for SilverTransform {
             tables,
             positions,
             counters: tributary_core::metrics::stage_counters(STAGE, &self.region),
-            last_error: stopped
-                .into_iter()
-                .map(str::to_string)
-                .chain(self.health.errors())
-                .collect::<Vec<_>>()
-                .join("; "),
+            last_error: self.health.last_error(&stopped),
         }
     }
 }
