@@ -165,3 +165,118 @@ async fn a_broken_source_holds_back_only_itself() {
     assert_eq!(count("silver/billing").await, 1);
     assert_eq!(count("silver/audit").await, 2, "the broken one holds what it had");
 }
+
+fn lineage(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let f = b.column_by_name("_source_file").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let l = b
+            .column_by_name("_source_line")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::Int64Array>()
+            .unwrap();
+        out.extend((0..b.num_rows()).map(|i| format!("{}:{}", f.value(i), l.value(i))));
+    }
+    out.sort();
+    out
+}
+
+/// Issue #14 item 7: the file list of a batch commits atomically with its rows. Before, it was a
+/// manifest put at `_tributary/batches/<seq>.json` before the commit; two pods racing for the same
+/// sequence (rolling update) could leave the loser's list behind, and a restart then counted
+/// files as ingested that bronze never got. Here that leftover is planted by hand: it must not
+/// count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_losing_writers_file_list_cannot_mark_a_file_done() {
+    let p = Pipeline::new(&[REGION]);
+    let c = p.config();
+    let t = |m: u32| format!("2026-11-01T10:{m:02}:00Z");
+    let put = |name: &str, ids: &[&str]| {
+        let lines: Vec<String> = ids.iter().enumerate().map(|(i, id)| billing(id, &t(i as u32), "1")).collect();
+        std::fs::write(landing(&p, "billing").join(name), lines.join("\n") + "\n").unwrap();
+    };
+    put("f1.ndjson", &["a1", "a2"]);
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    // What a pod that prepared batch 1 with more files, then lost the commit race, left behind.
+    let table = std::path::PathBuf::from(c.region_table(REGION, "bronze/billing"));
+    std::fs::create_dir_all(table.join("_tributary/batches")).unwrap();
+    std::fs::write(
+        table.join("_tributary/batches/000000000001.json"),
+        r#"{"seq":1,"source":"billing","files":["billing/f1.ndjson","billing/f2.ndjson","billing/f3.ndjson"]}"#,
+    )
+    .unwrap();
+    put("f2.ndjson", &["b1", "b2"]);
+    put("f3.ndjson", &["c1"]);
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    let bronze = read(&c.region_table(REGION, "bronze/billing")).await.unwrap();
+    assert_eq!(
+        lineage(&bronze),
+        ["billing/f1.ndjson:1", "billing/f1.ndjson:2", "billing/f2.ndjson:1", "billing/f2.ndjson:2", "billing/f3.ndjson:1"]
+    );
+    // And the list is in the commit itself.
+    let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000001.json")).unwrap();
+    assert!(log.contains(r#""ingested":[{"from":0,"path":"billing/f1.ndjson","size":254}]"#), "{log}");
+}
+
+/// Issue #14 item 8: landing files that change after ingestion. An appended file has its new
+/// bytes ingested (a half-written last line was quarantined and is ingested whole once it is
+/// complete); a shrunk (rewritten) file goes to quarantine as `landing_file_changed`; a file
+/// deleted between the data commit and the quarantine commit does not block recovery; a file
+/// archived into a `_` folder is not ingested again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landing_files_that_change_are_ingested_or_reported_never_silently() {
+    let p = Pipeline::new(&[REGION]);
+    let c = p.config();
+    let t = |m: u32| format!("2026-11-01T10:{m:02}:00Z");
+    let dir = landing(&p, "billing");
+    let f1 = dir.join("f1.ndjson");
+    let third = billing("a3", &t(3), "1");
+    // Two lines and the first half of a third: a producer caught mid-write.
+    let first = format!("{}\n{}\n{}", billing("a1", &t(1), "1"), billing("a2", &t(2), "1"), &third[..20]);
+    std::fs::write(&f1, &first).unwrap();
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    let count = |name: &str| {
+        let t = c.region_table(REGION, name);
+        async move { read(&t).await.unwrap() }
+    };
+    assert_eq!(lineage(&count("bronze/billing").await), ["billing/f1.ndjson:1", "billing/f1.ndjson:2"]);
+    assert_eq!(strings(&count("bronze/_quarantine").await, "reason"), ["malformed_json"]);
+
+    // The producer finishes the line and appends one more.
+    std::fs::write(&f1, format!("{first}{}\n{}\n", &third[20..], billing("a4", &t(4), "1"))).unwrap();
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    assert_eq!(
+        lineage(&count("bronze/billing").await),
+        ["billing/f1.ndjson:1", "billing/f1.ndjson:2", "billing/f1.ndjson:3", "billing/f1.ndjson:4"],
+        "the appended bytes, from the start of the line that was incomplete"
+    );
+
+    // A newer file, then it is rewritten shorter: reported, not re-ingested, not ignored.
+    std::fs::write(dir.join("f2.ndjson"), format!("{}\n{}\n", billing("b1", &t(5), "1"), billing("b2", &t(6), "1")))
+        .unwrap();
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    std::fs::write(dir.join("f2.ndjson"), format!("{}\n", billing("b9", &t(7), "1"))).unwrap();
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    let q = count("bronze/_quarantine").await;
+    assert_eq!(strings(&q, "reason"), ["landing_file_changed", "malformed_json"]);
+    assert!(strings(&q, "detail").iter().any(|d| d.contains("billing/f2.ndjson shrank from")), "{:?}", strings(&q, "detail"));
+    assert_eq!(count("bronze/billing").await.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
+
+    // Crash between the data commit and the quarantine commit, then the file is deleted: the
+    // restart records it as missing instead of failing the source forever.
+    std::fs::write(dir.join("f3.ndjson"), format!("{}\nnot json\n", billing("c1", &t(8), "1"))).unwrap();
+    let out = p.standalone(&["--stages", "bronze"], &[("TRIBUTARY_FAULT", "bronze.after_data_commit")]).unwrap();
+    assert!(!out.status.success(), "the fault point killed the run");
+    std::fs::remove_file(dir.join("f3.ndjson")).unwrap();
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    let q = count("bronze/_quarantine").await;
+    assert_eq!(strings(&q, "reason"), ["landing_file_changed", "landing_file_missing", "malformed_json"]);
+    assert_eq!(count("bronze/billing").await.iter().map(|b| b.num_rows()).sum::<usize>(), 7, "c1 was committed");
+
+    // Archiving into a `_` folder of the source does not re-ingest.
+    std::fs::create_dir_all(dir.join("_archive")).unwrap();
+    std::fs::rename(&f1, dir.join("_archive/f1.ndjson")).unwrap();
+    p.run_to_completion(&["--stages", "bronze"]).unwrap();
+    assert_eq!(count("bronze/billing").await.iter().map(|b| b.num_rows()).sum::<usize>(), 7);
+}

@@ -2,6 +2,7 @@
 
 use deltalake::{ObjectMeta, ObjectStore, Path};
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -27,18 +28,59 @@ fn is_data_file(name: &str) -> bool {
         && [".ndjson", ".jsonl", ".json", ".ndjson.gz", ".jsonl.gz", ".json.gz"].iter().any(|s| name.ends_with(s))
 }
 
+/// One landing file (or the part of it appended since the last batch) in a batch: bytes
+/// `[from, size)` of `path`, where `from` is rewound to the start of its line when it falls inside
+/// one (an incomplete last line read before was quarantined; now whole, it is ingested). Recorded
+/// in the bronze commit's `commitInfo` (`tributary.batch.ingested`), so the file list commits
+/// atomically with the rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LandingFile {
+    pub path: String,
+    pub size: u64,
+    #[serde(default)]
+    pub from: u64,
+    /// Set when the file shrank or a gzip file changed after ingestion: its current bytes go to
+    /// quarantine as one `landing_file_changed` row instead of being decoded again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<String>,
+}
+
+impl LandingFile {
+    pub fn whole(path: &str, size: u64) -> Self {
+        Self { path: path.to_string(), size, from: 0, changed: None }
+    }
+}
+
+/// What a listed file is, against what is ingested.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    /// Never ingested.
+    New,
+    /// Ingested at its current size (or below the frontier, where files are final by contract).
+    Done,
+    /// Appended to since it was ingested at `from` bytes: the new bytes are ingested.
+    Grown { from: u64 },
+    /// Shrank (rewritten or truncated) since it was ingested at `was` bytes.
+    Shrunk { was: u64 },
+}
+
 /// Which landing files of a source are ingested, in memory independent of history
 /// (Auto Loader's incremental listing): every path at or below `frontier` (lexical order) is
 /// ingested, and `recent` holds the ingested paths above it. The frontier advances over the
 /// ingested prefix of each listing, so `recent` only holds the files committed above the first
-/// file still pending (a batch or two). The landing contract that makes this exact: files arrive
-/// in lexical order of their paths within a source (names embed time or a sequence, or
-/// date/hour folders), each complete when it appears (written under a `.`/`_` temp name, then
-/// renamed into place).
+/// file still pending (a batch or two). `sizes` holds the ingested size of the frontier file and
+/// of every file in `recent`: those are listed on every poll, so a file still being appended to
+/// (the newest one) has its new bytes ingested, and a shrunk one is reported. The landing
+/// contract that makes this exact: files arrive in lexical order of their paths within a source
+/// (names embed time or a sequence, or date/hour folders); a file is final once a later one
+/// exists (written under a `.`/`_` temp name and renamed into place, or only appended to while
+/// it is the newest); files are not moved within the source's folder (archive to a `_` folder).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Discovery {
     pub frontier: Option<String>,
     pub recent: BTreeSet<String>,
+    #[serde(default)]
+    pub sizes: std::collections::BTreeMap<String, u64>,
 }
 
 impl Discovery {
@@ -46,15 +88,43 @@ impl Discovery {
         self.frontier.as_deref().is_some_and(|f| path <= f) || self.recent.contains(path)
     }
 
-    /// Records committed paths.
+    /// A listed file against what is ingested.
+    pub fn seen(&self, path: &str, size: u64) -> Seen {
+        if !self.is_done(path) {
+            return Seen::New;
+        }
+        match self.sizes.get(path) {
+            Some(&was) if size > was => Seen::Grown { from: was },
+            Some(&was) if size < was => Seen::Shrunk { was },
+            _ => Seen::Done,
+        }
+    }
+
+    /// Records committed files (paths only: batches committed before sizes were recorded).
     pub fn record(&mut self, paths: &[String]) {
         self.recent.extend(paths.iter().filter(|p| self.frontier.as_deref().is_none_or(|f| p.as_str() > f)).cloned());
     }
 
-    /// Moves the frontier over the ingested prefix of `listed` (sorted, all above the frontier).
+    /// Records committed files with the size each was ingested at.
+    pub fn record_files(&mut self, files: &[LandingFile]) {
+        for f in files {
+            if self.frontier.as_deref().is_none_or(|fr| f.path.as_str() > fr) {
+                self.recent.insert(f.path.clone());
+            }
+            if self.frontier.as_deref().is_none_or(|fr| f.path.as_str() >= fr) {
+                self.sizes.insert(f.path.clone(), f.size);
+            }
+        }
+    }
+
+    /// Moves the frontier over the ingested prefix of `listed` (sorted; entries at or below the
+    /// frontier are ignored).
     pub fn advance(&mut self, listed: &[ObjectMeta]) {
         for m in listed {
             let p = m.location.as_ref();
+            if self.frontier.as_deref().is_some_and(|f| p <= f) {
+                continue;
+            }
             if self.recent.remove(p) {
                 self.frontier = Some(p.to_string());
             } else {
@@ -62,14 +132,16 @@ impl Discovery {
             }
         }
         if let Some(f) = &self.frontier {
-            // Entries at or below the frontier are covered by it (e.g. files deleted after ingest).
+            // Entries below the frontier are covered by it (e.g. files deleted after ingest).
             let keep = self.recent.split_off(&format!("{f}\u{0}"));
             self.recent = keep;
+            let keep = self.sizes.split_off(f.as_str());
+            self.sizes = keep;
         }
     }
 }
 
-/// Data files under `<source>/` above the frontier, sorted by path: for a local landing zone a
+/// Data files under `<source>/` at or above the frontier, sorted by path: for a local landing zone a
 /// directory walk that skips every folder whose whole subtree sorts at or below the frontier
 /// (so the cost of a poll does not grow with the files already ingested under date/hour folders);
 /// otherwise the store's listing from the frontier.
@@ -92,17 +164,25 @@ pub async fn list_above(
         }
         None => {
             let prefix = Path::from(source);
-            let listed: Vec<ObjectMeta> = match frontier {
+            let mut listed: Vec<ObjectMeta> = match frontier {
                 Some(f) => store.list_with_offset(Some(&prefix), &Path::from(f)).try_collect().await,
                 None => store.list(Some(&prefix)).try_collect().await,
             }
             .map_err(|e| Error::external(format!("listing landing/{source}")).with_source(e))?;
+            // The frontier file itself (the listing offset is exclusive): it may still grow.
+            if let Some(f) = frontier {
+                match store.head(&Path::from(f)).await {
+                    Ok(m) => listed.push(m),
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::external(format!("stat landing/{f}")).with_source(e)),
+                }
+            }
             listed
         }
     };
     all.retain(|m| {
         m.location.filename().map(is_data_file).unwrap_or(false)
-            && frontier.is_none_or(|f| m.location.as_ref() > f)
+            && frontier.is_none_or(|f| m.location.as_ref() >= f)
             // Temp names anywhere in the path (a folder being filled) are not complete files.
             && !m.location.parts().any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'))
     });
@@ -139,7 +219,7 @@ fn walk_local(root: &std::path::Path, rel: &str, frontier: Option<&str>, out: &m
                 continue;
             }
             walk_local(root, &path, frontier, out)?;
-        } else if meta.is_file() && frontier.is_none_or(|f| path.as_str() > f) {
+        } else if meta.is_file() && frontier.is_none_or(|f| path.as_str() >= f) {
             out.push(ObjectMeta {
                 location: Path::from(path.as_str()),
                 last_modified: meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
@@ -153,14 +233,15 @@ fn walk_local(root: &std::path::Path, rel: &str, frontier: Option<&str>, out: &m
 }
 
 /// The next batch: at most `max_files` files and about `max_bytes` (at least one file).
-pub fn take_batch(files: Vec<ObjectMeta>, max_files: usize, max_bytes: u64) -> Vec<ObjectMeta> {
+pub fn take_batch(files: Vec<LandingFile>, max_files: usize, max_bytes: u64) -> Vec<LandingFile> {
     let mut out = Vec::new();
     let mut bytes = 0u64;
     for f in files {
-        if out.len() >= max_files || (!out.is_empty() && bytes + f.size > max_bytes) {
+        let n = f.size.saturating_sub(f.from);
+        if out.len() >= max_files || (!out.is_empty() && bytes + n > max_bytes) {
             break;
         }
-        bytes += f.size;
+        bytes += n;
         out.push(f);
     }
     out
@@ -203,6 +284,24 @@ pub fn decompress(name: &str, raw: bytes::Bytes) -> Body {
         }
     }
     if body.starts_with(&[0xEF, 0xBB, 0xBF]) { Ok(body.slice(3..)) } else { Ok(body) }
+}
+
+/// The part of a landing file a batch ingests: bytes `[from, size)` of its raw content, `from`
+/// rewound to the start of its line, decoded like a whole file (gunzip, byte-order mark) when
+/// `from` is 0. Returns the body and the number of lines before it (line numbers of the part
+/// continue the file's). A file read back shorter than `size` (changed since) is read as it is.
+pub fn part(f: &LandingFile, raw: bytes::Bytes) -> (Body, usize) {
+    let end = (f.size as usize).min(raw.len());
+    if f.from == 0 || f.path.ends_with(".gz") {
+        return (decompress(&f.path, raw.slice(..end)), 0);
+    }
+    let from = (f.from as usize).min(end);
+    let start = memchr::memrchr(b'\n', &raw[..from]).map(|i| i + 1).unwrap_or(0);
+    let base = memchr::memchr_iter(b'\n', &raw[..start]).count();
+    if start == 0 {
+        return (decompress(&f.path, raw.slice(..end)), 0);
+    }
+    (Ok(raw.slice(start..end)), base)
 }
 
 pub use tributary_events::lines::{all_lines, is_blank, lines};
@@ -261,6 +360,46 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_kept_for_the_frontier_and_recent_files_only() {
+        let mut d = Discovery::default();
+        d.record_files(&[LandingFile::whole("a/1", 10), LandingFile::whole("a/2", 20), LandingFile::whole("a/4", 40)]);
+        let sized = |p: &str, n: u64| ObjectMeta { size: n, ..meta(p) };
+        d.advance(&[sized("a/1", 10), sized("a/2", 20), sized("a/3", 5), sized("a/4", 40)]);
+        assert_eq!(d.frontier.as_deref(), Some("a/2"));
+        assert_eq!(d.sizes.keys().collect::<Vec<_>>(), vec!["a/2", "a/4"], "the frontier file and recent ones");
+        assert_eq!(d.seen("a/3", 5), Seen::New);
+        assert_eq!(d.seen("a/2", 20), Seen::Done);
+        assert_eq!(d.seen("a/2", 25), Seen::Grown { from: 20 });
+        assert_eq!(d.seen("a/4", 30), Seen::Shrunk { was: 40 });
+        // Below the frontier files are final by contract (no size kept, memory stays flat).
+        assert_eq!(d.seen("a/1", 99), Seen::Done);
+        // The frontier entry in a listing is skipped when advancing, not a stop.
+        d.record_files(&[LandingFile::whole("a/3", 5)]);
+        d.advance(&[sized("a/2", 20), sized("a/3", 5), sized("a/4", 40)]);
+        assert_eq!(d.frontier.as_deref(), Some("a/4"));
+        assert_eq!(d.sizes.keys().collect::<Vec<_>>(), vec!["a/4"]);
+    }
+
+    #[test]
+    fn an_appended_part_starts_at_its_line_and_numbers_lines_on() {
+        let raw = bytes::Bytes::from_static(b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+        // Ingested earlier: 12 bytes, i.e. line 1 and half of line 2 (quarantined as malformed);
+        // now 24 bytes: the part starts at line 2, whole.
+        let f = LandingFile { path: "s/x.ndjson".into(), size: 24, from: 12, changed: None };
+        let (body, base) = part(&f, raw.clone());
+        assert_eq!(base, 1);
+        assert_eq!(&body.unwrap()[..], &b"{\"a\":2}\n{\"a\":3}\n"[..]);
+        // A batch re-read after the file grew more reads only its own bytes.
+        let whole = LandingFile::whole("s/x.ndjson", 8);
+        assert_eq!(&part(&whole, raw.clone()).0.unwrap()[..], b"{\"a\":1}\n");
+        // A BOM is only looked at from byte 0.
+        let bom = bytes::Bytes::from_static(b"\xEF\xBB\xBF{}\n{}\n");
+        assert_eq!(&part(&LandingFile::whole("s/y.ndjson", 9), bom.clone()).0.unwrap()[..], b"{}\n{}\n");
+        let (tail, base) = part(&LandingFile { path: "s/y.ndjson".into(), size: 9, from: 6, changed: None }, bom);
+        assert_eq!((&tail.unwrap()[..], base), (&b"{}\n"[..], 1));
+    }
+
+    #[test]
     fn folders_below_the_frontier_are_not_walked() {
         assert!(subtree_done("audit/2026-11-01", "audit/2026-11-02/00/part-1.ndjson"));
         assert!(!subtree_done("audit/2026-11-02", "audit/2026-11-02/00/part-1.ndjson"));
@@ -297,11 +436,13 @@ mod tests {
                 "audit/2026-11-03/d.ndjson.gz"
             ]
         );
+        // The frontier file itself is listed too (it may still be growing).
         let above = list_above(&store, Some(&root), "audit", Some("audit/2026-11-02/b.ndjson")).await.unwrap();
-        assert_eq!(names(above), ["audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"]);
+        let want = ["audit/2026-11-02/b.ndjson", "audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"];
+        assert_eq!(names(above), want);
         // The object-store path gives the same answer.
         let via_store = list_above(&store, None, "audit", Some("audit/2026-11-02/b.ndjson")).await.unwrap();
-        assert_eq!(names(via_store), ["audit/2026-11-02/c.ndjson", "audit/2026-11-03/d.ndjson.gz"]);
+        assert_eq!(names(via_store), want);
     }
 
     #[test]

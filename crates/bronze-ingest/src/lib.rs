@@ -1,15 +1,17 @@
 //! bronze-ingest: landing files → one bronze Delta table per source, exactly once.
 //!
-//! Each batch of files gets a sequence number. Its file list is written to a manifest
-//! (`<bronze table>/_tributary/batches/<seq>.json`) before the commit, and the Delta commit
-//! carries `txn(app_id = <pipeline>/landing/<region>/<source>, version = seq)` with the data. On
-//! start the committed sequence is read from the table and the manifests up to it say which
-//! files are done; a manifest above it belongs to a batch that never committed and is redone.
-//! The quarantine table carries its own txn for the same sequence.
+//! Each batch of files gets a sequence number. The Delta commit carries
+//! `txn(app_id = <pipeline>/landing/<region>/<source>, version = seq)` with the data, and the
+//! batch's file list (path, bytes ingested) in its `commitInfo` (`tributary.batch.ingested`): the
+//! list is part of the atomic commit, so a writer that loses a race (two pods during a rolling
+//! update) leaves nothing behind that could count a file as done. On start the committed
+//! sequence is read from the table and the commits since the last index say which files are
+//! done. The quarantine table carries its own txn for the same sequence.
 //!
 //! Discovery is incremental (`files::Discovery`): a lexical frontier below which every file is
 //! ingested plus the few ingested files above it, snapshotted every `index_every_batches` batches
-//! (older manifests are then deleted), so memory, restart and poll cost do not grow with history.
+//! (older index files, and the per-batch manifests earlier versions wrote, are then deleted), so
+//! memory, restart and poll cost do not grow with history.
 
 pub mod builder;
 pub mod files;
@@ -32,6 +34,7 @@ use tributary_proto::v1::{InputPosition, StageStatus};
 
 pub const STAGE: &str = "bronze";
 
+/// The per-batch file list earlier versions wrote beside the table (read for their batches only).
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     seq: i64,
@@ -62,7 +65,7 @@ struct Flow {
     /// Which landing files are ingested (frontier + recent): memory independent of history.
     discovery: files::Discovery,
     /// File lists of committed batches, kept until quarantine has caught up.
-    manifests: HashMap<i64, Vec<String>>,
+    manifests: HashMap<i64, Vec<files::LandingFile>>,
     mode: schema::Mode,
     hints: Vec<(String, tributary_core::field_type::FieldType)>,
     drift: schema::DriftTracker,
@@ -230,27 +233,68 @@ impl BronzeIngest {
         if let Some(idx) = index {
             flow.discovery = match idx.discovery {
                 Some(d) => d,
-                None => files::Discovery { frontier: None, recent: idx.files.into_iter().collect() },
+                None => files::Discovery { frontier: None, recent: idx.files.into_iter().collect(), sizes: Default::default() },
             };
         }
-        for s in (index_seq + 1)..=flow.seq {
-            let m: Manifest =
-                Self::read_json(&store, &Self::manifest_path(s), &format!("batch manifest {s} of {}", flow.table.name))
-                    .await?;
-            flow.discovery.record(&m.files);
+        let after = index_seq.min(flow.quarantine_seq);
+        let batches = Self::batches_from_log(flow, after).await?;
+        for s in (after + 1)..=flow.seq {
+            let (files, sized) = batches.get(&s).cloned().unwrap_or_default();
+            if s > index_seq {
+                if sized {
+                    flow.discovery.record_files(&files);
+                } else {
+                    flow.discovery.record(&files.iter().map(|f| f.path.clone()).collect::<Vec<_>>());
+                }
+            }
             if s > flow.quarantine_seq {
-                flow.manifests.insert(s, m.files);
+                flow.manifests.insert(s, files);
             }
         }
-        // Batches at or below the index that quarantine has not caught up with (rare: a crash
-        // right after an index write) still need their own manifests.
-        for s in (flow.quarantine_seq + 1)..=index_seq.min(flow.seq) {
-            let m: Manifest =
-                Self::read_json(&store, &Self::manifest_path(s), &format!("batch manifest {s} of {}", flow.table.name))
-                    .await?;
-            flow.manifests.insert(s, m.files);
-        }
         Ok(())
+    }
+
+    /// The file lists of the batches `(after, seq]`, from the commits' `commitInfo`, newest
+    /// first until `after` is reached (normally at most `index_every_batches` commits). Batches
+    /// committed by earlier versions have their list in a manifest file beside the table instead
+    /// (paths only: `false`).
+    async fn batches_from_log(flow: &Flow, after: i64) -> Result<HashMap<i64, (Vec<files::LandingFile>, bool)>> {
+        let mut out: HashMap<i64, (Vec<files::LandingFile>, bool)> = HashMap::new();
+        let wanted = (flow.seq - after).max(0) as usize;
+        let mut v = flow.table.version();
+        while v >= 0 && out.len() < wanted {
+            let meta = flow.table.commit_metadata(v, "tributary.batch").await?;
+            v -= 1;
+            let Some(meta) = meta else { continue };
+            let Some(seq) = meta.get("seq").and_then(|x| x.as_i64()) else { continue };
+            if seq <= after {
+                break;
+            }
+            if seq > flow.seq || out.contains_key(&seq) {
+                continue;
+            }
+            if let Some(list) = meta.get("ingested") {
+                let files: Vec<files::LandingFile> = serde_json::from_value(list.clone()).map_err(|e| {
+                    Error::internal(format!("corrupt file list of batch {seq} in {}", flow.table.name)).with_source(e)
+                })?;
+                out.insert(seq, (files, true));
+            }
+        }
+        let store = flow.table.table.object_store();
+        for s in (after + 1)..=flow.seq {
+            if out.contains_key(&s) {
+                continue;
+            }
+            let m: Manifest = Self::read_json(
+                &store,
+                &Self::manifest_path(s),
+                &format!("file list of batch {s} of {} (not in its commit, no manifest)", flow.table.name),
+            )
+            .await?;
+            // Size unknown: the whole file as it is now (`part` clamps to it).
+            out.insert(s, (m.files.iter().map(|p| files::LandingFile::whole(p, u64::MAX)).collect(), false));
+        }
+        Ok(out)
     }
 
     /// Every `bronze.index_every_batches` committed batches, snapshot the discovery state so a
@@ -289,40 +333,57 @@ impl BronzeIngest {
     /// quarantine rows. The JSON work runs on `bronze.threads` threads over contiguous chunks of
     /// the batch's lines; rows are then appended in file/line order, so the result does not
     /// depend on the thread count.
-    async fn decode_files(&self, source: &str, paths: &[String]) -> Result<Decoded> {
+    async fn decode_files(&self, source: &str, batch: &[files::LandingFile]) -> Result<Decoded> {
         let now = tributary_core::now_ms() * 1000;
-        let mut raws: Vec<(String, bytes::Bytes)> = Vec::with_capacity(paths.len());
-        for p in paths {
-            let location = Path::from(p.as_str());
+        let mut raws: Vec<(files::LandingFile, std::result::Result<bytes::Bytes, files::Unreadable>)> =
+            Vec::with_capacity(batch.len());
+        for f in batch {
+            let location = Path::from(f.path.as_str());
             // Lineage is the path inside the landing zone (`<source>/<file>`), so two pipelines fed
             // the same files (DR) hold the same logical rows whatever their landing roots.
-            let raw = self
-                .landing
-                .get(&location)
-                .await
-                .map_err(|e| Error::external(format!("reading landing file {p}")).with_source(e))?
-                .bytes()
-                .await
-                .map_err(|e| Error::external(format!("reading landing file {p}")).with_source(e))?;
-            raws.push((p.clone(), raw));
+            let raw = match self.landing.get(&location).await {
+                Ok(r) => Ok(r
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::external(format!("reading landing file {}", f.path)).with_source(e))?),
+                // Deleted after it was listed (or, on recovery, after its rows were committed):
+                // reported in quarantine, never a stuck source.
+                Err(object_store::Error::NotFound { .. }) => Err((
+                    "landing_file_missing",
+                    format!("{} was deleted before it could be read (bytes {}..{})", f.path, f.from, f.size),
+                    bytes::Bytes::new(),
+                )),
+                Err(e) => {
+                    return Err(Error::external(format!("reading landing file {}", f.path)).with_source(e));
+                }
+            };
+            raws.push((f.clone(), raw));
         }
         let source_owned = source.to_string();
         let max_bytes = self.cfg.bronze.max_event_bytes;
         let threads = self.cfg.server.threads();
         tokio::task::spawn_blocking(move || {
             // gunzip on the worker threads too, a file per item (it was 5% of bronze, serial).
-            let bodies: Vec<(String, files::Body)> = tributary_core::parallel_map(&raws, threads, 1, |(p, raw)| {
-                (p.clone(), files::decompress(p, raw.clone()))
-            });
+            let bodies: Vec<(String, files::Body, usize)> =
+                tributary_core::parallel_map(&raws, threads, 1, |(f, raw)| match (raw, &f.changed) {
+                    (Err(u), _) => (f.path.clone(), Err(u.clone()), 0),
+                    (Ok(raw), Some(why)) => (f.path.clone(), Err(("landing_file_changed", why.clone(), raw.clone())), 0),
+                    (Ok(raw), None) => {
+                        let (body, base) = files::part(f, raw.clone());
+                        (f.path.clone(), body, base)
+                    }
+                });
             drop(raws);
             let mut blank_lines = 0u64;
             let mut lines: Vec<(usize, usize, &[u8])> = Vec::new();
-            for (fi, b) in bodies.iter().enumerate().filter_map(|(fi, (_, b))| b.as_ref().ok().map(|b| (fi, b))) {
+            for (fi, b, base) in
+                bodies.iter().enumerate().filter_map(|(fi, (_, b, base))| b.as_ref().ok().map(|b| (fi, b, *base)))
+            {
                 for (li, l) in files::all_lines(b) {
                     if files::is_blank(l) {
                         blank_lines += 1;
                     } else {
-                        lines.push((fi, li, l));
+                        lines.push((fi, base + li, l));
                     }
                 }
             }
@@ -350,7 +411,7 @@ impl BronzeIngest {
                     ),
                 }
             }
-            for (file_uri, b) in &bodies {
+            for (file_uri, b, _) in &bodies {
                 if let Err((code, e, raw)) = b {
                     lines_in += 1;
                     quarantine.push(&source_owned, code, None, e, raw, None, Some(file_uri), None, None);
@@ -371,11 +432,11 @@ impl BronzeIngest {
         if from >= to {
             return Ok(());
         }
-        let mut paths = Vec::new();
+        let mut batch = Vec::new();
         for s in (from + 1)..=to {
-            paths.extend(self.flows[i].manifests.get(&s).cloned().unwrap_or_default());
+            batch.extend(self.flows[i].manifests.get(&s).cloned().unwrap_or_default());
         }
-        let q = self.decode_files(&source, &paths).await?.quarantine;
+        let q = self.decode_files(&source, &batch).await?.quarantine;
         let rows: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         let meta = HashMap::from([("tributary.recovered_batches".to_string(), serde_json::json!([from + 1, to]))]);
         self.quarantine
@@ -397,7 +458,7 @@ impl BronzeIngest {
         }
         self.catch_up_quarantine(i).await?;
         let source = self.flows[i].source.clone();
-        let mut listed = files::list_above(
+        let listed = files::list_above(
             &self.landing,
             self.landing_root.as_deref(),
             &source,
@@ -406,8 +467,40 @@ impl BronzeIngest {
         .await?;
         // The frontier moves over what is already ingested (the batch committed last poll).
         self.flows[i].discovery.advance(&listed);
-        listed.retain(|m| !self.flows[i].discovery.is_done(m.location.as_ref()));
-        let batch = files::take_batch(listed, self.cfg.bronze.max_files_per_batch, self.cfg.bronze.max_bytes_per_batch);
+        let min_age = self.cfg.bronze.min_file_age_secs as i64;
+        let now = chrono::Utc::now();
+        let mut pending = Vec::new();
+        for m in listed {
+            // The age rule of the landing contract, for producers that cannot rename into place.
+            if min_age > 0 && (now - m.last_modified).num_seconds() < min_age {
+                continue;
+            }
+            let path = m.location.to_string();
+            let gz = path.ends_with(".gz");
+            pending.push(match self.flows[i].discovery.seen(&path, m.size) {
+                files::Seen::New => files::LandingFile::whole(&path, m.size),
+                files::Seen::Done => continue,
+                files::Seen::Grown { from } if !gz => {
+                    tracing::info!(file = %path, from, to = m.size, "landing file grew after ingestion: ingesting the appended bytes");
+                    files::LandingFile { path, size: m.size, from, changed: None }
+                }
+                files::Seen::Grown { from } => files::LandingFile {
+                    changed: Some(format!(
+                        "{path} grew from {from} to {} bytes after it was ingested; a gzip file is not resumed, so its current bytes are kept here and not ingested again",
+                        m.size
+                    )),
+                    ..files::LandingFile::whole(&path, m.size)
+                },
+                files::Seen::Shrunk { was } => files::LandingFile {
+                    changed: Some(format!(
+                        "{path} shrank from {was} to {} bytes after it was ingested (rewritten or truncated); its current bytes are kept here and not ingested again",
+                        m.size
+                    )),
+                    ..files::LandingFile::whole(&path, m.size)
+                },
+            });
+        }
+        let batch = files::take_batch(pending, self.cfg.bronze.max_files_per_batch, self.cfg.bronze.max_bytes_per_batch);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -418,17 +511,8 @@ impl BronzeIngest {
             f.table.expect_positions(&[(&f.app_id, f.seq)], 0).await?;
         }
         let seq = self.flows[i].seq + 1;
-        let paths: Vec<String> = batch.iter().map(|m| m.location.to_string()).collect();
-        let manifest = Manifest { seq, source: source.clone(), files: paths.clone() };
-        self.flows[i]
-            .table
-            .table
-            .object_store()
-            .put(&Self::manifest_path(seq), serde_json::to_vec(&manifest).unwrap_or_default().into())
-            .await
-            .map_err(|e| Error::external("writing batch manifest").with_source(e))?;
 
-        let Decoded { rows, quarantine: q, lines_in, blank_lines } = self.decode_files(&source, &paths).await?;
+        let Decoded { rows, quarantine: q, lines_in, blank_lines } = self.decode_files(&source, &batch).await?;
         let prepared = {
             let f = &mut self.flows[i];
             match schema::prepare(&mut f.table, f.mode, &f.hints, rows)? {
@@ -444,15 +528,16 @@ impl BronzeIngest {
         let quarantined: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         fault::point("bronze.before_write");
         let app_id = self.flows[i].app_id.clone();
-        let meta = HashMap::from([(
-            "tributary.batch".to_string(),
-            serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": paths.len(), "lines": lines_in, "blank_lines": blank_lines, "rows": written, "quarantined": quarantined}),
-        )]);
+        let summary = serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": batch.len(), "lines": lines_in, "blank_lines": blank_lines, "rows": written, "quarantined": quarantined});
+        let quarantine_meta = HashMap::from([("tributary.batch".to_string(), summary.clone())]);
+        let mut with_files = summary;
+        with_files["ingested"] = serde_json::to_value(&batch).map_err(|e| Error::internal("file list").with_source(e))?;
+        let meta = HashMap::from([("tributary.batch".to_string(), with_files)]);
         let moves = vec![PositionMove { app_id: app_id.clone(), from: seq - 1, to: seq }];
         let version = self.flows[i]
             .table
             .commit_batch(
-                Commit::new(&prepared.batches, moves, meta.clone(), 0)
+                Commit::new(&prepared.batches, moves, meta, 0)
                     .evolving(prepared.metadata.clone())
                     .fault("bronze.after_upload_before_commit"),
                 &self.writer,
@@ -468,13 +553,13 @@ impl BronzeIngest {
         {
             let f = &mut self.flows[i];
             f.seq = seq;
-            f.discovery.record(&paths);
-            f.manifests.insert(seq, paths.clone());
+            f.discovery.record_files(&batch);
+            f.manifests.insert(seq, batch.clone());
         }
         // Quarantine: its own txn for the same sequence, committed even when empty so that a
         // restart knows it has caught up; fenced like the data commit.
         let moves = vec![PositionMove { app_id: app_id.clone(), from: self.flows[i].quarantine_seq, to: seq }];
-        self.quarantine.commit_batch(Commit::new(&q, moves, meta, 0), &self.writer).await?;
+        self.quarantine.commit_batch(Commit::new(&q, moves, quarantine_meta, 0), &self.writer).await?;
         fault::point("bronze.after_quarantine_commit");
         {
             let f = &mut self.flows[i];

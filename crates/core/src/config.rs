@@ -54,8 +54,12 @@ pub struct BronzeConfig {
     /// Events larger than this are quarantined with reason `oversized`.
     pub max_event_bytes: usize,
     /// Every this many batches the set of ingested files is snapshotted, so a restart reads one
-    /// index plus at most this many batch manifests.
+    /// index plus the file lists of at most this many commits.
     pub index_every_batches: i64,
+    /// The landing contract's age rule, for producers that cannot write under a temp name and
+    /// rename: a file is taken only once it has not been modified for this long. 0 (default):
+    /// files are complete when they appear (rename into place).
+    pub min_file_age_secs: u64,
     /// Schema evolution of sources without their own setting: `addNewColumns` (new fields become
     /// new columns), `rescue` (the schema never changes; unknown fields go to `_rescued_data`),
     /// `failOnNewColumns` (a new field stops that source) or `none` (new fields stay in `payload`).
@@ -369,6 +373,7 @@ impl Default for BronzeConfig {
             max_bytes_per_batch: 32 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
             index_every_batches: 32,
+            min_file_age_secs: 0,
             schema_evolution: "addNewColumns".into(),
             source_options: Default::default(),
             drift: DriftConfig::default(),
