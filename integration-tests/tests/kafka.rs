@@ -172,6 +172,20 @@ async fn crash_at_kafka_fault_points_then_restart_is_exact() {
     }
 }
 
+/// Issue #14 item 9: a batch that fails (here: an injected error before its upload) is read
+/// again from the table's positions at once. Before, the seek back happened only when the next
+/// message of the partition arrived, so the partitions whose whole backlog was in that batch
+/// (quiet ones) were never read again and `--trigger available-now` never exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_of_quiet_partitions_is_read_again_at_once() {
+    let k = setup(300, 1, &[]);
+    let mut c = k.ingest(&["--trigger", "available-now"]).env("TRIBUTARY_FAULT", "kafka.before_upload:1:error").spawn().unwrap();
+    let st = wait_with_deadline(&mut c, 120).unwrap_or_else(|e| panic!("{e}\n{}", k.log_tail()));
+    assert!(st.success(), "ingest failed: {}", k.log_tail());
+    assert!(k.log_tail().contains("injected failure at kafka.before_upload"), "the fault fired: {}", k.log_tail());
+    k.verify().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_recovers_by_itself() {
     let mut k = setup(6_000, 6, &[("TRIBUTARY__KAFKA__MAX_BATCH_RECORDS", "500")]);

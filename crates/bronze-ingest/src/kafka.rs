@@ -2,10 +2,15 @@
 //!
 //! - Each commit to a bronze table carries one `txn` per partition (`<pipeline>/<topic>/<partition>`,
 //!   version = last offset in the commit) with the data; the quarantine table carries its own.
-//! - On every assignment the positions are read from the tables, never from memory or from the
-//!   group's committed offsets; messages at or below a table's position are skipped (a replay
-//!   after a crash between the Delta commit and the offset commit), and the consumer seeks to
-//!   the position when the broker hands it a later offset.
+//! - On every assignment, and after every failed batch, the positions are read from the tables
+//!   (never from memory or the group's committed offsets) and the consumer seeks each partition
+//!   to the first offset its table does not hold — at once, so a quiet partition whose batch was
+//!   dropped is read again without waiting for a new message. Messages at or below a table's
+//!   position are skipped (a replay after a crash between the Delta commit and the offset
+//!   commit). A seek that fails fails the batch (the stage recovers and seeks again); it never
+//!   continues from the broker's position, which would skip offsets silently.
+//! - Rebalance events are applied one at a time, in order; one that fails stays queued with the
+//!   ones after it (none is dropped) and the stage recovers before reading any message.
 //! - Before committing, the txn versions are re-read: if another member moved them (this member
 //!   is a zombie that lost the partition) the batch is dropped, not committed. A concurrent commit
 //!   of the same app_id is rejected by Delta's conflict checker.
@@ -188,43 +193,82 @@ impl KafkaIngest {
         Ok((d, q))
     }
 
-    /// Applies pending rebalances: positions come from the tables.
+    /// Applies pending rebalances in order: positions come from the tables. An event that fails
+    /// goes back to the front of the queue with the ones after it.
     async fn apply_events(&mut self) -> Result<()> {
-        let events: Vec<Event> = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
-        if events.is_empty() {
-            return Ok(());
-        }
-        for ev in events {
-            match ev {
-                Event::Revoke(list) => {
-                    for tp in &list {
-                        self.assigned.remove(tp);
-                    }
-                    let before = self.buffer.len();
-                    self.buffer.retain(|m| !list.contains(&(m.topic.clone(), m.partition)));
-                    self.buffer_bytes = self.buffer.iter().map(|m| m.payload.len()).sum();
-                    if before != self.buffer.len() {
-                        tracing::info!(
-                            dropped = before - self.buffer.len(),
-                            "dropped uncommitted messages of revoked partitions"
-                        );
-                    }
+        loop {
+            let next = {
+                let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
+                if q.is_empty() {
+                    return Ok(());
                 }
-                Event::Assign(list) => {
-                    for t in self.topics.values_mut() {
-                        t.table.refresh().await?;
-                    }
-                    self.quarantine.refresh().await?;
-                    for tp in list {
-                        let (d, q) = self.positions_for(&tp).await?;
-                        tracing::info!(topic = %tp.0, partition = tp.1, data_txn = d, quarantine_txn = q, "resuming from the table");
-                        self.assigned
-                            .insert(tp, PartState { data_pos: d, q_pos: q, buffered_to: d.min(q), seeked: false });
-                    }
-                }
+                q.remove(0)
+            };
+            if let Err((e, ev)) = self.apply_event(next).await {
+                self.events.lock().unwrap_or_else(|p| p.into_inner()).insert(0, ev);
+                return Err(e);
             }
         }
+    }
+
+    async fn apply_event(&mut self, ev: Event) -> std::result::Result<(), (Error, Event)> {
+        match ev {
+            Event::Revoke(list) => {
+                for tp in &list {
+                    self.assigned.remove(tp);
+                }
+                let before = self.buffer.len();
+                self.buffer.retain(|m| !list.contains(&(m.topic.clone(), m.partition)));
+                self.buffer_bytes = self.buffer.iter().map(|m| m.payload.len()).sum();
+                if before != self.buffer.len() {
+                    tracing::info!(dropped = before - self.buffer.len(), "dropped uncommitted messages of revoked partitions");
+                }
+                Ok(())
+            }
+            Event::Assign(list) => match self.assign(&list).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err((e, Event::Assign(list))),
+            },
+        }
+    }
+
+    /// Reads the positions of `list` from the tables and seeks each partition to the first
+    /// offset its tables do not hold.
+    async fn assign(&mut self, list: &[Tp]) -> Result<()> {
+        for t in self.topics.values_mut() {
+            t.table.refresh().await?;
+        }
+        self.quarantine.refresh().await?;
+        for tp in list {
+            let (d, q) = self.positions_for(tp).await?;
+            tracing::info!(topic = %tp.0, partition = tp.1, data_txn = d, quarantine_txn = q, "resuming from the table");
+            // Buffered messages of this partition are not in the table: dropped, read again.
+            self.buffer.retain(|m| (m.topic.as_str(), m.partition) != (tp.0.as_str(), tp.1));
+            self.assigned.insert(tp.clone(), PartState { data_pos: d, q_pos: q, buffered_to: d.min(q), seeked: false });
+            self.seek_to_table(tp)?;
+        }
+        self.buffer_bytes = self.buffer.iter().map(|m| m.payload.len()).sum();
         Ok(())
+    }
+
+    /// Seeks a partition to the first offset its tables do not hold. Right after an assignment
+    /// librdkafka may not have started the partition's fetcher and refuses with a state error:
+    /// then the seek happens when its first message arrives (`handle`), which it does, since
+    /// the fetch starts at the group's committed offset (committed only after the tables).
+    fn seek_to_table(&mut self, tp: &Tp) -> Result<()> {
+        let Some(st) = self.assigned.get_mut(tp) else { return Ok(()) };
+        let want = st.buffered_to + 1;
+        match self.consumer.seek(&tp.0, tp.1, Offset::Offset(want), Duration::from_secs(5)) {
+            Ok(()) => {
+                st.seeked = true;
+                Ok(())
+            }
+            Err(rdkafka::error::KafkaError::Seek(msg)) if msg.contains("state") || msg.contains("State") => {
+                tracing::debug!(topic = %tp.0, partition = tp.1, want, error = %msg, "seek deferred to the first message");
+                Ok(())
+            }
+            Err(e) => Err(Error::external(format!("seeking {}[{}] to offset {want}", tp.0, tp.1)).with_source(e)),
+        }
     }
 
     fn handle(
@@ -235,21 +279,21 @@ impl KafkaIngest {
         ts_ms: Option<i64>,
         payload: &[u8],
         traceparent: Option<String>,
-    ) {
+    ) -> Result<()> {
         let Some(st) = self.assigned.get_mut(&(topic.to_string(), partition)) else {
-            return;
+            return Ok(());
         };
         if offset <= st.buffered_to {
             // Already in the table (or the buffer): a replay after a crash or a redelivery.
             self.skipped_replays += 1;
-            return;
+            return Ok(());
         }
         if offset > st.buffered_to + 1 && !st.seeked {
             // The broker started later than the table's position (group offsets reset or ahead):
             // go back once to the first offset the table does not hold.
             st.seeked = true;
             let want = st.buffered_to + 1;
-            match self.consumer.seek(topic, partition, Offset::Offset(want), Duration::from_secs(5)) {
+            return match self.consumer.seek(topic, partition, Offset::Offset(want), Duration::from_secs(5)) {
                 Ok(()) => {
                     tracing::warn!(
                         topic,
@@ -258,12 +302,18 @@ impl KafkaIngest {
                         want,
                         "broker position ahead of the table; seeking back"
                     );
-                    return;
+                    Ok(())
                 }
+                // Never go on from the broker's position: that would skip [want, offset) silently.
                 Err(e) => {
-                    tracing::warn!(topic, partition, error = %e, "seek failed; continuing from the broker's position")
+                    st.seeked = false;
+                    Err(Error::external(format!(
+                        "{topic}[{partition}]: the broker delivered offset {offset} but the table holds up to {}; seeking back to {want} failed",
+                        want - 1
+                    ))
+                    .with_source(e))
                 }
-            }
+            };
         }
         if offset > st.buffered_to + 1 && st.buffered_to >= 0 {
             tracing::warn!(
@@ -285,6 +335,7 @@ impl KafkaIngest {
             payload: payload.to_vec(),
             traceparent,
         });
+        Ok(())
     }
 
     /// True when partitions are assigned and every one is committed up to its high watermark.
@@ -438,7 +489,7 @@ impl KafkaIngest {
                 }
             };
             if !data_moves.is_empty() {
-                fault::point("kafka.before_upload");
+                fault::check("kafka.before_upload")?;
                 version = out
                     .table
                     .commit_batch(
@@ -549,7 +600,7 @@ impl Stage for KafkaIngest {
             if let Some((t, p, o, ts, payload, tp)) = received {
                 // A rebalance seen during recv() is applied before its messages are used.
                 self.apply_events().await?;
-                self.handle(&t, p, o, ts, &payload, tp);
+                self.handle(&t, p, o, ts, &payload, tp)?;
             }
         }
         self.apply_events().await?;
@@ -571,12 +622,13 @@ impl Stage for KafkaIngest {
     }
 
     async fn recover(&mut self) -> Result<()> {
-        // Drop what is buffered and re-read every position from the tables.
+        // Drop what is buffered, re-read every position from the tables and seek there now (a
+        // quiet partition would otherwise never be read again), after any pending rebalance.
         self.buffer.clear();
         self.buffer_bytes = 0;
+        self.apply_events().await?;
         let assigned: Vec<Tp> = self.assigned.keys().cloned().collect();
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(Event::Assign(assigned));
-        self.apply_events().await
+        self.assign(&assigned).await
     }
 
     async fn status(&mut self) -> StageStatus {

@@ -1,8 +1,11 @@
 //! Named fault-injection points for crash tests.
 //!
 //! `TRIBUTARY_FAULT=<point>[:<n>]` makes the process SIGKILL itself the n-th time (default: first)
-//! execution reaches `fault::point("<point>")`. Several points may be given, comma separated.
-//! Without the variable a point costs one relaxed atomic load.
+//! execution reaches `fault::point("<point>")`. `<point>:<n>:error` instead makes the n-th pass
+//! through `fault::check("<point>")` return an error (a failed batch, not a crash), at the points
+//! that can fail a batch: the `*.after_upload_before_commit` points and `kafka.before_upload`.
+//! Several points may be given, comma separated. Without the variable a point costs one relaxed
+//! atomic load.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +33,8 @@ pub const POINTS: &[&str] = &[
 ];
 
 struct Plan {
-    targets: HashMap<String, u64>,
+    /// point -> (hit that fires, fail with an error instead of SIGKILL)
+    targets: HashMap<String, (u64, bool)>,
     hits: Mutex<HashMap<String, u64>>,
 }
 
@@ -43,11 +47,11 @@ fn plan() -> &'static Option<Plan> {
         let spec = std::env::var("TRIBUTARY_FAULT").ok()?;
         let mut targets = HashMap::new();
         for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (name, n) = match part.split_once(':') {
-                Some((name, n)) => (name, n.parse::<u64>().unwrap_or(1).max(1)),
-                None => (part, 1),
-            };
-            targets.insert(name.to_string(), n);
+            let mut it = part.split(':');
+            let name = it.next().unwrap_or_default();
+            let n = it.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(1).max(1);
+            let error = it.next() == Some("error");
+            targets.insert(name.to_string(), (n, error));
         }
         if targets.is_empty() {
             ENABLED.store(false, Ordering::Relaxed);
@@ -59,15 +63,21 @@ fn plan() -> &'static Option<Plan> {
 
 /// Marks a named crash point. Kills the process with SIGKILL when the plan says so.
 pub fn point(name: &str) {
+    let _ = check(name);
+}
+
+/// A crash point that can also fail: SIGKILL as `point`, or an error when the plan marks the
+/// point `:error`.
+pub fn check(name: &str) -> crate::Result<()> {
     if !ENABLED.load(Ordering::Relaxed) {
-        return;
+        return Ok(());
     }
     let Some(plan) = plan() else {
         ENABLED.store(false, Ordering::Relaxed);
-        return;
+        return Ok(());
     };
-    let Some(target) = plan.targets.get(name) else {
-        return;
+    let Some(&(target, error)) = plan.targets.get(name) else {
+        return Ok(());
     };
     let hit = {
         let mut hits = plan.hits.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,11 +86,16 @@ pub fn point(name: &str) {
         *h
     };
     TOTAL_HITS.fetch_add(1, Ordering::Relaxed);
-    if hit == *target {
+    if hit == target && error {
+        eprintln!("tributary: fault injection: error at {name} (hit {hit})");
+        return Err(crate::Error::external(format!("injected failure at {name}")));
+    }
+    if hit == target {
         eprintln!("tributary: fault injection: SIGKILL at {name} (hit {hit})");
         // SAFETY: raising a signal on our own process has no memory-safety preconditions.
         unsafe {
             libc::raise(libc::SIGKILL);
         }
     }
+    Ok(())
 }

@@ -818,7 +818,7 @@ impl Table {
             actions.extend(self.write_files_parallel(c.batches, w.threads).await?.into_iter().map(Action::Add));
         }
         if let Some(p) = c.fault_before_commit {
-            tributary_core::fault::point(p);
+            tributary_core::fault::check(p)?;
         }
         let expected: Vec<(&str, i64)> = c.moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
         self.expect_positions(&expected, c.absent).await?;

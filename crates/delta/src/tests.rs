@@ -143,3 +143,45 @@ async fn commit_batch_rewrites_partitions_and_fences_a_zombie_rewrite() {
         live.read_versions(-1, 2).await.unwrap().iter().map(|(v, b)| (*v, b.num_rows())).collect();
     assert_eq!(read, vec![(1, 2), (2, 1), (2, 1)]);
 }
+
+/// Issue #14 item 9 (last part): two members adding different columns at once. The metadata
+/// action of each is built on the snapshot its rows were typed with; the one that commits second
+/// must not overwrite the first one's schema (dropping its column): it gets a conflict, and its
+/// redo on the new state keeps both columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_schema_evolutions_never_drop_a_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let mut a = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    let mut b = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    let w = writer();
+    let evolved = |t: &mut Table, col: &str, v: i64| {
+        let md = t.evolve(&[Field::new(col, DataType::Int64, true)], &[]).unwrap();
+        let rows = RecordBatch::try_new(
+            t.schema(),
+            t.schema().fields().iter().map(|_| Arc::new(Int64Array::from(vec![v])) as _).collect(),
+        )
+        .unwrap();
+        (md, rows)
+    };
+    let (md_a, rows_a) = evolved(&mut a, "col_a", 1);
+    let (md_b, rows_b) = evolved(&mut b, "col_b", 2);
+    let mv = |p: &str| vec![PositionMove { app_id: p.into(), from: -1, to: 0 }];
+    a.commit_batch(Commit::new(&[rows_a], mv("p/t/0"), HashMap::new(), -1).evolving(Some(md_a)), &w).await.unwrap();
+    let err = b
+        .commit_batch(Commit::new(&[rows_b], mv("p/t/1"), HashMap::new(), -1).evolving(Some(md_b)), &w)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    // The redo, as the stage does it after a failed batch: refresh, re-type, evolve on the new state.
+    b.refresh().await.unwrap();
+    b.sync_schema().unwrap();
+    let (md_b, rows_b) = evolved(&mut b, "col_b", 2);
+    b.commit_batch(Commit::new(&[rows_b], mv("p/t/1"), HashMap::new(), -1).evolving(Some(md_b)), &w).await.unwrap();
+    let mut t = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    t.refresh().await.unwrap();
+    t.sync_schema().unwrap();
+    let names: Vec<String> = t.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["x", "col_a", "col_b"]);
+    assert_eq!(rows(&mut t).await, 2);
+}
