@@ -91,6 +91,7 @@ bench: test-deps ## Release load harness: files vs polars baseline, per-stage co
 	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
 	./target/release/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 	./target/release/tributary bench-discovery --dir .cache/bench-discovery --files $${DISCOVERY_FILES:-1000000}
+	./target/release/tributary bench-bloom --keys $${BLOOM_KEYS:-100000000} --mb 32
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied

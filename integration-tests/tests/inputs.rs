@@ -212,7 +212,13 @@ async fn a_losing_writers_file_list_cannot_mark_a_file_done() {
     let bronze = read(&c.region_table(REGION, "bronze/billing")).await.unwrap();
     assert_eq!(
         lineage(&bronze),
-        ["billing/f1.ndjson:1", "billing/f1.ndjson:2", "billing/f2.ndjson:1", "billing/f2.ndjson:2", "billing/f3.ndjson:1"]
+        [
+            "billing/f1.ndjson:1",
+            "billing/f1.ndjson:2",
+            "billing/f2.ndjson:1",
+            "billing/f2.ndjson:2",
+            "billing/f3.ndjson:1"
+        ]
     );
     // And the list is in the commit itself.
     let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000001.json")).unwrap();
@@ -260,7 +266,11 @@ async fn landing_files_that_change_are_ingested_or_reported_never_silently() {
     p.run_to_completion(&["--stages", "bronze"]).unwrap();
     let q = count("bronze/_quarantine").await;
     assert_eq!(strings(&q, "reason"), ["landing_file_changed", "malformed_json"]);
-    assert!(strings(&q, "detail").iter().any(|d| d.contains("billing/f2.ndjson shrank from")), "{:?}", strings(&q, "detail"));
+    assert!(
+        strings(&q, "detail").iter().any(|d| d.contains("billing/f2.ndjson shrank from")),
+        "{:?}",
+        strings(&q, "detail")
+    );
     assert_eq!(count("bronze/billing").await.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
 
     // Crash between the data commit and the quarantine commit, then the file is deleted: the

@@ -179,7 +179,11 @@ async fn crash_at_kafka_fault_points_then_restart_is_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_of_quiet_partitions_is_read_again_at_once() {
     let k = setup(300, 1, &[]);
-    let mut c = k.ingest(&["--trigger", "available-now"]).env("TRIBUTARY_FAULT", "kafka.before_upload:1:error").spawn().unwrap();
+    let mut c = k
+        .ingest(&["--trigger", "available-now"])
+        .env("TRIBUTARY_FAULT", "kafka.before_upload:1:error")
+        .spawn()
+        .unwrap();
     let st = wait_with_deadline(&mut c, 120).unwrap_or_else(|e| panic!("{e}\n{}", k.log_tail()));
     assert!(st.success(), "ingest failed: {}", k.log_tail());
     assert!(k.log_tail().contains("injected failure at kafka.before_upload"), "the fault fired: {}", k.log_tail());

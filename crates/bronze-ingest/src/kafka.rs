@@ -221,7 +221,10 @@ impl KafkaIngest {
                 self.buffer.retain(|m| !list.contains(&(m.topic.clone(), m.partition)));
                 self.buffer_bytes = self.buffer.iter().map(|m| m.payload.len()).sum();
                 if before != self.buffer.len() {
-                    tracing::info!(dropped = before - self.buffer.len(), "dropped uncommitted messages of revoked partitions");
+                    tracing::info!(
+                        dropped = before - self.buffer.len(),
+                        "dropped uncommitted messages of revoked partitions"
+                    );
                 }
                 Ok(())
             }

@@ -233,7 +233,11 @@ impl BronzeIngest {
         if let Some(idx) = index {
             flow.discovery = match idx.discovery {
                 Some(d) => d,
-                None => files::Discovery { frontier: None, recent: idx.files.into_iter().collect(), sizes: Default::default() },
+                None => files::Discovery {
+                    frontier: None,
+                    recent: idx.files.into_iter().collect(),
+                    sizes: Default::default(),
+                },
             };
         }
         let after = index_seq.min(flow.quarantine_seq);
@@ -367,7 +371,9 @@ impl BronzeIngest {
             let bodies: Vec<(String, files::Body, usize)> =
                 tributary_core::parallel_map(&raws, threads, 1, |(f, raw)| match (raw, &f.changed) {
                     (Err(u), _) => (f.path.clone(), Err(u.clone()), 0),
-                    (Ok(raw), Some(why)) => (f.path.clone(), Err(("landing_file_changed", why.clone(), raw.clone())), 0),
+                    (Ok(raw), Some(why)) => {
+                        (f.path.clone(), Err(("landing_file_changed", why.clone(), raw.clone())), 0)
+                    }
                     (Ok(raw), None) => {
                         let (body, base) = files::part(f, raw.clone());
                         (f.path.clone(), body, base)
@@ -500,7 +506,8 @@ impl BronzeIngest {
                 },
             });
         }
-        let batch = files::take_batch(pending, self.cfg.bronze.max_files_per_batch, self.cfg.bronze.max_bytes_per_batch);
+        let batch =
+            files::take_batch(pending, self.cfg.bronze.max_files_per_batch, self.cfg.bronze.max_bytes_per_batch);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -531,7 +538,8 @@ impl BronzeIngest {
         let summary = serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": batch.len(), "lines": lines_in, "blank_lines": blank_lines, "rows": written, "quarantined": quarantined});
         let quarantine_meta = HashMap::from([("tributary.batch".to_string(), summary.clone())]);
         let mut with_files = summary;
-        with_files["ingested"] = serde_json::to_value(&batch).map_err(|e| Error::internal("file list").with_source(e))?;
+        with_files["ingested"] =
+            serde_json::to_value(&batch).map_err(|e| Error::internal("file list").with_source(e))?;
         let meta = HashMap::from([("tributary.batch".to_string(), with_files)]);
         let moves = vec![PositionMove { app_id: app_id.clone(), from: seq - 1, to: seq }];
         let version = self.flows[i]

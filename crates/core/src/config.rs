@@ -138,6 +138,10 @@ pub struct DedupConfig {
     /// Fixed size of the in-memory Bloom filter in front of the index (MiB). Only keys it may
     /// hold are looked up on disk; its size, not the key count, bounds memory.
     pub bloom_mb: u64,
+    /// The Bloom filter is split into this many slices of event time (plus one), each dropped
+    /// when the horizon passes it, so it forgets expired keys. More slices forget sooner but a
+    /// lookup asks each of them.
+    pub bloom_slices: u32,
     /// Memory for index buckets kept loaded between batches (MiB, LRU; 0 = none).
     pub cache_mb: u64,
     /// Small files of one bucket merged once there are this many.
@@ -146,7 +150,7 @@ pub struct DedupConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        Self { horizon_days: 30, buckets: 16, bloom_mb: 32, cache_mb: 64, compact_min_files: 8 }
+        Self { horizon_days: 30, buckets: 16, bloom_mb: 32, bloom_slices: 4, cache_mb: 64, compact_min_files: 8 }
     }
 }
 

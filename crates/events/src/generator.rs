@@ -31,6 +31,15 @@ pub struct GenConfig {
     pub egress_pct: f64,
     /// Every n-th file is gzip-compressed (0 = none).
     pub gzip_every: u64,
+    /// Every n-th file is written the way Windows tools write it: a UTF-8 byte-order mark, CRLF
+    /// line endings, and a blank and a whitespace-only line at the end (0 = none).
+    pub bom_every: u64,
+    /// Share of billing events whose `dbu` sits at the edges of the column (scale 9: a few
+    /// billionths, 17 significant digits) spelled as real producers do (exponent forms, a quoted
+    /// string, plain).
+    pub decimal_edge_pct: f64,
+    /// Share of events whose `event_id` is empty or whitespace only (silver: `null_key`).
+    pub empty_id_pct: f64,
     /// Target events/s across everything; None = as fast as possible.
     pub rate: Option<f64>,
     /// Prefix of file names, so several runs can share a landing zone.
@@ -59,6 +68,9 @@ impl Default for GenConfig {
             unknown_field_pct: 2.0,
             egress_pct: 70.0,
             gzip_every: 3,
+            bom_every: 4,
+            decimal_edge_pct: 10.0,
+            empty_id_pct: 0.5,
             rate: None,
             file_prefix: "part".into(),
             size_min: 1024,
@@ -90,6 +102,15 @@ fn floor_to(ms: i64, unit_ms: i64) -> i64 {
     ms.div_euclid(unit_ms) * unit_ms
 }
 
+/// What a line's `event_id` holds.
+#[derive(Clone, Copy)]
+enum IdKind {
+    Real,
+    Null,
+    /// Empty or whitespace only.
+    Blank(&'static str),
+}
+
 /// One generated valid event, before serialisation.
 struct Ev {
     id: String,
@@ -98,6 +119,31 @@ struct Ev {
     customer: String,
     egress: bool,
     billing: Option<(String, Decimal)>,
+    /// How `dbu` is spelled in the JSON (exact text of the value above).
+    dbu_text: Option<String>,
+}
+
+/// A billing `dbu`: usually a 6-decimal value written plainly; with `edge_pct` one at the
+/// column's edges (scale 9) in one of the spellings producers use. Returns the value and its
+/// JSON text (exactly equal to the value).
+fn dbu(rng: &mut Rng, edge_pct: f64) -> (Decimal, String) {
+    if !rng.pct(edge_pct) {
+        let d = Decimal::new(rng.below(50_000_000) as i64 + 1, 6);
+        return (d, d.to_string());
+    }
+    let mantissa: i64 = match rng.below(3) {
+        0 => rng.below(9) as i64 + 1,                                           // 0.00000000x
+        1 => 10_000_000_000_000_000 + rng.below(89_999_999_999_999_999) as i64, // 17 digits
+        _ => rng.below(1_000_000_000) as i64 + 1,
+    };
+    let d = Decimal::new(mantissa, 9);
+    let text = match rng.below(4) {
+        0 => d.to_string(),
+        1 => format!("{mantissa}e-9"),
+        2 => format!("{mantissa}0E-10"),
+        _ => format!("\"{d}\""),
+    };
+    (d, text)
 }
 
 fn build_line(
@@ -105,12 +151,19 @@ fn build_line(
     source: &str,
     region: &str,
     ev: &Ev,
-    null_id: bool,
+    id: IdKind,
     unknown: bool,
     size: (usize, usize),
 ) -> String {
     let mut m = serde_json::Map::new();
-    m.insert("event_id".into(), if null_id { serde_json::Value::Null } else { ev.id.clone().into() });
+    m.insert(
+        "event_id".into(),
+        match id {
+            IdKind::Real => ev.id.clone().into(),
+            IdKind::Null => serde_json::Value::Null,
+            IdKind::Blank(b) => b.into(),
+        },
+    );
     // Mix both event_time encodings the contract allows.
     if rng.pct(20.0) {
         m.insert("event_time".into(), ev.time_ms.into());
@@ -144,7 +197,7 @@ fn build_line(
             let (sku, dbu) = ev.billing.clone().unwrap_or_default();
             m.insert("sku".into(), sku.into());
             m.insert("dbu".into(), serde_json::Value::Null); // placeholder, replaced with exact text
-            dbu_text = Some(dbu.to_string());
+            dbu_text = Some(ev.dbu_text.clone().unwrap_or_else(|| dbu.to_string()));
             m.insert("usage_start".into(), rfc3339_ms(ev.time_ms).into());
             m.insert("usage_end".into(), rfc3339_ms(ev.time_ms + 60_000).into());
             m.insert("usage_unit".into(), "DBU".into());
@@ -248,35 +301,58 @@ pub fn generate(
                     if late {
                         time_ms -= cfg.late_minutes * 60_000;
                     }
+                    let billing_dbu = (source == "billing").then(|| dbu(&mut rng, cfg.decimal_edge_pct));
                     let ev = Ev {
                         id: format!("{region}-{source}-{}-{i:08}", cfg.file_prefix),
                         time_ms,
                         workspace: format!("ws-{region}-{}", rng.below(8)),
                         customer: format!("cust-{:03}", rng.below(40)),
                         egress: rng.pct(cfg.egress_pct),
-                        billing: if source == "billing" {
-                            Some(((*rng.pick(SKUS)).to_string(), Decimal::new(rng.below(50_000_000) as i64 + 1, 6)))
-                        } else {
-                            None
-                        },
+                        billing: billing_dbu.as_ref().map(|(d, _)| ((*rng.pick(SKUS)).to_string(), *d)),
+                        dbu_text: billing_dbu.map(|(_, t)| t),
                     };
                     if rng.pct(cfg.malformed_pct) {
-                        let good =
-                            build_line(&mut rng, source, region, &ev, false, false, (cfg.size_min, cfg.size_max));
+                        let good = build_line(
+                            &mut rng,
+                            source,
+                            region,
+                            &ev,
+                            IdKind::Real,
+                            false,
+                            (cfg.size_min, cfg.size_max),
+                        );
                         lines.push(malformed_line(&mut rng, &good));
                         st.malformed += 1;
                         continue;
                     }
                     if rng.pct(cfg.null_id_pct) {
                         lines.push(
-                            build_line(&mut rng, source, region, &ev, true, false, (cfg.size_min, cfg.size_max))
+                            build_line(
+                                &mut rng,
+                                source,
+                                region,
+                                &ev,
+                                IdKind::Null,
+                                false,
+                                (cfg.size_min, cfg.size_max),
+                            )
+                            .into_bytes(),
+                        );
+                        st.null_id += 1;
+                        continue;
+                    }
+                    if rng.pct(cfg.empty_id_pct) {
+                        let blank = IdKind::Blank(*rng.pick(&["", " ", "\t  "]));
+                        lines.push(
+                            build_line(&mut rng, source, region, &ev, blank, false, (cfg.size_min, cfg.size_max))
                                 .into_bytes(),
                         );
                         st.null_id += 1;
                         continue;
                     }
                     let unknown = rng.pct(cfg.unknown_field_pct);
-                    let line = build_line(&mut rng, source, region, &ev, false, unknown, (cfg.size_min, cfg.size_max));
+                    let line =
+                        build_line(&mut rng, source, region, &ev, IdKind::Real, unknown, (cfg.size_min, cfg.size_max));
                     if unknown {
                         st.unknown_fields += 1;
                     }
@@ -320,10 +396,18 @@ pub fn generate(
                 let gz = cfg.gzip_every > 0 && file_no.is_multiple_of(cfg.gzip_every);
                 let name = format!("{}-{:06}.ndjson{}", cfg.file_prefix, file_no, if gz { ".gz" } else { "" });
                 let tmp = dir.join(format!(".tmp-{name}"));
+                let windows = cfg.bom_every > 0 && file_no.is_multiple_of(cfg.bom_every);
                 let mut body = Vec::new();
+                if windows {
+                    body.extend_from_slice(&[0xEF, 0xBB, 0xBF]);
+                }
+                let eol: &[u8] = if windows { b"\r\n" } else { b"\n" };
                 for l in &lines {
                     body.extend_from_slice(l);
-                    body.push(b'\n');
+                    body.extend_from_slice(eol);
+                }
+                if windows {
+                    body.extend_from_slice(b"\r\n \t\r\n");
                 }
                 let bytes = if gz {
                     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -407,7 +491,8 @@ mod tests {
                     } else {
                         raw
                     };
-                    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let body = body.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(&body).to_vec();
+                    for (_, line) in crate::lines::lines(&body) {
                         match crate::decode_event(line, s, 1 << 20) {
                             Ok(d) => {
                                 decoded += 1;

@@ -279,7 +279,9 @@ pub async fn produce_files(k: &KafkaConfig, dir: &std::path::Path, source: &str,
             raw
         };
         let mut pending = Vec::new();
-        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        // As bronze reads files: a UTF-8 byte-order mark skipped, CRLF tolerated, blank lines not sent.
+        let body = body.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(&body);
+        for (_, line) in tributary_events::lines::lines(body) {
             let key = tributary_events::decode_event(line, source, usize::MAX).ok().and_then(|d| d.event_id);
             let producer = producer.clone();
             let topic_name = topic.to_string();

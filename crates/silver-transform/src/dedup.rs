@@ -3,12 +3,13 @@
 //! The keys of every row silver holds are also kept in a key index: a Delta table
 //! `silver/_dedup/<source>` (`event_id`, `event_time`), hash-partitioned into `buckets`
 //! partitions. In memory there is only
-//! - a Bloom filter of fixed size (`bloom_mb`): a key it does not hold is new, with no I/O;
+//! - a Bloom filter of fixed size (`bloom_mb`), sliced by event time so it forgets keys as they
+//!   leave the horizon (`SlicedBloom`): a key it does not hold is new, with no I/O;
 //! - an LRU of loaded buckets bounded by `cache_mb`;
 //!
-//! so memory does not grow with the horizon or the key count (the false-positive rate does,
-//! and it only costs lookups, never correctness: every "maybe" is checked exactly against the
-//! index). The index is exactly once like every other output: after silver commits version V,
+//! so memory does not grow with the horizon or the key count (the false-positive rate grows with
+//! the keys *within the horizon*, and it only costs lookups, never correctness: every "maybe" is
+//! checked exactly against the index). The index is exactly once like every other output: after silver commits version V,
 //! the batch's keys are appended with `txn(<pipeline>/silver/<region>/dedup/<source>, V)`; a
 //! crash between the two commits is repaired on start by indexing silver's versions after the
 //! recorded one (so the index always equals silver's keys), and the Bloom filter is rebuilt by
@@ -105,6 +106,120 @@ impl Bloom {
     }
 }
 
+/// Bloom filters that forget with the horizon: one filter per slice of event time
+/// (`horizon / slices` wide), each `bytes / (slices + 1)` big. A key goes into the slice of its
+/// event_time; a lookup asks every live slice (any may hold a resend with another event_time);
+/// a slice is dropped once its whole range is older than the dedup floor, so the filter holds
+/// the keys within the horizon, not every key since the process started, and its
+/// false-positive rate levels off instead of climbing towards 1.
+///
+/// Never a false negative for a key at or above the floor: a slice is dropped only when all its
+/// keys are below it; when all slices are in use, a key older than the oldest slice joins the
+/// oldest (which lives longer than its own would), and room for a newer slice is made by
+/// merging (OR) the two oldest into the newer of them — keys only ever move to a slice that
+/// lives longer.
+pub struct SlicedBloom {
+    slices: BTreeMap<i64, Bloom>,
+    horizon_us: i64,
+    /// Max event time inserted: the floor is measured back from it, as the index's.
+    max_us: Option<i64>,
+    width_us: i64,
+    slice_bytes: usize,
+    max_slices: usize,
+}
+
+impl SlicedBloom {
+    pub fn new(bytes: usize, horizon_us: i64, slices: u32) -> Self {
+        let slices = slices.max(1) as usize;
+        Self {
+            slices: BTreeMap::new(),
+            horizon_us,
+            max_us: None,
+            width_us: (horizon_us / slices as i64).max(1),
+            // A horizon spans `slices` widths plus the partial ones at both ends.
+            slice_bytes: (bytes / (slices + 1)).max(8),
+            max_slices: slices + 1,
+        }
+    }
+
+    pub fn insert(&mut self, key: &str, event_time_us: i64) {
+        if self.max_us.is_none_or(|m| event_time_us > m) {
+            // A newer key moves the floor: drop what falls behind it before making room.
+            self.max_us = Some(event_time_us);
+            self.expire(event_time_us - self.horizon_us);
+        }
+        let start = event_time_us - event_time_us.rem_euclid(self.width_us);
+        if let Some(b) = self.slices.get_mut(&start) {
+            b.insert(key);
+            return;
+        }
+        if self.slices.len() >= self.max_slices {
+            let oldest = *self.slices.keys().next().expect("max_slices >= 1");
+            if start < oldest {
+                self.slices.get_mut(&oldest).expect("present").insert(key);
+                return;
+            }
+            self.merge_two_oldest();
+            if let Some(b) = self.slices.get_mut(&start) {
+                b.insert(key);
+                return;
+            }
+        }
+        let mut b = Bloom::new(self.slice_bytes);
+        b.insert(key);
+        self.slices.insert(start, b);
+    }
+
+    fn merge_two_oldest(&mut self) {
+        let mut it = self.slices.keys().copied();
+        let (Some(a), Some(b)) = (it.next(), it.next()) else { return };
+        let old = self.slices.remove(&a).expect("present");
+        let into = self.slices.get_mut(&b).expect("present");
+        for (w, o) in into.bits.iter_mut().zip(&old.bits) {
+            *w |= *o;
+        }
+        into.inserted += old.inserted;
+    }
+
+    /// Drops the slices whose whole range is older than `floor_us`; returns how many.
+    pub fn expire(&mut self, floor_us: i64) -> usize {
+        let width = self.width_us;
+        let before = self.slices.len();
+        self.slices.retain(|start, _| start + width > floor_us);
+        before - self.slices.len()
+    }
+
+    pub fn may_contain(&self, key: &str) -> bool {
+        // Hash once for every slice (they share size and positions).
+        let Some(first) = self.slices.values().next() else { return false };
+        let pos: Vec<u64> = first.positions(key).collect();
+        self.slices.values().any(|b| pos.iter().all(|p| b.bits[(p / 64) as usize] & (1 << (p % 64)) != 0))
+    }
+
+    pub fn clear(&mut self) {
+        self.slices.clear();
+        self.max_us = None;
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.slices.values().map(|b| b.bytes()).sum()
+    }
+
+    /// The most memory it can take.
+    pub fn capacity_bytes(&self) -> usize {
+        self.slice_bytes / 8 * 8 * self.max_slices
+    }
+
+    pub fn live_slices(&self) -> usize {
+        self.slices.len()
+    }
+
+    /// Expected false-positive rate of a lookup (any live slice says "maybe").
+    pub fn fpr(&self) -> f64 {
+        1.0 - self.slices.values().map(|b| 1.0 - b.fpr()).product::<f64>()
+    }
+}
+
 /// Counters of the index's work (for metrics, logs and the benchmark).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DedupStats {
@@ -133,7 +248,7 @@ pub struct DedupIndex {
     buckets: u32,
     horizon_us: i64,
     compact_min_files: usize,
-    bloom: Bloom,
+    bloom: SlicedBloom,
     cache: HashMap<u32, Cached>,
     cache_bytes: usize,
     cache_budget: usize,
@@ -157,7 +272,7 @@ impl DedupIndex {
             buckets: cfg.buckets,
             horizon_us: cfg.horizon_days * DAY_US,
             compact_min_files: cfg.compact_min_files,
-            bloom: Bloom::new((cfg.bloom_mb * 1024 * 1024) as usize),
+            bloom: SlicedBloom::new((cfg.bloom_mb * 1024 * 1024) as usize, cfg.horizon_days * DAY_US, cfg.bloom_slices),
             cache: HashMap::new(),
             cache_bytes: 0,
             cache_budget: (cfg.cache_mb * 1024 * 1024) as usize,
@@ -175,6 +290,9 @@ impl DedupIndex {
 
     pub fn bloom_bytes(&self) -> usize {
         self.bloom.bytes()
+    }
+    pub fn bloom_slices(&self) -> usize {
+        self.bloom.live_slices()
     }
     pub fn bloom_fpr(&self) -> f64 {
         self.bloom.fpr()
@@ -216,12 +334,15 @@ impl DedupIndex {
         for f in self.table.files()? {
             for b in self.table.read_file(&f.path, Some(f.size), &f.partition_values).await? {
                 for (id, t) in keys_of(&b)? {
-                    self.bloom.insert(&id);
+                    self.bloom.insert(&id, t);
                     max = Some(max.map_or(t, |m| m.max(t)));
                 }
             }
         }
         self.max_event_time_us = max;
+        if let Some(floor) = self.floor_us() {
+            self.bloom.expire(floor);
+        }
         self.loaded = true;
         Ok(())
     }
@@ -372,7 +493,7 @@ impl DedupIndex {
         self.pos = silver_version;
         for (b, ks) in by_bucket {
             for (id, t) in ks {
-                self.bloom.insert(id);
+                self.bloom.insert(id, *t);
                 self.max_event_time_us = Some(self.max_event_time_us.map_or(*t, |m| m.max(*t)));
                 if let Some(c) = self.cache.get_mut(&b) {
                     let set = Arc::make_mut(&mut c.keys);
@@ -384,6 +505,9 @@ impl DedupIndex {
             }
         }
         self.stats.keys_indexed += keys.len() as u64;
+        if let Some(floor) = self.floor_us() {
+            self.bloom.expire(floor);
+        }
         self.maintain().await
     }
 
@@ -476,6 +600,55 @@ mod tests {
         Writer::new("silver", "t", &tributary_core::Config::default())
     }
 
+    /// A 2-day horizon, 4 buckets, 1 MiB of Bloom, no cache, merges at 3 files.
+    fn small_config() -> DedupConfig {
+        DedupConfig {
+            horizon_days: 2,
+            buckets: 4,
+            bloom_mb: 1,
+            cache_mb: 0,
+            compact_min_files: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_sliced_bloom_forgets_with_the_horizon_and_never_misses_a_key_within_it() {
+        let horizon = 8 * DAY_US;
+        let mut s = SlicedBloom::new(64 * 1024, horizon, 4);
+        let mut plain = Bloom::new(s.capacity_bytes());
+        // 200 days of keys, out of order within each day, 2 000 a day (25 horizons).
+        let n = 400_000u64;
+        let time = |i: u64| (i / 2000) as i64 * DAY_US + ((i * 7919) % 2000) as i64 * (DAY_US / 2000);
+        for i in 0..n {
+            s.insert(&format!("k{i}"), time(i));
+            plain.insert(&format!("k{i}"));
+            s.expire(time(i) - horizon);
+            assert!(s.live_slices() <= 5, "memory stays bounded");
+        }
+        let max = time(n - 1);
+        s.expire(max - horizon);
+        for i in 0..n {
+            if time(i) >= max - horizon {
+                assert!(s.may_contain(&format!("k{i}")), "key {i} within the horizon is missing");
+            }
+        }
+        let fp = |f: &dyn Fn(&str) -> bool| (0..20_000).filter(|i| f(&format!("x{i}"))).count() as f64 / 20_000.0;
+        let (fs, fp_plain) = (fp(&|k| s.may_contain(k)), fp(&|k| plain.may_contain(k)));
+        assert!(fs < 0.01, "sliced: {fs}");
+        assert!(fp_plain > 0.5, "a filter that never forgets saturates: {fp_plain}");
+        // Keys older than every slice, when all slices are in use, still land (in the oldest).
+        let mut t = SlicedBloom::new(4096, horizon, 2);
+        for d in [10, 12, 14, 16] {
+            t.insert(&format!("d{d}"), d * DAY_US);
+        }
+        t.insert("old", DAY_US);
+        assert!(t.live_slices() <= 3);
+        for k in ["d10", "d12", "d14", "d16", "old"] {
+            assert!(t.may_contain(k), "{k}");
+        }
+    }
+
     #[test]
     fn bloom_has_no_false_negatives_and_a_low_fp_rate() {
         let mut b = Bloom::new(1 << 20);
@@ -501,7 +674,7 @@ mod tests {
     async fn index_is_exact_bounded_and_expires() {
         let dir = std::env::temp_dir().join(format!("trib-dedup-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let cfg = DedupConfig { horizon_days: 2, buckets: 4, bloom_mb: 1, cache_mb: 0, compact_min_files: 3 };
+        let cfg = small_config();
         let loc = dir.join("idx").to_string_lossy().to_string();
         let mut idx = DedupIndex::open(&cfg, "idx", &loc, "t/dedup", writer()).await.unwrap();
         for day in 0..5i64 {
@@ -539,7 +712,7 @@ mod tests {
         let loc = |n: &str| dir.path().join(n).to_string_lossy().to_string();
         // "Silver": five days of keys (the index schema has the two columns the index reads).
         let mut silver = Table::open_or_create("silver", &loc("silver"), index_schema(), &["bucket"]).await.unwrap();
-        let short = DedupConfig { horizon_days: 2, buckets: 4, bloom_mb: 1, cache_mb: 0, compact_min_files: 3 };
+        let short = small_config();
         let mut idx = DedupIndex::open(&short, "idx", &loc("idx"), "t/dedup", writer()).await.unwrap();
         // Silver advances a day at a time and the index follows (expiring whole old files).
         for day in 0..5i64 {

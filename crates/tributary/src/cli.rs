@@ -84,6 +84,16 @@ pub struct GenArgs {
     pub null_id_pct: f64,
     #[arg(long, default_value_t = 2.0)]
     pub unknown_field_pct: f64,
+    /// Every n-th file with a UTF-8 byte-order mark, CRLF endings and trailing blank lines (0 = none).
+    #[arg(long, default_value_t = 4)]
+    pub bom_every: u64,
+    /// Share of billing `dbu` values at the column's edges (scale 9, 17 digits) in exponent,
+    /// quoted and plain spellings.
+    #[arg(long, default_value_t = 10.0)]
+    pub decimal_edge_pct: f64,
+    /// Share of events with an empty or whitespace-only event_id (silver: `null_key`).
+    #[arg(long, default_value_t = 0.5)]
+    pub empty_id_pct: f64,
     /// Target events/s (all regions and sources together); unlimited when absent.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -113,6 +123,9 @@ impl GenArgs {
             malformed_pct: self.malformed_pct,
             null_id_pct: self.null_id_pct,
             unknown_field_pct: self.unknown_field_pct,
+            bom_every: self.bom_every,
+            decimal_edge_pct: self.decimal_edge_pct,
+            empty_id_pct: self.empty_id_pct,
             rate: self.rate,
             file_prefix: self.file_prefix.clone(),
             size_min: self.event_size_min,
@@ -244,6 +257,21 @@ enum Cmd {
         cache_mb: u64,
         #[arg(long, default_value_t = 16)]
         buckets: u32,
+    },
+    /// Benchmark: the dedup Bloom filter's false-positive rate after N keys streamed in event
+    /// time over several horizons: sliced by event time (forgets with the horizon) vs. one filter
+    /// of the same memory that never forgets.
+    BenchBloom {
+        #[arg(long, default_value_t = 100_000_000)]
+        keys: u64,
+        /// Bloom memory (MiB), as `silver.dedup.bloom_mb`.
+        #[arg(long, default_value_t = 32)]
+        mb: u64,
+        /// The keys' event times span this many horizons.
+        #[arg(long, default_value_t = 10)]
+        horizons: u64,
+        #[arg(long, default_value_t = 4)]
+        slices: u32,
     },
     /// Benchmark: one landing poll with N files already ingested (incremental discovery vs. a
     /// full listing and a set of every name).
@@ -436,6 +464,10 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
+        }
+        Cmd::BenchBloom { keys, mb, horizons, slices } => {
+            crate::report::bench_bloom(keys, mb, horizons, slices);
+            ExitCode::SUCCESS
         }
         Cmd::BenchDiscovery { dir, files } => match runtime().block_on(crate::report::bench_discovery(&dir, files)) {
             Ok(()) => ExitCode::SUCCESS,

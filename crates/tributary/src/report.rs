@@ -350,6 +350,71 @@ pub async fn bench_dedup(
     Ok(())
 }
 
+/// `tributary bench-bloom`: `keys` keys whose event times advance evenly over `horizons`
+/// dedup horizons (30 days), inserted into the sliced filter silver uses and into one plain
+/// filter of the same memory; at the end 1M keys never inserted are looked up in both, and
+/// every key still within the horizon is checked to be found (no false negatives).
+pub fn bench_bloom(keys: u64, mb: u64, horizons: u64, slices: u32) {
+    use silver_transform::dedup::{Bloom, DAY_US, SlicedBloom};
+    let horizon = 30 * DAY_US;
+    let bytes = (mb * 1024 * 1024) as usize;
+    let mut sliced = SlicedBloom::new(bytes, horizon, slices);
+    let mut plain = Bloom::new(sliced.capacity_bytes());
+    let span = horizon * horizons.max(1) as i64;
+    let time_of = |i: u64| (i as i128 * span as i128 / keys.max(1) as i128) as i64;
+    let t = std::time::Instant::now();
+    let mut key = String::with_capacity(32);
+    for i in 0..keys {
+        use std::fmt::Write as _;
+        key.clear();
+        let _ = write!(key, "evt-{i:016x}");
+        let et = time_of(i);
+        sliced.insert(&key, et);
+        plain.insert(&key);
+        if i % 1_000_000 == 0 {
+            sliced.expire(et - horizon);
+        }
+    }
+    let max = time_of(keys.saturating_sub(1));
+    sliced.expire(max - horizon);
+    let insert_s = t.elapsed().as_secs_f64();
+    let probes = 1_000_000u64;
+    let (mut fp_sliced, mut fp_plain) = (0u64, 0u64);
+    let t = std::time::Instant::now();
+    for i in 0..probes {
+        let k = format!("new-{i:016x}");
+        fp_sliced += sliced.may_contain(&k) as u64;
+        fp_plain += plain.may_contain(&k) as u64;
+    }
+    let probe_s = t.elapsed().as_secs_f64();
+    // No false negatives within the horizon (a sample of them).
+    let within: Vec<u64> = (0..keys).rev().take_while(|i| time_of(*i) >= max - horizon).step_by(97).collect();
+    let missed = within.iter().filter(|i| !sliced.may_contain(&format!("evt-{:016x}", **i))).count();
+    assert_eq!(missed, 0, "a key within the horizon was missing from the sliced filter");
+    let in_horizon = keys as f64 / horizons.max(1) as f64;
+    println!(
+        "bloom: {keys} keys over {horizons} horizons (~{in_horizon:.0} within the horizon at the end), {} MiB",
+        sliced.capacity_bytes() / (1024 * 1024)
+    );
+    println!(
+        "  sliced by event time ({slices}+1 slices, {} live): false-positive rate {:.4} (expected {:.4})",
+        sliced.live_slices(),
+        fp_sliced as f64 / probes as f64,
+        sliced.fpr()
+    );
+    println!(
+        "  one filter that never forgets:            false-positive rate {:.4} (expected {:.4})",
+        fp_plain as f64 / probes as f64,
+        plain.fpr()
+    );
+    println!(
+        "  {} of the keys within the horizon checked: none missing; insert {:.0} ns/key (both filters), probe {:.0} ns (both)",
+        within.len(),
+        insert_s * 1e9 / keys.max(1) as f64,
+        probe_s * 1e9 / probes as f64
+    );
+}
+
 /// `tributary bench-discovery`: the cost of one landing poll when `files` files are already
 /// ingested (laid out as `<source>/<day>/<hour>/part-N.ndjson`, 1,000 per hour folder), with the
 /// incremental discovery (frontier + recent, pruned walk) against the old way (list everything,
