@@ -75,7 +75,8 @@ def files_bench(args, work, env):
     # Clean traffic for the comparison with the baseline (the script would stop at the first
     # invalid UTF-8 line); the end-to-end run below uses the default messy mix.
     clean = ["--dup-pct", "0", "--late-pct", "0", "--out-of-order-pct", "0", "--malformed-pct", "0",
-             "--null-id-pct", "0", "--unknown-field-pct", "0"]
+             "--null-id-pct", "0", "--unknown-field-pct", "0", "--empty-id-pct", "0", "--bom-every", "0",
+             "--decimal-edge-pct", "0"]
     data = f"{work}/files"
     run([args.bin, *gen, *clean, "--data", data], env)
     landing = f"{data}/regions/r1/landing"

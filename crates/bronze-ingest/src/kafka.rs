@@ -17,8 +17,9 @@
 //! - After the Delta commits succeed, the same offsets (+1) are committed to the consumer group,
 //!   so lag tools see the real lag.
 //! - Batches flush at `kafka.max_batch_records` / `max_batch_bytes` / `max_batch_wait_ms`; the
-//!   consumer does not poll while a batch is flushed and the fetcher is paused, so memory is
-//!   bounded by the batch size plus librdkafka's bounded prefetch queue.
+//!   consumer does not poll while a batch is flushed, so memory is bounded by the batch size plus
+//!   librdkafka's bounded prefetch queue (which keeps filling meanwhile: no pause, whose purge of
+//!   the fetched messages made every batch wait for a refetch).
 
 use crate::STAGE;
 use crate::builder::{BronzeRows, Lineage, QuarantineRows};
@@ -360,14 +361,6 @@ impl KafkaIngest {
         self.buffer.len() >= self.cfg.kafka.max_batch_records || self.buffer_bytes >= self.cfg.kafka.max_batch_bytes
     }
 
-    fn assignment_list(&self) -> TopicPartitionList {
-        let mut l = TopicPartitionList::new();
-        for (t, p) in self.assigned.keys() {
-            l.add_partition(t, *p);
-        }
-        l
-    }
-
     async fn flush(&mut self) -> Result<u64> {
         let started = Instant::now();
         let span = tracing::info_span!("bronze.kafka.commit", messages = self.buffer.len());
@@ -375,10 +368,10 @@ impl KafkaIngest {
             let _ = span.set_parent(tributary_kafka::trace::context_from(&tp));
         }
         let _enter = span.enter();
-        let paused = self.assignment_list();
-        let _ = self.consumer.pause(&paused);
+        // The fetcher keeps running while the batch is written: its queue is bounded by
+        // `queued.max.messages.kbytes`, and pausing would purge what it already fetched (every
+        // batch would then wait for a refetch from the broker).
         let result = self.flush_inner(started).await;
-        let _ = self.consumer.resume(&paused);
         self.pause_stopped();
         result
     }
