@@ -32,7 +32,13 @@ tools: ## Install build tools (mold linker) when root and missing
 	fi
 
 .PHONY: test-deps
-test-deps: tools tansu ## Install what the tests need (tansu broker, Python deltalake reader in .cache/venv)
+test-deps: tools tansu ## Install what the tests need (tansu broker, Prometheus, Python deltalake reader in .cache/venv)
+	@if ! command -v prometheus >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
+	      || echo "note: could not install prometheus (the kafka2prom test needs it)"; \
+	  else echo "note: prometheus not installed (the kafka2prom test needs it: apt-get install prometheus)"; fi; \
+	fi
 	@if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import deltalake, pyarrow' 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(PYTHON) -m pip install -q --disable-pip-version-check -r integration-tests/python/requirements.txt; \
 	fi
@@ -79,7 +85,7 @@ fuzz: ## Fuzz the event decoder, the exact-decimal parser and the line splitter 
 	@if [ ! -x $(CARGO_FUZZ) ]; then $(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(CACHE)/cargo-fuzz; fi
 	cd fuzz && mkdir -p corpus-work && PATH=$(CACHE)/cargo-fuzz/bin:$$PATH RUSTFLAGS= cargo +nightly fuzz run decode_event corpus-work corpus/decode_event -- \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1
-	@for t in decimal lines; do \
+	@for t in decimal lines promtext; do \
 	  (cd fuzz && mkdir -p corpus-work-$$t && PATH=$(CACHE)/cargo-fuzz/bin:$$PATH RUSTFLAGS= cargo +nightly fuzz run $$t corpus-work-$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=512 -print_final_stats=1) || exit 1; \
 	done

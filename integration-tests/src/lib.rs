@@ -702,3 +702,41 @@ async fn verify_region_watermarks(cfg: &Config) -> Result<()> {
     }
     Ok(())
 }
+
+/// A plain HTTP/1.0 GET on loopback (no chunked encoding): (status code, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `prometheus` binary: `TRIBUTARY_PROMETHEUS`, else from `PATH` (`make test` installs
+/// Debian's package).
+pub fn prometheus_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TRIBUTARY_PROMETHEUS") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("prometheus");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("prometheus not found (`make test` installs it: apt-get install prometheus; or set TRIBUTARY_PROMETHEUS)");
+}

@@ -1,5 +1,6 @@
 //! One integration-test binary (link time is our scarcest resource); each module a suite.
 
+mod bridge;
 mod e2e;
 mod federation;
 mod inputs;

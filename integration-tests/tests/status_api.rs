@@ -2,15 +2,6 @@
 //! running service.
 
 use integration_tests::*;
-use std::io::{Read, Write};
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_rpc_and_metrics_of_a_running_pipeline() {
@@ -73,8 +64,8 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
     assert!(billing["max_event_time_unix_ms"].as_i64().unwrap() > 1_700_000_000_000, "{billing}");
     assert!(billing["version"].as_i64().unwrap() >= 1);
 
-    let metrics = http_get(admin, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let (code, metrics) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(code, 200, "{metrics}");
     assert!(metrics.contains("tributary_rows_total{"), "{metrics}");
     // #5: per-source watermarks, and the entity tables in silver's status.
     assert!(metrics.contains("tributary_watermark_unix_seconds{"), "{metrics}");
@@ -94,7 +85,7 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
     assert!(exp.iter().any(|l| l.contains("outcome=\"passed\"") && !l.ends_with(" 0")), "{exp:?}");
     assert!(metrics.contains("tributary_schema_version{"), "{metrics}");
     assert!(metrics.contains("tributary_event_log_records_total{event_type=\"flow_progress\""), "{metrics}");
-    assert!(http_get(admin, "/healthz").contains("ok"));
+    assert!(http_get(admin, "/healthz").unwrap().1.contains("ok"));
 
     // gRPC health and reflection are always registered.
     let channel =

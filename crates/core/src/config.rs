@@ -42,6 +42,65 @@ pub struct Config {
     pub server: ServerConfig,
     pub telemetry: TelemetryConfig,
     pub event_log: EventLogConfig,
+    pub metrics: MetricsConfig,
+    pub kafka2prom: Kafka2PromConfig,
+}
+
+/// kafka2prom: metric dumps from Kafka exposed on `/metrics` for Prometheus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kafka2PromConfig {
+    /// Topic of the metric dumps (keyed by emitting instance).
+    pub topic: String,
+    /// One consumer group for every replica.
+    pub group_id: String,
+    /// Where the exposed series are served (`/metrics`, Prometheus text 0.0.4).
+    pub listen: String,
+    /// Dumps queued per partition before the partition is paused (noisy-neighbour isolation).
+    pub queue_capacity: usize,
+    /// A full queue whose oldest dump is older than this switches the partition to emergency
+    /// mode: the oldest queued dump is dropped (counted) instead of pausing, so fresh data gets
+    /// through.
+    pub emergency_age_secs: u64,
+    /// A series not refreshed for this long is dropped (counted).
+    pub ttl_secs: u64,
+    /// Expose each sample with its dump's timestamp (see the README on `honor_timestamps`).
+    pub expose_timestamps: bool,
+    /// How often exposed offsets are committed to the group (also on every revoke).
+    pub commit_interval_ms: u64,
+}
+
+impl Default for Kafka2PromConfig {
+    fn default() -> Self {
+        Self {
+            topic: "tributary.metrics".into(),
+            group_id: "tributary-kafka2prom".into(),
+            listen: "127.0.0.1:9464".into(),
+            queue_capacity: 16,
+            emergency_age_secs: 120,
+            ttl_secs: 300,
+            expose_timestamps: false,
+            commit_interval_ms: 1000,
+        }
+    }
+}
+
+/// Metric dumps (`core::metrics_dump`): the whole registry written to a file at an interval, for
+/// the log-exporter to ship where Prometheus cannot scrape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Folder of the dumps (`<dump_dir>/<instance>.prom`); empty (default) = no dumps.
+    pub dump_dir: String,
+    pub dump_interval_secs: u64,
+    /// The emitting instance named in every dump; empty = `<service>-<hostname>`.
+    pub instance: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { dump_dir: String::new(), dump_interval_secs: 30, instance: String::new() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -366,6 +425,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             telemetry: TelemetryConfig::default(),
             event_log: EventLogConfig::default(),
+            metrics: MetricsConfig::default(),
+            kafka2prom: Kafka2PromConfig::default(),
         }
     }
 }
@@ -496,6 +557,18 @@ impl Config {
         }
         if self.bronze.max_files_per_batch == 0 || self.bronze.max_bytes_per_batch == 0 {
             return bad("bronze.max_files_per_batch and bronze.max_bytes_per_batch must be > 0".into());
+        }
+        if self.kafka2prom.queue_capacity == 0
+            || self.kafka2prom.ttl_secs == 0
+            || self.kafka2prom.commit_interval_ms == 0
+        {
+            return bad("kafka2prom.queue_capacity, ttl_secs and commit_interval_ms must be > 0".into());
+        }
+        if self.metrics.dump_interval_secs == 0 {
+            return bad("metrics.dump_interval_secs must be > 0".into());
+        }
+        if !self.metrics.instance.is_empty() && !crate::metrics_dump::valid_instance(&self.metrics.instance) {
+            return bad(format!("metrics.instance {:?}: use letters, digits, '-', '_', '.'", self.metrics.instance));
         }
         if self.bronze.index_every_batches < 1 {
             return bad("bronze.index_every_batches must be >= 1".into());

@@ -7,6 +7,7 @@ pub mod event_log;
 pub mod fault;
 pub mod field_type;
 pub mod metrics;
+pub mod metrics_dump;
 pub mod notices;
 pub mod server;
 pub mod shutdown;

@@ -62,6 +62,13 @@ pub struct WatermarkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabels {
+    /// kafka2prom: updated | older_dropped | evicted | expired | dropped_oldest | invalid_dump |
+    /// invalid_line
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub path: String,
     pub code: String,
@@ -85,6 +92,8 @@ pub struct Metrics {
     pub blank_lines: Family<TableLabels, Counter>,
     pub late_events: Family<WatermarkLabels, Counter>,
     pub watermark: Family<WatermarkLabels, Gauge>,
+    pub bridge_samples: Family<BridgeLabels, Counter>,
+    pub bridge_series: Gauge,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
     status_counters: Mutex<BTreeMap<(String, String, String, String), u64>>,
 }
@@ -174,6 +183,14 @@ impl Metrics {
                 notice_wakeups.clone(),
             );
             registry.register("grpc_requests", "gRPC requests served", grpc_requests.clone());
+            let bridge_samples = Family::<BridgeLabels, Counter>::default();
+            registry.register(
+                "kafka2prom_samples",
+                "kafka2prom: samples and dumps by outcome (exposed, dropped as older, evicted on revoke, expired by TTL, dropped oldest-first in emergency mode, invalid)",
+                bridge_samples.clone(),
+            );
+            let bridge_series = Gauge::default();
+            registry.register("kafka2prom_series", "kafka2prom: series exposed by this member", bridge_series.clone());
             Metrics {
                 registry: Mutex::new(registry),
                 rows,
@@ -192,6 +209,8 @@ impl Metrics {
                 blank_lines,
                 late_events,
                 watermark,
+                bridge_samples,
+                bridge_series,
                 status_counters: Mutex::new(BTreeMap::new()),
             }
         })
@@ -360,6 +379,13 @@ pub fn landing_discovery(region: &str, source: &str, recent: u64) {
             table: format!("bronze/{source}"),
         })
         .set(recent as i64);
+}
+
+/// Internal event: kafka2prom counted `n` samples (or dumps) with `outcome`.
+pub fn bridge(outcome: &str, n: u64) {
+    if n > 0 {
+        Metrics::global().bridge_samples.get_or_create(&BridgeLabels { outcome: outcome.into() }).inc_by(n);
+    }
 }
 
 /// Internal event: blank lines bronze skipped in a batch of landing files.

@@ -247,6 +247,14 @@ pub async fn serve_stages(
         hook(interest, shutdown.clone())?;
     }
     let servers = start_servers(service, cfg, statuses, &shutdown).await?;
+    let dump = (!cfg.metrics.dump_dir.is_empty()).then(|| {
+        tokio::spawn(crate::metrics_dump::run(
+            std::path::PathBuf::from(&cfg.metrics.dump_dir),
+            crate::metrics_dump::instance_name(&cfg.metrics.instance, service),
+            Duration::from_secs(cfg.metrics.dump_interval_secs),
+            shutdown.clone(),
+        ))
+    });
     if shutdown.wants_exit_when_idle() {
         while !shutdown.is_triggered() {
             if progress.all_idle() {
@@ -262,6 +270,9 @@ pub async fn serve_stages(
     }
     for s in servers {
         let _ = s.await;
+    }
+    if let Some(d) = dump {
+        let _ = d.await;
     }
     Ok(())
 }

@@ -216,6 +216,15 @@ enum Cmd {
         #[arg(long, default_value = "files", value_parser = ["files", "kafka"])]
         from: String,
     },
+    /// kafka2prom: metric dumps from Kafka (`kafka2prom.topic`) exposed on `/metrics` for
+    /// Prometheus; every replica joins the group `kafka2prom.group_id`.
+    Kafka2prom {
+        #[command(flatten)]
+        common: Common,
+        /// Where the exposed series are served (overrides `kafka2prom.listen`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// silver-transform for one region: bronze → silver (dedup, validation).
     SilverTransform {
         #[command(flatten)]
@@ -392,6 +401,13 @@ pub fn main() -> ExitCode {
             } else {
                 bronze_ingest::run(cfg, &region, sd, n).await
             }
+        }),
+        Cmd::Kafka2prom { common, listen } => service(common, "kafka2prom", move |cfg, sd, _n| async move {
+            let mut c = (*cfg).clone();
+            if let Some(l) = listen {
+                c.kafka2prom.listen = l;
+            }
+            kafka2prom::run(Arc::new(c), sd).await
         }),
         Cmd::SilverTransform { common, region } => service(common, "silver-transform", move |cfg, sd, n| async move {
             silver_transform::run(cfg, &region, sd, n).await
