@@ -48,12 +48,12 @@ fn dump(instance: &str, seq: u64, ts_ms: i64) -> String {
     tributary_core::metrics_dump::render(instance, ts_ms, &text)
 }
 
-fn stop(m: &mut Member) {
+fn stop(child: &mut Child) {
     // SAFETY: signalling our own child.
     unsafe {
-        libc::kill(m.child.id() as i32, libc::SIGTERM);
+        libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    let st = wait_with_deadline(&mut m.child, 60).unwrap();
+    let st = wait_with_deadline(child, 60).unwrap();
     assert!(st.success(), "member did not leave cleanly: {st:?}");
 }
 
@@ -119,7 +119,7 @@ async fn kafka2prom_members_never_regress_or_double_expose_a_series() {
             c = Some(member(&p, &broker.addr(), "c", dir.path(), c_member_port));
         }
         if !a_left && t > Duration::from_secs(16) {
-            stop(&mut a); // a member leaves under load
+            stop(&mut a.child); // a member leaves under load
             a_left = true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -168,9 +168,84 @@ async fn kafka2prom_members_never_regress_or_double_expose_a_series() {
     assert!(handovers > 0, "the join and the leave moved at least one partition");
 
     if let Some(mut c) = c {
-        stop(&mut c);
+        stop(&mut c.child);
     }
-    stop(&mut b);
+    stop(&mut b.child);
     let _ = prom.kill();
     let _ = prom.wait();
+}
+
+/// The whole bridge: a running service writes metric dumps, the log-exporter ships them to the
+/// broker keyed by instance, kafka2prom exposes the service's own series. A restarted exporter
+/// neither resends nor skips a dump (its state file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_metric_dumps_reach_kafka2prom_through_the_log_exporter() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker")).unwrap();
+    let p = Pipeline::new(&["r1"]);
+    let kcfg = tributary_core::config::KafkaConfig { brokers: broker.addr(), ..Default::default() };
+    tributary_kafka::ensure_topics(&kcfg, &[(TOPIC.to_string(), 4)]).await.unwrap();
+    p.generate(&GenSpec { events_per_source: 50, files_per_source: 1, seed: 5 }).unwrap();
+    let dumps = dir.path().join("dumps");
+    let log = |n: &str| std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join(n)).unwrap();
+    let mut service = p
+        .command(&["bronze-ingest", "--region", "r1"])
+        .env("TRIBUTARY__METRICS__DUMP_DIR", &dumps)
+        .env("TRIBUTARY__METRICS__DUMP_INTERVAL_SECS", "1")
+        .env("TRIBUTARY__METRICS__INSTANCE", "bronze-0")
+        .stdout(Stdio::null())
+        .stderr(log("bronze.log"))
+        .spawn()
+        .unwrap();
+    let exporter = || {
+        p.command(&["log-exporter", "--dumps", dumps.to_str().unwrap()])
+            .env("TRIBUTARY__KAFKA__BROKERS", broker.addr())
+            .env("TRIBUTARY__LOG_EXPORTER__POLL_INTERVAL_MS", "200")
+            .stdout(Stdio::null())
+            .stderr(log("exporter.log"))
+            .spawn()
+            .unwrap()
+    };
+    let mut exp = exporter();
+    let mut k2p = member(&p, &broker.addr(), "k2p", dir.path(), free_port());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, body) = http_get(k2p.port, "/metrics").unwrap_or_default();
+        if body.lines().any(|l| l.starts_with("tributary_rows_total{") && l.contains("instance=\"bronze-0\"")) {
+            assert!(body.contains("# TYPE tributary_rows counter"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service's rows counter never reached kafka2prom:\n{body}\n{}",
+            tail(&std::fs::read(dir.path().join("exporter.log")).unwrap_or_default(), 2000)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The service stops (its last dump is written at shutdown); the exporter ships it.
+    stop(&mut service);
+    let last = std::fs::read(dumps.join("bronze-0.prom")).unwrap();
+    let (h, _) = tributary_core::metrics_dump::split(&last).unwrap();
+    let state_path = dumps.join(".log-exporter.state.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log_exporter_state(&state_path).get("bronze-0.prom") != Some(&h.timestamp_ms) {
+        assert!(Instant::now() < deadline, "the last dump was not shipped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(&mut exp);
+    let count = |g: &str| {
+        let k = kcfg.clone();
+        let g = g.to_string();
+        async move { tributary_kafka::count_to_end(&k, &[TOPIC.to_string()], &g, Duration::from_secs(30)).await.unwrap().0 }
+    };
+    let before = count("count-1").await;
+    let mut again = exporter();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(&mut again);
+    assert_eq!(count("count-2").await, before, "a restarted exporter resent nothing");
+    stop(&mut k2p.child);
+}
+
+fn log_exporter_state(path: &std::path::Path) -> BTreeMap<String, i64> {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }

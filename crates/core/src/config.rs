@@ -44,6 +44,37 @@ pub struct Config {
     pub event_log: EventLogConfig,
     pub metrics: MetricsConfig,
     pub kafka2prom: Kafka2PromConfig,
+    pub log_exporter: LogExporterConfig,
+}
+
+/// log-exporter: ships metric dumps to Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogExporterConfig {
+    /// Folder of the dumps; empty = `metrics.dump_dir`.
+    pub dumps_dir: String,
+    /// Topic; none = `kafka2prom.topic`.
+    pub topic: Option<String>,
+    /// Where shipped dump timestamps are recorded; empty = `<dumps_dir>/.log-exporter.state.json`.
+    pub state_file: String,
+    pub poll_interval_ms: u64,
+    /// `acks` of the metric-dump stream (relaxed by default: the next dump replaces a lost one).
+    pub metrics_acks: String,
+    /// librdkafka's producer buffer bound (`queue.buffering.max.kbytes`).
+    pub max_buffer_kbytes: u64,
+}
+
+impl Default for LogExporterConfig {
+    fn default() -> Self {
+        Self {
+            dumps_dir: String::new(),
+            topic: None,
+            state_file: String::new(),
+            poll_interval_ms: 1000,
+            metrics_acks: "1".into(),
+            max_buffer_kbytes: 65536,
+        }
+    }
 }
 
 /// kafka2prom: metric dumps from Kafka exposed on `/metrics` for Prometheus.
@@ -427,6 +458,7 @@ impl Default for Config {
             event_log: EventLogConfig::default(),
             metrics: MetricsConfig::default(),
             kafka2prom: Kafka2PromConfig::default(),
+            log_exporter: LogExporterConfig::default(),
         }
     }
 }

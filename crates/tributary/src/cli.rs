@@ -225,6 +225,14 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// log-exporter: ships the metric dumps of a folder to Kafka (keyed by instance) for kafka2prom.
+    LogExporter {
+        #[command(flatten)]
+        common: Common,
+        /// Folder of the dumps (overrides `log_exporter.dumps_dir` / `metrics.dump_dir`).
+        #[arg(long)]
+        dumps: Option<String>,
+    },
     /// silver-transform for one region: bronze → silver (dedup, validation).
     SilverTransform {
         #[command(flatten)]
@@ -408,6 +416,13 @@ pub fn main() -> ExitCode {
                 c.kafka2prom.listen = l;
             }
             kafka2prom::run(Arc::new(c), sd).await
+        }),
+        Cmd::LogExporter { common, dumps } => service(common, "log-exporter", move |cfg, sd, _n| async move {
+            let mut c = (*cfg).clone();
+            if let Some(d) = dumps {
+                c.log_exporter.dumps_dir = d;
+            }
+            log_exporter::run(Arc::new(c), sd).await
         }),
         Cmd::SilverTransform { common, region } => service(common, "silver-transform", move |cfg, sd, n| async move {
             silver_transform::run(cfg, &region, sd, n).await
