@@ -342,7 +342,7 @@ pub fn generate(
                         continue;
                     }
                     if rng.pct(cfg.empty_id_pct) {
-                        let blank = IdKind::Blank(*rng.pick(&["", " ", "\t  "]));
+                        let blank = IdKind::Blank(["", " ", "\t  "][rng.below(3) as usize]);
                         lines.push(
                             build_line(&mut rng, source, region, &ev, blank, false, (cfg.size_min, cfg.size_max))
                                 .into_bytes(),

@@ -118,7 +118,7 @@ impl Store {
         }
         let mut out = String::new();
         for (name, mut entries) in by_family {
-            entries.sort_by(|a, b| a.sample.series_key().cmp(&b.sample.series_key()));
+            entries.sort_by_cached_key(|e| e.sample.series_key());
             let family = self.families.get(name).cloned().unwrap_or(Family {
                 name: name.to_string(),
                 kind: MetricType::Unknown,

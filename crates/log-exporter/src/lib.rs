@@ -45,9 +45,12 @@ pub struct Due {
     pub body: Vec<u8>,
 }
 
+/// Files of the folder that are not dumps: (file name, why).
+pub type NotDumps = Vec<(String, String)>;
+
 /// The dumps of `dir` newer than `state` (pure apart from reading the folder). Files that are
 /// not dumps are reported in the second list and skipped.
-pub fn due(dir: &Path, state: &State) -> Result<(Vec<Due>, Vec<(String, String)>)> {
+pub fn due(dir: &Path, state: &State) -> Result<(Vec<Due>, NotDumps)> {
     let mut out = Vec::new();
     let mut bad = Vec::new();
     let entries = match std::fs::read_dir(dir) {
