@@ -57,13 +57,18 @@ fn stop(child: &mut Child) {
     assert!(st.success(), "member did not leave cleanly: {st:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka2prom_members_never_regress_or_double_expose_a_series() {
+/// A broker on loopback with the dumps topic (4 partitions), a pipeline for the commands.
+async fn setup() -> (tempfile::TempDir, Broker, Pipeline, tributary_core::config::KafkaConfig) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker")).unwrap();
-    let p = Pipeline::new(&["r1"]);
     let kcfg = tributary_core::config::KafkaConfig { brokers: broker.addr(), ..Default::default() };
     tributary_kafka::ensure_topics(&kcfg, &[(TOPIC.to_string(), 4)]).await.unwrap();
+    (dir, broker, Pipeline::new(&["r1"]), kcfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka2prom_members_never_regress_or_double_expose_a_series() {
+    let (dir, broker, p, kcfg) = setup().await;
 
     let mut a = member(&p, &broker.addr(), "a", dir.path(), free_port());
     let mut b = member(&p, &broker.addr(), "b", dir.path(), free_port());
@@ -180,11 +185,7 @@ async fn kafka2prom_members_never_regress_or_double_expose_a_series() {
 /// neither resends nor skips a dump (its state file).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_services_metric_dumps_reach_kafka2prom_through_the_log_exporter() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).unwrap();
-    let p = Pipeline::new(&["r1"]);
-    let kcfg = tributary_core::config::KafkaConfig { brokers: broker.addr(), ..Default::default() };
-    tributary_kafka::ensure_topics(&kcfg, &[(TOPIC.to_string(), 4)]).await.unwrap();
+    let (dir, broker, p, kcfg) = setup().await;
     p.generate(&GenSpec { events_per_source: 50, files_per_source: 1, seed: 5 }).unwrap();
     let dumps = dir.path().join("dumps");
     let log = |n: &str| std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join(n)).unwrap();

@@ -45,6 +45,10 @@ pub struct LandingFile {
     pub changed: Option<String>,
 }
 
+/// The size of a file ingested by a build that did not record sizes: the whole file as it is now
+/// (`part` clamps to it); never kept in `Discovery::sizes`.
+pub const UNKNOWN_SIZE: u64 = u64::MAX;
+
 impl LandingFile {
     pub fn whole(path: &str, size: u64) -> Self {
         Self { path: path.to_string(), size, from: 0, changed: None }
@@ -100,18 +104,13 @@ impl Discovery {
         }
     }
 
-    /// Records committed files (paths only: batches committed before sizes were recorded).
-    pub fn record(&mut self, paths: &[String]) {
-        self.recent.extend(paths.iter().filter(|p| self.frontier.as_deref().is_none_or(|f| p.as_str() > f)).cloned());
-    }
-
-    /// Records committed files with the size each was ingested at.
-    pub fn record_files(&mut self, files: &[LandingFile]) {
+    /// Records committed files with the size each was ingested at (`UNKNOWN_SIZE`: path only).
+    pub fn record(&mut self, files: &[LandingFile]) {
         for f in files {
             if self.frontier.as_deref().is_none_or(|fr| f.path.as_str() > fr) {
                 self.recent.insert(f.path.clone());
             }
-            if self.frontier.as_deref().is_none_or(|fr| f.path.as_str() >= fr) {
+            if f.size != UNKNOWN_SIZE && self.frontier.as_deref().is_none_or(|fr| f.path.as_str() >= fr) {
                 self.sizes.insert(f.path.clone(), f.size);
             }
         }
@@ -291,16 +290,16 @@ pub fn decompress(name: &str, raw: bytes::Bytes) -> Body {
 /// `from` is 0. Returns the body and the number of lines before it (line numbers of the part
 /// continue the file's). A file read back shorter than `size` (changed since) is read as it is.
 pub fn part(f: &LandingFile, raw: bytes::Bytes) -> (Body, usize) {
-    let end = (f.size as usize).min(raw.len());
-    if f.from == 0 || f.path.ends_with(".gz") {
-        return (decompress(&f.path, raw.slice(..end)), 0);
-    }
+    let end = (f.size.min(raw.len() as u64)) as usize;
     let from = (f.from as usize).min(end);
-    let start = memchr::memrchr(b'\n', &raw[..from]).map(|i| i + 1).unwrap_or(0);
-    let base = memchr::memchr_iter(b'\n', &raw[..start]).count();
+    let start = match f.path.ends_with(".gz") {
+        true => 0,
+        false => memchr::memrchr(b'\n', &raw[..from]).map(|i| i + 1).unwrap_or(0),
+    };
     if start == 0 {
         return (decompress(&f.path, raw.slice(..end)), 0);
     }
+    let base = memchr::memchr_iter(b'\n', &raw[..start]).count();
     (Ok(raw.slice(start..end)), base)
 }
 
@@ -348,12 +347,12 @@ mod tests {
     #[test]
     fn frontier_advances_over_the_ingested_prefix_only() {
         let mut d = Discovery::default();
-        d.record(&["a/1".into(), "a/2".into(), "a/4".into()]);
+        d.record(&["a/1", "a/2", "a/4"].map(|p| LandingFile::whole(p, UNKNOWN_SIZE)));
         d.advance(&[meta("a/1"), meta("a/2"), meta("a/3"), meta("a/4")]);
         assert_eq!(d.frontier.as_deref(), Some("a/2"));
         assert_eq!(d.recent.iter().collect::<Vec<_>>(), vec!["a/4"]);
         assert!(d.is_done("a/1") && d.is_done("a/4") && !d.is_done("a/3"));
-        d.record(&["a/3".into()]);
+        d.record(&[LandingFile::whole("a/3", UNKNOWN_SIZE)]);
         d.advance(&[meta("a/3"), meta("a/4"), meta("a/5")]);
         assert_eq!(d.frontier.as_deref(), Some("a/4"));
         assert!(d.recent.is_empty());
@@ -362,7 +361,7 @@ mod tests {
     #[test]
     fn sizes_are_kept_for_the_frontier_and_recent_files_only() {
         let mut d = Discovery::default();
-        d.record_files(&[LandingFile::whole("a/1", 10), LandingFile::whole("a/2", 20), LandingFile::whole("a/4", 40)]);
+        d.record(&[LandingFile::whole("a/1", 10), LandingFile::whole("a/2", 20), LandingFile::whole("a/4", 40)]);
         let sized = |p: &str, n: u64| ObjectMeta { size: n, ..meta(p) };
         d.advance(&[sized("a/1", 10), sized("a/2", 20), sized("a/3", 5), sized("a/4", 40)]);
         assert_eq!(d.frontier.as_deref(), Some("a/2"));
@@ -374,7 +373,7 @@ mod tests {
         // Below the frontier files are final by contract (no size kept, memory stays flat).
         assert_eq!(d.seen("a/1", 99), Seen::Done);
         // The frontier entry in a listing is skipped when advancing, not a stop.
-        d.record_files(&[LandingFile::whole("a/3", 5)]);
+        d.record(&[LandingFile::whole("a/3", 5)]);
         d.advance(&[sized("a/2", 20), sized("a/3", 5), sized("a/4", 40)]);
         assert_eq!(d.frontier.as_deref(), Some("a/4"));
         assert_eq!(d.sizes.keys().collect::<Vec<_>>(), vec!["a/4"]);

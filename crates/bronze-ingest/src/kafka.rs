@@ -123,21 +123,10 @@ impl KafkaIngest {
     pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
         let k = &cfg.kafka;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let mut client = tributary_kafka::client_config(k)?;
-        if !k.properties.contains_key("session.timeout.ms") {
-            client.set("session.timeout.ms", "10000");
-        }
-        if !k.instance_id.is_empty() {
-            client.set("group.instance.id", k.instance_id.replace("{region}", region));
-        }
-        let consumer: StreamConsumer<Ctx> = client
-            .set("group.id", &k.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("queued.max.messages.kbytes", "65536")
-            .create_with_context(Ctx { events: events.clone() })
-            .map_err(|e| Error::external("creating the Kafka consumer").with_source(e))?;
+        let consumer: StreamConsumer<Ctx> =
+            tributary_kafka::group_consumer_config(k, &k.group_id, &k.instance_id.replace("{region}", region))?
+                .create_with_context(Ctx { events: events.clone() })
+                .map_err(|e| Error::external("creating the Kafka consumer").with_source(e))?;
         let quarantine = Table::open_or_create(
             "bronze/_quarantine",
             &crate::quarantine_location(&cfg, region),

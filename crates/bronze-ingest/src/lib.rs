@@ -243,13 +243,9 @@ impl BronzeIngest {
         let after = index_seq.min(flow.quarantine_seq);
         let batches = Self::batches_from_log(flow, after).await?;
         for s in (after + 1)..=flow.seq {
-            let (files, sized) = batches.get(&s).cloned().unwrap_or_default();
+            let files = batches.get(&s).cloned().unwrap_or_default();
             if s > index_seq {
-                if sized {
-                    flow.discovery.record_files(&files);
-                } else {
-                    flow.discovery.record(&files.iter().map(|f| f.path.clone()).collect::<Vec<_>>());
-                }
+                flow.discovery.record(&files);
             }
             if s > flow.quarantine_seq {
                 flow.manifests.insert(s, files);
@@ -261,9 +257,9 @@ impl BronzeIngest {
     /// The file lists of the batches `(after, seq]`, from the commits' `commitInfo`, newest
     /// first until `after` is reached (normally at most `index_every_batches` commits). Batches
     /// committed by earlier versions have their list in a manifest file beside the table instead
-    /// (paths only: `false`).
-    async fn batches_from_log(flow: &Flow, after: i64) -> Result<HashMap<i64, (Vec<files::LandingFile>, bool)>> {
-        let mut out: HashMap<i64, (Vec<files::LandingFile>, bool)> = HashMap::new();
+    /// (paths only: `UNKNOWN_SIZE`).
+    async fn batches_from_log(flow: &Flow, after: i64) -> Result<HashMap<i64, Vec<files::LandingFile>>> {
+        let mut out: HashMap<i64, Vec<files::LandingFile>> = HashMap::new();
         let wanted = (flow.seq - after).max(0) as usize;
         let mut v = flow.table.version();
         while v >= 0 && out.len() < wanted {
@@ -281,7 +277,7 @@ impl BronzeIngest {
                 let files: Vec<files::LandingFile> = serde_json::from_value(list.clone()).map_err(|e| {
                     Error::internal(format!("corrupt file list of batch {seq} in {}", flow.table.name)).with_source(e)
                 })?;
-                out.insert(seq, (files, true));
+                out.insert(seq, files);
             }
         }
         let store = flow.table.table.object_store();
@@ -295,8 +291,7 @@ impl BronzeIngest {
                 &format!("file list of batch {s} of {} (not in its commit, no manifest)", flow.table.name),
             )
             .await?;
-            // Size unknown: the whole file as it is now (`part` clamps to it).
-            out.insert(s, (m.files.iter().map(|p| files::LandingFile::whole(p, u64::MAX)).collect(), false));
+            out.insert(s, m.files.iter().map(|p| files::LandingFile::whole(p, files::UNKNOWN_SIZE)).collect());
         }
         Ok(out)
     }
@@ -561,7 +556,7 @@ impl BronzeIngest {
         {
             let f = &mut self.flows[i];
             f.seq = seq;
-            f.discovery.record_files(&batch);
+            f.discovery.record(&batch);
             f.manifests.insert(seq, batch.clone());
         }
         // Quarantine: its own txn for the same sequence, committed even when empty so that a

@@ -227,6 +227,26 @@ pub mod trace {
     }
 }
 
+/// A consumer-group member's settings, shared by every consumer of the workspace: the client
+/// settings above, `group`, static membership when `instance_id` is set, manual offsets (the
+/// caller commits only what is durable or exposed), start from the earliest offset, a bounded
+/// prefetch queue (64 MiB), and a 10 s session unless `kafka.properties` sets one.
+pub fn group_consumer_config(k: &KafkaConfig, group: &str, instance_id: &str) -> Result<ClientConfig> {
+    let mut c = client_config(k)?;
+    if !k.properties.contains_key("session.timeout.ms") {
+        c.set("session.timeout.ms", "10000");
+    }
+    if !instance_id.is_empty() {
+        c.set("group.instance.id", instance_id);
+    }
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "65536");
+    Ok(c)
+}
+
 /// Creates the topics that do not exist yet (partition count for new ones only).
 pub async fn ensure_topics(k: &KafkaConfig, topics: &[(String, i32)]) -> Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -204,17 +204,8 @@ pub async fn run(cfg: Arc<Config>, shutdown: Shutdown) -> Result<()> {
         queues: Mutex::new(HashMap::new()),
         assigned: Mutex::new(Vec::new()),
     });
-    let mut client = tributary_kafka::client_config(&cfg.kafka)?;
-    if !cfg.kafka.instance_id.is_empty() {
-        client.set("group.instance.id", &cfg.kafka.instance_id);
-    }
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
-        client
-            .set("group.id", &k.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("queued.max.messages.kbytes", "65536")
+        tributary_kafka::group_consumer_config(&cfg.kafka, &k.group_id, &cfg.kafka.instance_id)?
             .create_with_context(Ctx { shared: shared.clone() })
             .map_err(|e| Error::external("creating the kafka2prom consumer").with_source(e))?,
     );

@@ -340,9 +340,6 @@ impl DedupIndex {
             }
         }
         self.max_event_time_us = max;
-        if let Some(floor) = self.floor_us() {
-            self.bloom.expire(floor);
-        }
         self.loaded = true;
         Ok(())
     }
@@ -505,9 +502,6 @@ impl DedupIndex {
             }
         }
         self.stats.keys_indexed += keys.len() as u64;
-        if let Some(floor) = self.floor_us() {
-            self.bloom.expire(floor);
-        }
         self.maintain().await
     }
 
