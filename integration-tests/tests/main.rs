@@ -5,6 +5,7 @@ mod e2e;
 mod federation;
 mod inputs;
 mod kafka;
+mod logs;
 mod quality;
 mod restart;
 mod security;

@@ -62,6 +62,34 @@ pub struct LogExporterConfig {
     pub metrics_acks: String,
     /// librdkafka's producer buffer bound (`queue.buffering.max.kbytes`).
     pub max_buffer_kbytes: u64,
+    /// Log streams tailed to Kafka (rotation-safe, exactly once; see the README).
+    pub logs: Vec<LogStreamConfig>,
+    /// Where the log streams' checkpoints live (`<name>.json` per stream).
+    pub logs_state_dir: String,
+    /// Landing files put here (renamed into place) are copied into every `landing_zones` entry,
+    /// then removed: the dual landing zones of a primary/secondary pair.
+    pub landing_spool: String,
+    pub landing_zones: Vec<String>,
+}
+
+/// One tailed log stream of the log-exporter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogStreamConfig {
+    pub name: String,
+    /// Glob patterns of the files to tail (`/var/log/app/*.log`).
+    pub paths: Vec<String>,
+    pub topic: String,
+    /// `all` (default) produces idempotently; anything else turns idempotence off.
+    pub acks: String,
+    /// Bytes read from one file per round (the memory bound per file).
+    pub max_batch_kbytes: u64,
+}
+
+impl Default for LogStreamConfig {
+    fn default() -> Self {
+        Self { name: String::new(), paths: Vec::new(), topic: String::new(), acks: "all".into(), max_batch_kbytes: 1024 }
+    }
 }
 
 impl Default for LogExporterConfig {
@@ -73,6 +101,10 @@ impl Default for LogExporterConfig {
             poll_interval_ms: 1000,
             metrics_acks: "1".into(),
             max_buffer_kbytes: 65536,
+            logs: Vec::new(),
+            logs_state_dir: String::new(),
+            landing_spool: String::new(),
+            landing_zones: Vec::new(),
         }
     }
 }

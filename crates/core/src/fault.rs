@@ -3,7 +3,8 @@
 //! `TRIBUTARY_FAULT=<point>[:<n>]` makes the process SIGKILL itself the n-th time (default: first)
 //! execution reaches `fault::point("<point>")`. `<point>:<n>:error` instead makes the n-th pass
 //! through `fault::check("<point>")` return an error (a failed batch, not a crash), at the points
-//! that can fail a batch: the `*.after_upload_before_commit` points and `kafka.before_upload`.
+//! that can fail a batch: the `*.after_upload_before_commit` points, `kafka.before_upload` and
+//! `log_exporter.after_ack_before_checkpoint` (there: as if a delivery had failed).
 //! Several points may be given, comma separated. Without the variable a point costs one relaxed
 //! atomic load.
 
@@ -30,6 +31,7 @@ pub const POINTS: &[&str] = &[
     "kafka.before_upload",
     "kafka.after_upload_before_commit",
     "kafka.after_commit_before_offset_commit",
+    "log_exporter.after_ack_before_checkpoint",
 ];
 
 struct Plan {

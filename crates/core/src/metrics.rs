@@ -62,6 +62,15 @@ pub struct WatermarkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExporterLabels {
+    /// `dumps`, or the name of a log stream, or `landing`
+    pub stream: String,
+    /// dumps: shipped | superseded | failed; logs: shipped | recovered | lost_deleted;
+    /// landing: mirrored
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BridgeLabels {
     /// kafka2prom: updated | older_dropped | evicted | expired | dropped_oldest | invalid_dump |
     /// invalid_line
@@ -94,6 +103,7 @@ pub struct Metrics {
     pub watermark: Family<WatermarkLabels, Gauge>,
     pub bridge_samples: Family<BridgeLabels, Counter>,
     pub bridge_series: Gauge,
+    pub exporter_records: Family<ExporterLabels, Counter>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
     status_counters: Mutex<BTreeMap<(String, String, String, String), u64>>,
 }
@@ -191,6 +201,12 @@ impl Metrics {
             );
             let bridge_series = Gauge::default();
             registry.register("kafka2prom_series", "kafka2prom: series exposed by this member", bridge_series.clone());
+            let exporter_records = Family::<ExporterLabels, Counter>::default();
+            registry.register(
+                "log_exporter_records",
+                "log-exporter: metric dumps, log lines and landing files by stream and outcome",
+                exporter_records.clone(),
+            );
             Metrics {
                 registry: Mutex::new(registry),
                 rows,
@@ -211,6 +227,7 @@ impl Metrics {
                 watermark,
                 bridge_samples,
                 bridge_series,
+                exporter_records,
                 status_counters: Mutex::new(BTreeMap::new()),
             }
         })
@@ -385,6 +402,16 @@ pub fn landing_discovery(region: &str, source: &str, recent: u64) {
 pub fn bridge(outcome: &str, n: u64) {
     if n > 0 {
         Metrics::global().bridge_samples.get_or_create(&BridgeLabels { outcome: outcome.into() }).inc_by(n);
+    }
+}
+
+/// log-exporter: `n` records of `stream` with `outcome`.
+pub fn exporter(stream: &str, outcome: &str, n: u64) {
+    if n > 0 {
+        Metrics::global()
+            .exporter_records
+            .get_or_create(&ExporterLabels { stream: stream.into(), outcome: outcome.into() })
+            .inc_by(n);
     }
 }
 

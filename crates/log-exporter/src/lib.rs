@@ -1,6 +1,11 @@
-//! log-exporter (issue #11), the metric-dump half: ships the dumps every service writes to
-//! `metrics.dump_dir` to Kafka for kafka2prom.
+//! log-exporter (issue #11). Three jobs, each optional, in one process:
+//! - **metric dumps** (this file): ships the dumps every service writes to `metrics.dump_dir` to
+//!   Kafka for kafka2prom;
+//! - **log streams** ([`logs`], [`tail`]): tails files matched by globs, rotation-safe, exactly
+//!   once, never dropping a line;
+//! - **dual landing zones** ([`landing`]): copies every landing file of a spool into two zones.
 //!
+//! Metric dumps:
 //! Every `log_exporter.poll_interval_ms` each `<instance>.prom` of the folder is read; a dump
 //! newer than the last one shipped from that file (by the timestamp in its header) is produced as
 //! one message keyed by its instance — so every value of an instance's series lands in one
@@ -9,6 +14,10 @@
 //! recorded in the state file (written atomically), so a restart neither resends nor skips a dump.
 //! During a broker outage only the newest dump of each file is held (the file itself is replaced
 //! in place): older ones are superseded, counted, never queued without bound.
+
+pub mod landing;
+pub mod logs;
+pub mod tail;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
@@ -80,13 +89,57 @@ pub fn due(dir: &Path, state: &State) -> Result<(Vec<Due>, NotDumps)> {
     Ok((out, bad))
 }
 
-/// Runs the exporter until `shutdown`.
+/// Runs every configured job of the exporter until `shutdown`; the first failing job stops all.
 pub async fn run(cfg: Arc<Config>, shutdown: Shutdown) -> Result<()> {
     let c = &cfg.log_exporter;
-    let dir = PathBuf::from(if c.dumps_dir.is_empty() { &cfg.metrics.dump_dir } else { &c.dumps_dir });
-    if dir.as_os_str().is_empty() {
-        return Err(Error::user("log_exporter.dumps_dir (or metrics.dump_dir) is empty: nothing to ship"));
+    let dumps = if c.dumps_dir.is_empty() { &cfg.metrics.dump_dir } else { &c.dumps_dir };
+    let mut jobs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>> = Vec::new();
+    if !dumps.is_empty() {
+        jobs.push(Box::pin(run_dumps(cfg.clone(), PathBuf::from(dumps), shutdown.clone())));
     }
+    for s in &c.logs {
+        jobs.push(Box::pin(logs::run_stream(cfg.clone(), s.clone(), shutdown.clone())));
+    }
+    if !c.landing_spool.is_empty() {
+        jobs.push(Box::pin(run_landing(cfg.clone(), shutdown.clone())));
+    }
+    if jobs.is_empty() {
+        return Err(Error::user(
+            "log-exporter has nothing to do: set log_exporter.dumps_dir (or metrics.dump_dir), log_exporter.logs or log_exporter.landing_spool",
+        ));
+    }
+    let (first, _, rest) = futures::future::select_all(jobs.into_iter().map(tokio::spawn)).await;
+    let r = first.map_err(|e| Error::internal(format!("log-exporter job: {e}"))).and_then(|r| r);
+    shutdown.trigger();
+    for j in rest {
+        let _ = j.await;
+    }
+    r
+}
+
+async fn run_landing(cfg: Arc<Config>, shutdown: Shutdown) -> Result<()> {
+    let c = &cfg.log_exporter;
+    if c.landing_zones.len() < 2 {
+        return Err(Error::user("log_exporter.landing_zones needs two zones (the primary's and the secondary's)"));
+    }
+    let spool = PathBuf::from(&c.landing_spool);
+    let zones: Vec<PathBuf> = c.landing_zones.iter().map(PathBuf::from).collect();
+    tracing::info!(spool = %spool.display(), zones = ?zones, "log-exporter mirroring landing files");
+    loop {
+        let (s, z) = (spool.clone(), zones.clone());
+        let m = tokio::task::spawn_blocking(move || landing::mirror_once(&s, &z))
+            .await
+            .map_err(|e| Error::internal(format!("landing task: {e}")))??;
+        tributary_core::metrics::exporter("landing", "mirrored", m.files.len() as u64);
+        tributary_core::metrics::exporter("landing", "conflict", m.conflicts.len() as u64);
+        if shutdown.sleep(Duration::from_millis(c.poll_interval_ms)).await {
+            return Ok(());
+        }
+    }
+}
+
+async fn run_dumps(cfg: Arc<Config>, dir: PathBuf, shutdown: Shutdown) -> Result<()> {
+    let c = &cfg.log_exporter;
     let state_path =
         if c.state_file.is_empty() { dir.join(".log-exporter.state.json") } else { PathBuf::from(&c.state_file) };
     let mut state = load_state(&state_path)?;
@@ -115,7 +168,7 @@ pub async fn run(cfg: Arc<Config>, shutdown: Shutdown) -> Result<()> {
             if let Some(old) = failed.get(&d.file)
                 && *old < d.timestamp_ms
             {
-                tributary_core::metrics::bridge("dump_superseded", 1);
+                tributary_core::metrics::exporter("dumps", "superseded", 1);
                 failed.remove(&d.file);
             }
             let rec = FutureRecord::to(&topic).key(&d.instance).payload(&d.body);
@@ -123,7 +176,7 @@ pub async fn run(cfg: Arc<Config>, shutdown: Shutdown) -> Result<()> {
                 Ok(_) => {
                     state.insert(d.file.clone(), d.timestamp_ms);
                     failed.remove(&d.file);
-                    tributary_core::metrics::bridge("dump_shipped", 1);
+                    tributary_core::metrics::exporter("dumps", "shipped", 1);
                     changed = true;
                 }
                 Err((e, _)) => {

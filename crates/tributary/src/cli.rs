@@ -225,7 +225,8 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// log-exporter: ships the metric dumps of a folder to Kafka (keyed by instance) for kafka2prom.
+    /// log-exporter: ships metric dumps (keyed by instance) and log files (rotation-safe, exactly
+    /// once) to Kafka, and mirrors landing files into two zones (`log_exporter.*` settings).
     LogExporter {
         #[command(flatten)]
         common: Common,
