@@ -15,9 +15,22 @@ const INSTANCES: usize = 8;
 struct Member {
     child: Child,
     port: u16,
+    /// The admin HTTP port: the member's own `/metrics` (its counters).
+    admin: u16,
 }
 
 fn member(p: &Pipeline, broker: &str, name: &str, log: &std::path::Path, port: u16) -> Member {
+    member_with(p, broker, name, log, port, &[])
+}
+
+fn member_with(
+    p: &Pipeline,
+    broker: &str,
+    name: &str,
+    log: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Member {
     let admin = free_port();
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log.join(format!("{name}.log"))).unwrap();
     let child = p
@@ -31,16 +44,17 @@ fn member(p: &Pipeline, broker: &str, name: &str, log: &std::path::Path, port: u
         .env("TRIBUTARY__KAFKA__BROKERS", broker)
         .env("TRIBUTARY__KAFKA2PROM__COMMIT_INTERVAL_MS", "200")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    Member { child, port }
+    Member { child, port, admin }
 }
 
 fn dump(instance: &str, seq: u64, ts_ms: i64) -> String {
     let text = format!(
-        "# TYPE bridge_test_seq counter\nbridge_test_seq_total{{job=\"it\"}} {seq}\n# TYPE bridge_test_latency_seconds histogram\nbridge_test_latency_seconds_bucket{{le=\"0.1\"}} {seq}\nbridge_test_latency_seconds_bucket{{le=\"+Inf\"}} {}\nbridge_test_latency_seconds_sum {}.5\nbridge_test_latency_seconds_count {}\n# EOF\n",
+        "# HELP bridge_test_seq Dumps sent.\n# TYPE bridge_test_seq counter\nbridge_test_seq_total{{job=\"it\"}} {seq}\n# HELP bridge_test_latency_seconds Latency.\n# TYPE bridge_test_latency_seconds histogram\nbridge_test_latency_seconds_bucket{{le=\"0.1\"}} {seq}\nbridge_test_latency_seconds_bucket{{le=\"+Inf\"}} {}\nbridge_test_latency_seconds_sum {}.5\nbridge_test_latency_seconds_count {}\n# EOF\n",
         seq * 2,
         seq,
         seq * 2
@@ -213,7 +227,9 @@ async fn a_services_metric_dumps_reach_kafka2prom_through_the_log_exporter() {
     loop {
         let (_, body) = http_get(k2p.port, "/metrics").unwrap_or_default();
         if body.lines().any(|l| l.starts_with("tributary_rows_total{") && l.contains("instance=\"bronze-0\"")) {
-            assert!(body.contains("# TYPE tributary_rows counter"), "{body}");
+            // Prometheus text format: the counter family is named like its sample.
+            assert!(body.contains("# TYPE tributary_rows_total counter"), "{body}");
+            promtool_check(&body);
             break;
         }
         assert!(
@@ -249,4 +265,189 @@ async fn a_services_metric_dumps_reach_kafka2prom_through_the_log_exporter() {
 
 fn log_exporter_state(path: &std::path::Path) -> BTreeMap<String, i64> {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// A member's own counter `tributary_kafka2prom_samples_total{outcome=...}` (0 if absent).
+fn outcome(m: &Member, outcome: &str) -> u64 {
+    let (_, body) = http_get(m.admin, "/metrics").unwrap_or_default();
+    let needle = format!("tributary_kafka2prom_samples_total{{outcome=\"{outcome}\"}} ");
+    body.lines().find_map(|l| l.strip_prefix(&needle)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+/// The value of `bridge_test_seq_total` exposed for each instance.
+fn exposed_seq(port: u16) -> BTreeMap<String, u64> {
+    let (_, body) = http_get(port, "/metrics").unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("bridge_test_seq_total{"))
+        .filter_map(|l| {
+            let inst = l.split("instance=\"").nth(1)?.split('"').next()?.to_string();
+            let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((inst, v as u64))
+        })
+        .collect()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for d in it.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `promtool check metrics` on an exposed page (Prometheus' own linter).
+fn promtool_check(page: &str) {
+    use std::io::Write;
+    let promtool = prometheus_bin().with_file_name("promtool");
+    let mut c = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", promtool.display()));
+    c.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed: {}{}\n{page}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Noisy neighbours, emergency mode, invalid input and restart from committed offsets, on one
+/// member: partition 0 is made slow (1.5 s per dump, an injected fault) while its instance
+/// dumps 4 times a second; the other partitions' dumps stay visible within a second or two; the
+/// slow partition drops its oldest dumps (counted) so its newest value gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_partition_neither_delays_the_others_nor_falls_behind_forever() {
+    let (dir, broker, p, kcfg) = setup().await;
+    let env = [
+        ("TRIBUTARY_FAULT", "kafka2prom.apply.p0:slow1500"),
+        ("TRIBUTARY__KAFKA2PROM__QUEUE_CAPACITY", "2"),
+        ("TRIBUTARY__KAFKA2PROM__EMERGENCY_AGE_SECS", "3"),
+    ];
+    let mut m = member_with(&p, &broker.addr(), "m", dir.path(), free_port(), &env);
+    let producer: FutureProducer =
+        tributary_kafka::client_config(&kcfg).unwrap().set("acks", "1").set("linger.ms", "2").create().unwrap();
+    let send = |inst: String, part: i32, body: Vec<u8>| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(FutureRecord::to(TOPIC).key(&inst).partition(part).payload(&body), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+    };
+    // Wait for the assignment (a first dump of every instance is visible).
+    let quiet = ["q1", "q2", "q3"];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (i, q) in quiet.iter().enumerate() {
+            send(q.to_string(), i as i32 + 1, dump(q, 0, tributary_core::now_ms()).into_bytes()).await;
+        }
+        if exposed_seq(m.port).len() == quiet.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the member never exposed the first dumps");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // 12 s of traffic: the noisy instance on partition 0 every 250 ms, the quiet ones every
+    // 500 ms; the test scrapes every 100 ms and records when each quiet dump became visible.
+    let rounds = 48u64;
+    let mut sent_at: BTreeMap<(String, u64), Instant> = BTreeMap::new();
+    let mut seen_at: BTreeMap<(String, u64), Instant> = BTreeMap::new();
+    let mut noisy_max = 0u64;
+    for seq in 1..=rounds {
+        send("noisy".into(), 0, dump("noisy", seq, tributary_core::now_ms()).into_bytes()).await;
+        if seq % 2 == 0 {
+            for (i, q) in quiet.iter().enumerate() {
+                send(q.to_string(), i as i32 + 1, dump(q, seq, tributary_core::now_ms()).into_bytes()).await;
+                sent_at.insert((q.to_string(), seq), Instant::now());
+            }
+        }
+        for _ in 0..2 {
+            for (inst, v) in exposed_seq(m.port) {
+                if inst == "noisy" {
+                    noisy_max = noisy_max.max(v);
+                }
+                seen_at.entry((inst, v)).or_insert_with(Instant::now);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut lat: Vec<Duration> = sent_at
+        .iter()
+        .filter_map(|(k, t)| seen_at.get(k).map(|s| s.saturating_duration_since(*t)))
+        .collect();
+    lat.sort();
+    assert!(lat.len() >= sent_at.len() - quiet.len(), "quiet dumps seen: {} of {}", lat.len(), sent_at.len());
+    let p99 = lat[lat.len() * 99 / 100 - 1];
+    eprintln!("quiet partitions dump→exposed: p50 {:?} p99 {:?}; noisy exposed up to {noisy_max} of {rounds} meanwhile",
+        lat[lat.len() / 2], p99);
+    assert!(p99 < Duration::from_secs(2), "a slow partition delayed the others: p99 {p99:?}");
+    assert!(noisy_max < rounds, "the slow partition was behind when the traffic stopped ({noisy_max})");
+    // Emergency mode: the oldest dumps were dropped, so the newest one arrives within a few
+    // processing slots instead of after the whole backlog (48 × 1.5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while exposed_seq(m.port).get("noisy") != Some(&rounds) {
+        assert!(Instant::now() < deadline, "the newest noisy dump never got through: {:?}", exposed_seq(m.port));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(outcome(&m, "dropped_oldest") > 0, "emergency mode dropped nothing");
+
+    // Invalid input on partition 1: not a dump at all, and a dump with one broken line.
+    send("junk".into(), 1, b"\x00\xffnot a dump".to_vec()).await;
+    let broken = tributary_core::metrics_dump::render(
+        "q1",
+        tributary_core::now_ms(),
+        "# TYPE bridge_test_seq counter\nbridge_test_seq_total{job=\"it\"} 1000\nbroken{ 1\n# EOF\n",
+    );
+    send("q1".into(), 1, broken.into_bytes()).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while exposed_seq(m.port).get("q1") != Some(&1000) {
+        assert!(Instant::now() < deadline, "the valid part of the broken dump was not exposed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(outcome(&m, "invalid_dump"), 1);
+    assert_eq!(outcome(&m, "invalid_line"), 1);
+    let log = strip_ansi(&std::fs::read_to_string(dir.path().join("m.log")).unwrap());
+    let junk = log.lines().find(|l| l.contains("not a metric dump")).unwrap_or_else(|| panic!("not logged:\n{log}"));
+    assert!(junk.contains("partition=1") && junk.contains("offset="), "logged with its partition and offset: {junk}");
+
+    // Every exposed page passes Prometheus' own linter.
+    let (_, page) = http_get(m.port, "/metrics").unwrap();
+    promtool_check(&page);
+
+    // Restart: the member leaves (committing what it exposed); a new one starts from there and
+    // re-reads nothing.
+    stop(&mut m.child);
+    let ends: Vec<(String, i32)> = (0..4).map(|p| (TOPIC.to_string(), p)).collect();
+    let committed = group_offsets(&broker.addr(), "tributary-kafka2prom", &ends).unwrap();
+    let mut n = member(&p, &broker.addr(), "n", dir.path(), free_port());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(outcome(&n, "updated"), 0, "a restarted member re-read exposed dumps (committed {committed:?})");
+    for (i, q) in quiet.iter().enumerate() {
+        send(q.to_string(), i as i32 + 1, dump(q, 2000, tributary_core::now_ms()).into_bytes()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exposed_seq(n.port).values().filter(|v| **v == 2000).count() < quiet.len() {
+        assert!(Instant::now() < deadline, "the new member did not expose new dumps: {:?}", exposed_seq(n.port));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(outcome(&n, "updated"), 5 * quiet.len() as u64, "exactly the new dumps' samples");
+    let (_, page) = http_get(n.port, "/metrics").unwrap();
+    promtool_check(&page);
+    stop(&mut n.child);
 }

@@ -5,6 +5,8 @@
 //! through `fault::check("<point>")` return an error (a failed batch, not a crash), at the points
 //! that can fail a batch: the `*.after_upload_before_commit` points, `kafka.before_upload` and
 //! `log_exporter.after_ack_before_checkpoint` (there: as if a delivery had failed).
+//! `<point>:slow<ms>` stalls every pass through `fault::slow("<point>")` (a slow partition
+//! for kafka2prom's isolation test: `kafka2prom.apply.p<N>`).
 //! Several points may be given, comma separated. Without the variable a point costs one relaxed
 //! atomic load.
 
@@ -37,6 +39,8 @@ pub const POINTS: &[&str] = &[
 struct Plan {
     /// point -> (hit that fires, fail with an error instead of SIGKILL)
     targets: HashMap<String, (u64, bool)>,
+    /// point -> delay on every pass (`<point>:slow<ms>`)
+    slow: HashMap<String, std::time::Duration>,
     hits: Mutex<HashMap<String, u64>>,
 }
 
@@ -48,24 +52,38 @@ fn plan() -> &'static Option<Plan> {
     PLAN.get_or_init(|| {
         let spec = std::env::var("TRIBUTARY_FAULT").ok()?;
         let mut targets = HashMap::new();
+        let mut slow = HashMap::new();
         for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let mut it = part.split(':');
             let name = it.next().unwrap_or_default();
+            if let Some(ms) = part.rsplit(':').next().and_then(|m| m.strip_prefix("slow")).and_then(|m| m.parse().ok()) {
+                slow.insert(name.to_string(), std::time::Duration::from_millis(ms));
+                continue;
+            }
             let n = it.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(1).max(1);
             let error = it.next() == Some("error");
             targets.insert(name.to_string(), (n, error));
         }
-        if targets.is_empty() {
+        if targets.is_empty() && slow.is_empty() {
             ENABLED.store(false, Ordering::Relaxed);
             return None;
         }
-        Some(Plan { targets, hits: Mutex::new(HashMap::new()) })
+        Some(Plan { targets, slow, hits: Mutex::new(HashMap::new()) })
     })
 }
 
 /// Marks a named crash point. Kills the process with SIGKILL when the plan says so.
 pub fn point(name: &str) {
     let _ = check(name);
+}
+
+/// A slow point: how long to stall at `name` when the plan says `<name>:slow<ms>` (a slow
+/// consumer or disk for isolation tests), else nothing.
+pub fn slow(name: &str) -> Option<std::time::Duration> {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    plan().as_ref()?.slow.get(name).copied()
 }
 
 /// A crash point that can also fail: SIGKILL as `point`, or an error when the plan marks the

@@ -128,6 +128,9 @@ impl ConsumerContext for Ctx {
 
 /// Applies one dump of partition `p` (assignment `generation`) at `offset`.
 fn process(shared: &Shared, p: i32, generation: u64, m: &Queued) {
+    if let Some(d) = tributary_core::fault::slow(&format!("kafka2prom.apply.p{p}")) {
+        std::thread::sleep(d);
+    }
     let now = tributary_core::now_ms();
     let (header, body) = match tributary_core::metrics_dump::split(&m.payload) {
         Ok(x) => x,

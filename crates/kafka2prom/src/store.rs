@@ -59,7 +59,9 @@ impl Store {
     pub fn apply(&mut self, partition: i32, instance: &str, dump_ts_ms: i64, e: &Exposition, now_ms: i64) -> Applied {
         let mut out = Applied::default();
         for f in &e.families {
-            self.families.insert(f.name.clone(), f.clone());
+            // A dump without HELP keeps the help text an earlier dump gave.
+            let help = f.help.clone().or_else(|| self.families.get(&f.name).and_then(|o| o.help.clone()));
+            self.families.insert(f.name.clone(), Family { help, ..f.clone() });
         }
         let series = self.partitions.entry(partition).or_default();
         for s in &e.samples {
@@ -174,7 +176,8 @@ mod tests {
         assert_eq!(s.series(), 1);
         let text = s.render(false);
         assert!(text.contains("rows_total{stage=\"bronze\",instance=\"pod-b\"} 5.0"), "{text}");
-        assert!(text.starts_with("# TYPE rows counter\n"), "{text}");
+        // The Prometheus text format names the counter family like its sample.
+        assert!(text.starts_with("# TYPE rows_total counter\n"), "{text}");
     }
 
     #[test]

@@ -462,8 +462,16 @@ pub fn render_sample(out: &mut String, s: &Sample, with_timestamp: bool) {
 
 /// `# HELP` and `# TYPE` lines of a family in the Prometheus text format.
 pub fn render_family_header(out: &mut String, f: &Family) {
+    // In the Prometheus text format a counter's family is named like its sample (`x_total`);
+    // OpenMetrics names it without the suffix. Written the OpenMetrics way, Prometheus would
+    // take `x_total` for an untyped metric without help.
+    let name = if f.kind == MetricType::Counter && !f.name.ends_with("_total") {
+        std::borrow::Cow::Owned(format!("{}_total", f.name))
+    } else {
+        std::borrow::Cow::Borrowed(f.name.as_str())
+    };
     if let Some(h) = &f.help {
-        let _ = write!(out, "# HELP {} ", f.name);
+        let _ = write!(out, "# HELP {name} ");
         for c in h.chars() {
             match c {
                 '\\' => out.push_str("\\\\"),
@@ -473,7 +481,7 @@ pub fn render_family_header(out: &mut String, f: &Family) {
         }
         out.push('\n');
     }
-    let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.prometheus_name());
+    let _ = writeln!(out, "# TYPE {name} {}", f.kind.prometheus_name());
 }
 
 /// A whole exposition in the Prometheus text format: each family's header, then its samples
