@@ -98,6 +98,7 @@ struct Stream {
     producer: FutureProducer,
     partitions: i32,
     instance: String,
+    shutdown: Shutdown,
 }
 
 impl Stream {
@@ -125,7 +126,7 @@ impl Stream {
             let from = self.tailer.state.partitions.get(&p).copied().unwrap_or(0);
             let (cfg, topic) = (self.cfg.clone(), self.s.topic.clone());
             let (mut counts, high) =
-                retry(&self.s.name, "reading back the log topic", move || count_keys(&cfg, &topic, p, from)).await?;
+                retry(&self.s.name, &self.shutdown, "reading back the log topic", move || count_keys(&cfg, &topic, p, from)).await?;
             let mine: Vec<&tail::Inflight> = inflight
                 .iter()
                 .filter(|r| self.tailer.state.files.get(&r.id).is_some_and(|t| t.partition == p))
@@ -162,7 +163,7 @@ impl Stream {
                 continue;
             }
             let (producer, topic) = (self.producer.clone(), self.s.topic.clone());
-            let high = retry(&self.s.name, "reading the log partition's end", move || {
+            let high = retry(&self.s.name, &self.shutdown, "reading the log partition's end", move || {
                 producer
                     .client()
                     .fetch_watermarks(&topic, p, Duration::from_secs(30))
@@ -215,7 +216,13 @@ impl Stream {
         for (c, p, futs) in pending {
             let mut ok = true;
             for f in futs {
-                match f.await {
+                // No delivery timeout: during an outage this waits, until a shutdown (the
+                // in-flight record in the checkpoint settles the round at the next start).
+                let r = tokio::select! {
+                    r = f => r,
+                    _ = self.shutdown.wait() => return Ok(false),
+                };
+                match r {
                     Ok(Ok(d)) => {
                         let e = next.entry(p).or_insert(0);
                         *e = (*e).max(d.offset + 1);
@@ -260,6 +267,7 @@ impl Stream {
 /// wait in their files.
 async fn retry<T: Send + 'static>(
     stream: &str,
+    shutdown: &Shutdown,
     what: &str,
     f: impl Fn() -> Result<T> + Send + Sync + 'static,
 ) -> Result<T> {
@@ -270,7 +278,9 @@ async fn retry<T: Send + 'static>(
             Ok(v) => return Ok(v),
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                if shutdown.sleep(Duration::from_secs(2)).await {
+                    return Err(Error::external(format!("{what}: stopped while the broker was unreachable")));
+                }
             }
         }
     }
@@ -324,11 +334,22 @@ pub async fn run_stream(cfg: Arc<Config>, s: LogStreamConfig, shutdown: Shutdown
     };
     let tailer = Tailer::new(s.paths.clone(), tail::load(&state_path)?);
     let instance = tributary_core::metrics_dump::instance_name(&cfg.metrics.instance, "log-exporter");
-    let mut st = Stream { cfg: cfg.clone(), s: s.clone(), state_path, tailer, producer, partitions, instance };
+    let mut st = Stream {
+        cfg: cfg.clone(),
+        s: s.clone(),
+        state_path,
+        tailer,
+        producer,
+        partitions,
+        instance,
+        shutdown: shutdown.clone(),
+    };
     // The files of in-flight runs must be open to be read again: scan first.
     let n = st.partitions;
     st.tailer.scan(tributary_core::now_ms(), &|k| partition_for(k, n))?;
-    st.recover().await?;
+    if let Err(e) = st.recover().await {
+        return if shutdown.is_triggered() { Ok(()) } else { Err(e) };
+    }
     tracing::info!(stream = %s.name, topic = %s.topic, paths = ?s.paths, acks = %s.acks, idempotent, "log-exporter tailing");
     let max = (s.max_batch_kbytes.max(1) * 1024) as usize;
     while !shutdown.is_triggered() {
@@ -373,7 +394,14 @@ pub async fn run_stream(cfg: Arc<Config>, s: LogStreamConfig, shutdown: Shutdown
                 None => {}
             }
         }
-        let shipped = !chunks.is_empty() && st.ship(&chunks).await?;
+        let shipped = match chunks.is_empty() {
+            true => false,
+            false => match st.ship(&chunks).await {
+                Ok(x) => x,
+                Err(_) if shutdown.is_triggered() => break,
+                Err(e) => return Err(e),
+            },
+        };
         st.tailer.close_finished(now);
         if !shipped && shutdown.sleep(Duration::from_millis(cfg.log_exporter.poll_interval_ms)).await {
             break;

@@ -291,6 +291,25 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         slices: u32,
     },
+    /// Benchmark helper (scripts/bench_bridge.py): produces one round of metric dumps for
+    /// kafka2prom — `instances` dumps of `series` gauges each, keyed by instance — and prints
+    /// `round <r> sent <n> dumps <samples> samples <bytes> bytes in <s>s`.
+    BenchBridgeProduce {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value = "tributary.metrics")]
+        topic: String,
+        #[arg(long, default_value_t = 100)]
+        instances: u32,
+        /// Series per instance.
+        #[arg(long, default_value_t = 10_000)]
+        series: u32,
+        /// Round number: every sample's value (a later round's dumps are newer).
+        #[arg(long, default_value_t = 1)]
+        round: u64,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
     /// Benchmark: one landing poll with N files already ingested (incremental discovery vs. a
     /// full listing and a set of every name).
     BenchDiscovery {
@@ -505,6 +524,17 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Cmd::BenchBridgeProduce { brokers, topic, instances, series, round, partitions } => {
+            match runtime().block_on(crate::report::bench_bridge_produce(
+                &brokers, &topic, instances, series, round, partitions,
+            )) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
         Cmd::BenchKafkaCeiling { common, timeout_secs } => {
             let cfg = match common.load() {
                 Ok(c) => c,

@@ -480,3 +480,65 @@ pub async fn bench_discovery(dir: &str, files: u64) -> Result<()> {
 fn frontier_of<'a>(file: &'a std::path::Path, root: &std::path::Path) -> &'a str {
     file.strip_prefix(root).ok().and_then(|p| p.to_str()).unwrap_or_default()
 }
+
+/// The text of one bench dump body (Prometheus text, valid as OpenMetrics with `# EOF`): `series`
+/// gauges `bench_bridge_value{shard,series}` whose value is the round.
+pub fn bench_bridge_body(series: u32, round: u64, eof: bool) -> String {
+    use std::fmt::Write;
+    let mut t = String::with_capacity(series as usize * 48 + 128);
+    t.push_str("# HELP bench_bridge_value A benchmark gauge.\n# TYPE bench_bridge_value gauge\n");
+    for k in 0..series {
+        let _ = writeln!(t, "bench_bridge_value{{shard=\"{}\",series=\"s{k}\"}} {round}", k % 16);
+    }
+    if eof {
+        t.push_str("# EOF\n");
+    }
+    t
+}
+
+/// One round of the kafka2prom benchmark's dumps, produced and acknowledged (acks=1).
+pub async fn bench_bridge_produce(
+    brokers: &str,
+    topic: &str,
+    instances: u32,
+    series: u32,
+    round: u64,
+    partitions: i32,
+) -> tributary_core::Result<String> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let k = tributary_core::config::KafkaConfig { brokers: brokers.to_string(), ..Default::default() };
+    tributary_kafka::ensure_topics(&k, &[(topic.to_string(), partitions)]).await?;
+    let producer: FutureProducer = tributary_kafka::client_config(&k)?
+        .set("acks", "1")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "16000000")
+        .create()
+        .map_err(|e| tributary_core::Error::external("creating the bench producer").with_source(e))?;
+    let body = bench_bridge_body(series, round, true);
+    let t0 = std::time::Instant::now();
+    let mut bytes = 0usize;
+    let mut pending = Vec::new();
+    for i in 0..instances {
+        let inst = format!("bench-{i}");
+        let msg = tributary_core::metrics_dump::render(&inst, tributary_core::now_ms(), &body);
+        bytes += msg.len();
+        let p = producer.clone();
+        let topic = topic.to_string();
+        pending.push(tokio::spawn(async move {
+            p.send(FutureRecord::to(&topic).key(&inst).payload(&msg), std::time::Duration::from_secs(60))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }));
+    }
+    for f in pending {
+        f.await
+            .map_err(|e| tributary_core::Error::internal(format!("send task: {e}")))?
+            .map_err(|e| tributary_core::Error::external("producing a bench dump").with_source(e))?;
+    }
+    Ok(format!(
+        "round {round} sent {instances} dumps {} samples {bytes} bytes in {:.3}s",
+        instances as u64 * series as u64,
+        t0.elapsed().as_secs_f64()
+    ))
+}
