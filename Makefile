@@ -91,13 +91,18 @@ fuzz: ## Fuzz the event decoder, the exact-decimal parser, the line splitter and
 	done
 
 .PHONY: bench
-bench: test-deps ## Release load harness: files vs polars baseline, per-stage cost, e2e, Kafka vs broker ceiling, dedup
+bench: test-deps ## Release load harness: files vs polars baseline, per-stage cost, e2e, Kafka vs broker ceiling, dedup, kafka2prom vs pushgateway
 	$(CARGO) build --release -p tributary
 	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --python $(PYTHON) --events $${BENCH_EVENTS:-25000}
 	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
 	./target/release/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 	./target/release/tributary bench-discovery --dir .cache/bench-discovery --files $${DISCOVERY_FILES:-1000000}
 	./target/release/tributary bench-bloom --keys $${BLOOM_KEYS:-100000000} --mb 32
+	@if ! command -v prometheus-pushgateway >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-pushgateway) >/dev/null 2>&1 \
+	    || echo "note: could not install prometheus-pushgateway (the bridge baseline)"; \
+	  (systemctl stop prometheus-pushgateway || pkill -f /usr/bin/prometheus-pushgateway) >/dev/null 2>&1 || true; fi
+	$(PYTHON) scripts/bench_bridge.py --bin ./target/release/tributary --tansu $(TANSU) --instances 100 --series $${BRIDGE_SERIES:-10000} --rounds 3
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied

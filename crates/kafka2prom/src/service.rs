@@ -147,11 +147,12 @@ fn process(shared: &Shared, p: i32, generation: u64, m: &Queued) {
         tracing::warn!(topic = %shared.topic, partition = p, offset = m.offset, instance = %header.instance,
             line = first.line, error = %first.message, errors = e.errors.len(), "invalid lines in a metric dump (skipped, the rest kept)");
     }
+    let prepared = crate::store::prepare(&header.instance, e);
     let mut st = lock(&shared.state);
     if st.owned.get(&p) != Some(&generation) {
         return; // revoked meanwhile: never exposed
     }
-    let applied = st.store.apply(p, &header.instance, header.timestamp_ms, &e, now);
+    let applied = st.store.apply_prepared(p, header.timestamp_ms, prepared, now);
     st.exposed.insert(p, m.offset);
     tributary_core::metrics::Metrics::global().bridge_series.set(st.store.series() as i64);
     drop(st);
@@ -249,7 +250,8 @@ pub async fn run(cfg: Arc<Config>, shutdown: Shutdown) -> Result<()> {
             commit_exposed(&shared, &consumer, CommitMode::Async);
             last_commit = std::time::Instant::now();
         }
-        if last_expire.elapsed() >= Duration::from_secs(1) {
+        // A pass over every series: every tenth of the TTL (1–30 s), not more often.
+        if last_expire.elapsed() >= Duration::from_secs((k.ttl_secs / 10).clamp(1, 30)) {
             let mut st = lock(&shared.state);
             let n = st.store.expire(tributary_core::now_ms(), k.ttl_secs as i64 * 1000);
             tributary_core::metrics::Metrics::global().bridge_series.set(st.store.series() as i64);

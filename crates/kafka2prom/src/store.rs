@@ -41,10 +41,31 @@ pub struct Counters {
     pub expired: u64,
 }
 
+/// A dump made ready for the store: each sample labelled with its instance and keyed by its
+/// series identity.
+pub struct Prepared {
+    pub families: Vec<Family>,
+    pub samples: Vec<(String, Sample)>,
+}
+
+/// The per-sample work of applying a dump, done before taking the store's lock.
+pub fn prepare(instance: &str, e: Exposition) -> Prepared {
+    let samples = e
+        .samples
+        .into_iter()
+        .map(|mut sample| {
+            sample.labels.retain(|(k, _)| k != "instance");
+            sample.labels.push(("instance".into(), instance.to_string()));
+            (sample.series_key(), sample)
+        })
+        .collect();
+    Prepared { families: e.families, samples }
+}
+
 #[derive(Debug, Default)]
 pub struct Store {
     /// partition -> series identity -> entry
-    partitions: HashMap<i32, BTreeMap<String, Entry>>,
+    partitions: HashMap<i32, HashMap<String, Entry>>,
     /// family name -> metadata (type, help) as last seen
     families: HashMap<String, Family>,
     pub counters: Counters,
@@ -57,26 +78,34 @@ impl Store {
 
     /// Applies one dump of `instance` taken at `dump_ts_ms`, read from `partition`.
     pub fn apply(&mut self, partition: i32, instance: &str, dump_ts_ms: i64, e: &Exposition, now_ms: i64) -> Applied {
+        self.apply_prepared(partition, dump_ts_ms, prepare(instance, e.clone()), now_ms)
+    }
+
+    /// The part of [`Store::apply`] that needs the store: map updates only (the caller holds the
+    /// lock scrapes wait on; the per-sample work is in [`prepare`]).
+    pub fn apply_prepared(&mut self, partition: i32, dump_ts_ms: i64, p: Prepared, now_ms: i64) -> Applied {
+        use std::collections::hash_map::Entry as Slot;
         let mut out = Applied::default();
-        for f in &e.families {
+        for f in p.families {
             // A dump without HELP keeps the help text an earlier dump gave.
             let help = f.help.clone().or_else(|| self.families.get(&f.name).and_then(|o| o.help.clone()));
-            self.families.insert(f.name.clone(), Family { help, ..f.clone() });
+            self.families.insert(f.name.clone(), Family { help, ..f });
         }
         let series = self.partitions.entry(partition).or_default();
-        for s in &e.samples {
-            let mut sample = s.clone();
-            sample.labels.retain(|(k, _)| k != "instance");
-            sample.labels.push(("instance".into(), instance.to_string()));
-            let key = sample.series_key();
-            if let Some(old) = series.get(&key)
-                && old.dump_ts_ms > dump_ts_ms
-            {
-                out.older_dropped += 1;
-                continue;
+        series.reserve(p.samples.len().saturating_sub(series.len()));
+        for (key, sample) in p.samples {
+            let entry = Entry { family: sample.family.clone(), sample, dump_ts_ms, seen_at_ms: now_ms };
+            match series.entry(key) {
+                Slot::Occupied(o) if o.get().dump_ts_ms > dump_ts_ms => out.older_dropped += 1,
+                Slot::Occupied(mut o) => {
+                    *o.get_mut() = entry;
+                    out.updated += 1;
+                }
+                Slot::Vacant(v) => {
+                    v.insert(entry);
+                    out.updated += 1;
+                }
             }
-            series.insert(key, Entry { family: s.family.clone(), sample, dump_ts_ms, seen_at_ms: now_ms });
-            out.updated += 1;
         }
         self.counters.updated += out.updated;
         self.counters.older_dropped += out.older_dropped;
@@ -114,13 +143,13 @@ impl Store {
     /// Every series in the Prometheus text format, grouped by family; with `timestamps`, each
     /// sample carries its dump's timestamp.
     pub fn render(&self, timestamps: bool) -> String {
-        let mut by_family: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
-        for e in self.partitions.values().flat_map(|m| m.values()) {
-            by_family.entry(e.family.as_str()).or_default().push(e);
+        let mut by_family: BTreeMap<&str, Vec<(&String, &Entry)>> = BTreeMap::new();
+        for (k, e) in self.partitions.values().flat_map(|m| m.iter()) {
+            by_family.entry(e.family.as_str()).or_default().push((k, e));
         }
         let mut out = String::new();
         for (name, mut entries) in by_family {
-            entries.sort_by_cached_key(|e| e.sample.series_key());
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let family = self.families.get(name).cloned().unwrap_or(Family {
                 name: name.to_string(),
                 kind: MetricType::Unknown,
@@ -128,7 +157,7 @@ impl Store {
                 unit: None,
             });
             tributary_promtext::render_family_header(&mut out, &family);
-            for e in entries {
+            for (_, e) in entries {
                 let mut s = e.sample.clone();
                 s.timestamp_ms = Some(e.dump_ts_ms);
                 tributary_promtext::render_sample(&mut out, &s, timestamps);
