@@ -387,15 +387,16 @@ async fn a_slow_partition_neither_delays_the_others_nor_falls_behind_forever() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let mut lat: Vec<Duration> = sent_at
-        .iter()
-        .filter_map(|(k, t)| seen_at.get(k).map(|s| s.saturating_duration_since(*t)))
-        .collect();
+    let mut lat: Vec<Duration> =
+        sent_at.iter().filter_map(|(k, t)| seen_at.get(k).map(|s| s.saturating_duration_since(*t))).collect();
     lat.sort();
     assert!(lat.len() >= sent_at.len() - quiet.len(), "quiet dumps seen: {} of {}", lat.len(), sent_at.len());
     let p99 = lat[lat.len() * 99 / 100 - 1];
-    eprintln!("quiet partitions dump→exposed: p50 {:?} p99 {:?}; noisy exposed up to {noisy_max} of {rounds} meanwhile",
-        lat[lat.len() / 2], p99);
+    eprintln!(
+        "quiet partitions dump→exposed: p50 {:?} p99 {:?}; noisy exposed up to {noisy_max} of {rounds} meanwhile",
+        lat[lat.len() / 2],
+        p99
+    );
     assert!(p99 < Duration::from_secs(2), "a slow partition delayed the others: p99 {p99:?}");
     assert!(noisy_max < rounds, "the slow partition was behind when the traffic stopped ({noisy_max})");
     // Emergency mode: the oldest dumps were dropped, so the newest one arrives within a few

@@ -98,7 +98,8 @@ async fn log_lines_survive_rotation_a_broker_outage_and_sigkill_exactly_once() {
     // The first run SIGKILLs itself between an acknowledged round and its checkpoint; the second
     // fails a round there instead (as if a delivery had failed): both must find the round in
     // Kafka instead of sending it again.
-    let faults = ["log_exporter.after_ack_before_checkpoint:12", "log_exporter.after_ack_before_checkpoint:8:error", ""];
+    let faults =
+        ["log_exporter.after_ack_before_checkpoint:12", "log_exporter.after_ack_before_checkpoint:8:error", ""];
     let runs = std::cell::Cell::new(0usize);
     let start = || -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&exporter_log).unwrap();
@@ -130,7 +131,8 @@ async fn log_lines_survive_rotation_a_broker_outage_and_sigkill_exactly_once() {
             for seq in 0..LINES {
                 let (f, name) = if seq % 3 == 0 { (&mut web, "web") } else { (&mut app, "app") };
                 // Lines of varied length, some with non-ASCII text and a tab.
-                writeln!(f, "{name} {seq:08} ts={} msg=\"café\tok\" {}", seq * 7, "x".repeat((seq % 97) as usize)).unwrap();
+                writeln!(f, "{name} {seq:08} ts={} msg=\"café\tok\" {}", seq * 7, "x".repeat((seq % 97) as usize))
+                    .unwrap();
                 match seq {
                     6_000 | 18_000 => {
                         // rename + create
@@ -192,11 +194,7 @@ async fn log_lines_survive_rotation_a_broker_outage_and_sigkill_exactly_once() {
         if n >= LINES {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{n} of {LINES} lines in Kafka\n{}",
-            ours(&exporter_log)
-        );
+        assert!(Instant::now() < deadline, "{n} of {LINES} lines in Kafka\n{}", ours(&exporter_log));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // SAFETY: signalling our own child.
@@ -231,7 +229,10 @@ async fn log_lines_survive_rotation_a_broker_outage_and_sigkill_exactly_once() {
     let log = String::from_utf8_lossy(&std::fs::read(&exporter_log).unwrap()).into_owned();
     assert!(log.contains("rotated (renamed)") && log.contains("copy-truncated"), "both rotations were seen:\n{log}");
     let recovered = log.matches("already in Kafka: not sent again").count();
-    assert!(recovered >= 2, "the crash and the failed round after an acknowledgement were recovered from Kafka ({recovered})");
+    assert!(
+        recovered >= 2,
+        "the crash and the failed round after an acknowledgement were recovered from Kafka ({recovered})"
+    );
     eprintln!("{recovered} in-flight runs found in Kafka at restarts");
     eprintln!(
         "{} lines exactly once after 2 SIGKILLs, a 4 s broker outage with a SIGTERM in it, 2 renames and a copytruncate",

@@ -88,7 +88,13 @@ pub struct LogStreamConfig {
 
 impl Default for LogStreamConfig {
     fn default() -> Self {
-        Self { name: String::new(), paths: Vec::new(), topic: String::new(), acks: "all".into(), max_batch_kbytes: 1024 }
+        Self {
+            name: String::new(),
+            paths: Vec::new(),
+            topic: String::new(),
+            acks: "all".into(),
+            max_batch_kbytes: 1024,
+        }
     }
 }
 

@@ -56,7 +56,8 @@ fn plan() -> &'static Option<Plan> {
         for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let mut it = part.split(':');
             let name = it.next().unwrap_or_default();
-            if let Some(ms) = part.rsplit(':').next().and_then(|m| m.strip_prefix("slow")).and_then(|m| m.parse().ok()) {
+            if let Some(ms) = part.rsplit(':').next().and_then(|m| m.strip_prefix("slow")).and_then(|m| m.parse().ok())
+            {
                 slow.insert(name.to_string(), std::time::Duration::from_millis(ms));
                 continue;
             }

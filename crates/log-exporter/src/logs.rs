@@ -36,7 +36,6 @@ use std::time::Duration;
 use tributary_core::config::LogStreamConfig;
 use tributary_core::{Config, Error, Result, Shutdown};
 
-
 /// FNV-1a: stable across versions and processes (the partition of a key must never change).
 pub fn partition_for(key: &str, partitions: i32) -> i32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -116,17 +115,17 @@ impl Stream {
         if inflight.is_empty() {
             return Ok(());
         }
-        let mut parts: Vec<i32> = inflight
-            .iter()
-            .filter_map(|r| self.tailer.state.files.get(&r.id).map(|t| t.partition))
-            .collect();
+        let mut parts: Vec<i32> =
+            inflight.iter().filter_map(|r| self.tailer.state.files.get(&r.id).map(|t| t.partition)).collect();
         parts.sort();
         parts.dedup();
         for p in parts {
             let from = self.tailer.state.partitions.get(&p).copied().unwrap_or(0);
             let (cfg, topic) = (self.cfg.clone(), self.s.topic.clone());
-            let (mut counts, high) =
-                retry(&self.s.name, &self.shutdown, "reading back the log topic", move || count_keys(&cfg, &topic, p, from)).await?;
+            let (mut counts, high) = retry(&self.s.name, &self.shutdown, "reading back the log topic", move || {
+                count_keys(&cfg, &topic, p, from)
+            })
+            .await?;
             let mine: Vec<&tail::Inflight> = inflight
                 .iter()
                 .filter(|r| self.tailer.state.files.get(&r.id).is_some_and(|t| t.partition == p))

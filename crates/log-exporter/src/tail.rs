@@ -207,9 +207,10 @@ impl Tailer {
         let ids: Vec<String> = self.state.files.keys().cloned().collect();
         for fid in &ids {
             let t = self.state.files.get(fid).expect("listed").clone();
-            let found = by_id.get(fid).cloned().or_else(|| {
-                Path::new(&t.path).parent().and_then(|d| Self::find_in(d, t.dev, t.ino))
-            });
+            let found = by_id
+                .get(fid)
+                .cloned()
+                .or_else(|| Path::new(&t.path).parent().and_then(|d| Self::find_in(d, t.dev, t.ino)));
             match found {
                 Some(p) => {
                     let ps = p.to_string_lossy().into_owned();
@@ -323,12 +324,8 @@ impl Tailer {
     /// Tracked files in shipping order: per key, files no longer at their path (rotated away)
     /// before the one that is.
     pub fn order(&self) -> Vec<String> {
-        let mut v: Vec<(&str, bool, &str)> = self
-            .state
-            .files
-            .iter()
-            .map(|(fid, t)| (t.key.as_str(), t.path == t.key, fid.as_str()))
-            .collect();
+        let mut v: Vec<(&str, bool, &str)> =
+            self.state.files.iter().map(|(fid, t)| (t.key.as_str(), t.path == t.key, fid.as_str())).collect();
         v.sort();
         v.into_iter().map(|x| x.2.to_string()).collect()
     }

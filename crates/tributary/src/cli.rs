@@ -525,9 +525,9 @@ pub fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Cmd::BenchBridgeProduce { brokers, topic, instances, series, round, partitions } => {
-            match runtime().block_on(crate::report::bench_bridge_produce(
-                &brokers, &topic, instances, series, round, partitions,
-            )) {
+            match runtime()
+                .block_on(crate::report::bench_bridge_produce(&brokers, &topic, instances, series, round, partitions))
+            {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS
