@@ -26,15 +26,9 @@ import tempfile
 import time
 import urllib.request
 
+from bench import free_port, pct  # same folder: scripts/
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_port(port, secs=30):
@@ -78,11 +72,6 @@ def body(series, rnd):
     lines = ["# HELP bench_bridge_value A benchmark gauge.", "# TYPE bench_bridge_value gauge"]
     lines += [f'bench_bridge_value{{shard="{k % 16}",series="s{k}"}} {rnd}' for k in range(series)]
     return ("\n".join(lines) + "\n").encode()
-
-
-def pct(v, p):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
 def main():

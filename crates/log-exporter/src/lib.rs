@@ -29,19 +29,24 @@ use tributary_core::{Config, Error, Result, Shutdown};
 /// What was shipped: dump file name -> timestamp of the last dump the broker acknowledged.
 pub type State = BTreeMap<String, i64>;
 
-pub fn load_state(path: &Path) -> Result<State> {
+/// Reads a JSON state file; a missing file is the default state.
+pub fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map_err(|e| Error::user(format!("corrupt log-exporter state {}", path.display())).with_source(e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(Error::external(format!("reading {}", path.display())).with_source(e)),
     }
 }
 
-pub fn save_state(path: &Path, s: &State) -> Result<()> {
+/// Writes a JSON state file atomically and durably: a temporary file, synced, renamed.
+pub fn save_json<T: serde::Serialize>(path: &Path, s: &T) -> Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(s).unwrap_or_default())
-        .map_err(|e| Error::external(format!("writing {}", tmp.display())).with_source(e))?;
+    let io = |e: std::io::Error| Error::external(format!("writing {}", tmp.display())).with_source(e);
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&serde_json::to_vec(s).unwrap_or_default()).map_err(io)?;
+    f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::external(format!("renaming {}", tmp.display())).with_source(e))
 }
 
@@ -142,7 +147,7 @@ async fn run_dumps(cfg: Arc<Config>, dir: PathBuf, shutdown: Shutdown) -> Result
     let c = &cfg.log_exporter;
     let state_path =
         if c.state_file.is_empty() { dir.join(".log-exporter.state.json") } else { PathBuf::from(&c.state_file) };
-    let mut state = load_state(&state_path)?;
+    let mut state: State = load_json(&state_path)?;
     let producer: FutureProducer = tributary_kafka::client_config(&cfg.kafka)?
         .set("acks", &c.metrics_acks)
         .set("linger.ms", "20")
@@ -186,7 +191,7 @@ async fn run_dumps(cfg: Arc<Config>, dir: PathBuf, shutdown: Shutdown) -> Result
             }
         }
         if changed {
-            save_state(&state_path, &state)?;
+            save_json(&state_path, &state)?;
         }
         if shutdown.sleep(Duration::from_millis(c.poll_interval_ms)).await {
             return Ok(());
@@ -212,8 +217,8 @@ mod tests {
         assert_eq!(bad.len(), 1);
         state.insert("a.prom".into(), 100);
         let path = d.join(".state.json");
-        save_state(&path, &state).unwrap();
-        let state = load_state(&path).unwrap();
+        save_json(&path, &state).unwrap();
+        let state: State = load_json(&path).unwrap();
         let (due2, _) = due(d, &state).unwrap();
         assert_eq!(due2.iter().map(|x| x.instance.as_str()).collect::<Vec<_>>(), ["b"], "a was shipped already");
         tributary_core::metrics_dump::write_once(d, "a", 200, "x 3\n# EOF\n").unwrap();

@@ -102,7 +102,7 @@ struct Stream {
 
 impl Stream {
     fn save(&self) -> Result<()> {
-        tail::save(&self.state_path, &self.tailer.state)
+        crate::save_json(&self.state_path, &self.tailer.state)
     }
 
     fn kafka_key(&self, fid: &str) -> Vec<u8> {
@@ -331,7 +331,7 @@ pub async fn run_stream(cfg: Arc<Config>, s: LogStreamConfig, shutdown: Shutdown
             return Ok(());
         }
     };
-    let tailer = Tailer::new(s.paths.clone(), tail::load(&state_path)?);
+    let tailer = Tailer::new(s.paths.clone(), crate::load_json(&state_path)?);
     let instance = tributary_core::metrics_dump::instance_name(&cfg.metrics.instance, "log-exporter");
     let mut st = Stream {
         cfg: cfg.clone(),

@@ -96,28 +96,6 @@ pub fn line_ends(buf: &[u8], start: u64) -> Vec<u64> {
     ends
 }
 
-pub fn load(path: &Path) -> Result<StreamState> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| Error::user(format!("corrupt log-exporter checkpoint {}", path.display())).with_source(e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StreamState::default()),
-        Err(e) => Err(Error::external(format!("reading {}", path.display())).with_source(e)),
-    }
-}
-
-/// Atomic and durable: written to a temporary file, synced, renamed.
-pub fn save(path: &Path, s: &StreamState) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |e: std::io::Error| Error::external(format!("writing {}", tmp.display())).with_source(e);
-    {
-        use std::io::Write;
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec(s).unwrap_or_default()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::external(format!("renaming {}", tmp.display())).with_source(e))
-}
-
 /// What a scan noticed (for logs and counters).
 #[derive(Debug, Default, PartialEq)]
 pub struct Noticed {
@@ -146,18 +124,22 @@ pub struct Tailer {
     closed: HashSet<String>,
 }
 
-fn read_head(f: &File, size: u64) -> std::io::Result<Vec<u8>> {
-    let n = size.min(HEAD as u64) as usize;
+/// Reads up to `n` bytes at `off` (fewer at the end of the file).
+fn read_at_most(f: &File, off: u64, n: usize) -> std::io::Result<Vec<u8>> {
     let mut b = vec![0u8; n];
     let mut got = 0;
     while got < n {
-        match f.read_at(&mut b[got..], got as u64)? {
+        match f.read_at(&mut b[got..], off + got as u64)? {
             0 => break,
             k => got += k,
         }
     }
     b.truncate(got);
     Ok(b)
+}
+
+fn read_head(f: &File, size: u64) -> std::io::Result<Vec<u8>> {
+    read_at_most(f, 0, size.min(HEAD as u64) as usize)
 }
 
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -342,15 +324,8 @@ impl Tailer {
             return Ok(None);
         }
         let n = ((size - t.offset) as usize).min(max.max(1));
-        let mut buf = vec![0u8; n];
-        let mut got = 0;
-        while got < n {
-            match f.read_at(&mut buf[got..], t.offset + got as u64).map_err(io(Path::new(&t.path)))? {
-                0 => break,
-                k => got += k,
-            }
-        }
-        buf.truncate(got);
+        let buf = read_at_most(f, t.offset, n).map_err(io(Path::new(&t.path)))?;
+        let got = buf.len();
         let complete = buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
         let settled = t.path != t.key && now_ms - t.last_change_ms >= SETTLE_MS;
         let take = match complete {
@@ -361,16 +336,16 @@ impl Tailer {
             None if settled && t.offset + got as u64 == size => got,
             None => return Ok(None),
         };
-        let mut lines = Vec::new();
-        let mut ends = Vec::new();
+        let ends = line_ends(&buf[..take], t.offset);
         let mut start = 0;
-        while start < take {
-            let end = buf[start..take].iter().position(|b| *b == b'\n').map(|i| start + i + 1).unwrap_or(take);
-            let line = &buf[start..end];
-            lines.push(line.strip_suffix(b"\n").unwrap_or(line).to_vec());
-            ends.push(t.offset + end as u64);
-            start = end;
-        }
+        let lines = ends
+            .iter()
+            .map(|e| {
+                let line = &buf[start..(e - t.offset) as usize];
+                start = (e - t.offset) as usize;
+                line.strip_suffix(b"\n").unwrap_or(line).to_vec()
+            })
+            .collect();
         Ok(Some(Chunk { id: fid.to_string(), lines, ends }))
     }
 
@@ -389,15 +364,9 @@ impl Tailer {
     /// Reads the bytes `[start, end)` of a tracked file again (for recovery).
     pub fn reread(&self, fid: &str, start: u64, end: u64) -> Result<Option<Vec<u8>>> {
         let Some(f) = self.open.get(fid) else { return Ok(None) };
-        let mut buf = vec![0u8; (end - start) as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], start + got as u64).map_err(io(Path::new(fid)))? {
-                0 => return Ok(None), // shorter than it was: truncated meanwhile
-                k => got += k,
-            }
-        }
-        Ok(Some(buf))
+        let buf = read_at_most(f, start, (end - start) as usize).map_err(io(Path::new(fid)))?;
+        // Shorter than it was: truncated meanwhile.
+        Ok((buf.len() as u64 == end - start).then_some(buf))
     }
 
     /// Forgets files that are no longer at their path, fully shipped and settled (their handle
@@ -463,8 +432,8 @@ mod tests {
         append(&log, "line-006 after truncate, longer than before........\n");
         // A checkpoint survives a restart: a new tailer from the saved state.
         let sp = d.path().join("state.json");
-        save(&sp, &t.state).unwrap();
-        let mut t = Tailer::new(t.patterns.clone(), load(&sp).unwrap());
+        crate::save_json(&sp, &t.state).unwrap();
+        let mut t = Tailer::new(t.patterns.clone(), crate::load_json(&sp).unwrap());
         let n = t.scan(2, &p).unwrap();
         assert_eq!(n.truncated.len(), 1, "{n:?}");
         assert_eq!(n.copies.len(), 1, "{n:?}");
