@@ -195,7 +195,8 @@ def main():
         page = get(f"http://127.0.0.1:{pg_port}/metrics", 600)
         pscrape = time.time() - t0
         print(f"pushgateway: {pushed_samples / pcpu:,.0f} samples/s per core ({pcpu:.1f} CPU-s during the pushes); "
-              f"round pushed→visible p50 {pct(plat, 50) if plat else float('nan'):.2f}s max {max(plat) if plat else float('nan'):.2f}s; one scrape of {len(page) / 1e6:.0f} MB in "
+              + (f"round pushed→visible p50 {pct(plat, 50):.2f}s max {max(plat):.2f}s; " if plat else "no round finished within the budget; ")
+              + f"one scrape of {len(page) / 1e6:.0f} MB in "
               f"{pscrape:.2f}s; peak RSS {peak_rss_mib(pg.pid):.0f} MiB")
         print(f"ratio kafka2prom / pushgateway samples per core-second: {(total * args.rounds / cpu) / (pushed_samples / pcpu):.2f}")
     finally:

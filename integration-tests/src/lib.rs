@@ -740,3 +740,44 @@ pub fn prometheus_bin() -> PathBuf {
     }
     panic!("prometheus not found (`make test` installs it: apt-get install prometheus; or set TRIBUTARY_PROMETHEUS)");
 }
+
+/// Every record of partitions `0..partitions` of `topic`, read from the start to the end offsets
+/// of the moment: (key, payload, partition, offset), each partition in order.
+pub fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, String, i32, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use std::time::{Duration, Instant};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..partitions {
+        let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(30)).unwrap();
+        if high > 0 {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(0)).unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    while ends.iter().any(|(p, h)| next.get(p).copied().unwrap_or(0) < *h) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out at {next:?} of {ends:?}");
+        if let Some(m) = c.poll(Duration::from_millis(500)) {
+            let m = m.unwrap();
+            next.insert(m.partition(), m.offset() + 1);
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                m.partition(),
+                m.offset(),
+            ));
+        }
+    }
+    out
+}

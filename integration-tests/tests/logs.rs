@@ -5,7 +5,6 @@
 
 use integration_tests::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Child, Stdio};
@@ -34,43 +33,6 @@ impl Drop for Guard {
 fn in_topic(brokers: &str) -> u64 {
     let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     (0..2).map(|p| c.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).map(|w| w.1 as u64).unwrap_or(0)).sum()
-}
-
-/// Every record of the topic: (key, payload, partition, offset).
-fn read_all(brokers: &str) -> Vec<(String, String, i32, i64)> {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "logs-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut out = Vec::new();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in 0..2 {
-        let (_, high) = c.fetch_watermarks(TOPIC, p, Duration::from_secs(30)).unwrap();
-        if high > 0 {
-            ends.insert(p, high);
-            tpl.add_partition_offset(TOPIC, p, rdkafka::Offset::Offset(0)).unwrap();
-        }
-    }
-    c.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    while ends.iter().any(|(p, h)| next.get(p).copied().unwrap_or(0) < *h) {
-        assert!(Instant::now() < deadline, "reading {TOPIC} timed out at {next:?} of {ends:?}");
-        if let Some(m) = c.poll(Duration::from_millis(500)) {
-            let m = m.unwrap();
-            next.insert(m.partition(), m.offset() + 1);
-            out.push((
-                String::from_utf8_lossy(m.key().unwrap()).into_owned(),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                m.partition(),
-                m.offset(),
-            ));
-        }
-    }
-    out
 }
 
 /// The exporter's own log lines (librdkafka's connection noise during the outage left out).
@@ -203,7 +165,7 @@ async fn log_lines_survive_rotation_a_broker_outage_and_sigkill_exactly_once() {
     }
     assert!(wait_with_deadline(&mut exp.0, 60).unwrap().success(), "the exporter did not stop cleanly");
 
-    let records = read_all(&broker.addr());
+    let records = read_topic(&broker.addr(), TOPIC, 2);
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
     let mut last_per_key: BTreeMap<String, u64> = BTreeMap::new();
     for (key, line, _, _) in &records {

@@ -62,6 +62,10 @@ pub struct LogExporterConfig {
     pub metrics_acks: String,
     /// librdkafka's producer buffer bound (`queue.buffering.max.kbytes`).
     pub max_buffer_kbytes: u64,
+    /// Metric dumps read and not yet acknowledged (a broker outage) are kept up to this many
+    /// KiB; past it the oldest are dropped (counted). Log lines are never dropped: the files are
+    /// their buffer.
+    pub metrics_buffer_kbytes: u64,
     /// Log streams tailed to Kafka (rotation-safe, exactly once; see the README).
     pub logs: Vec<LogStreamConfig>,
     /// Where the log streams' checkpoints live (`<name>.json` per stream).
@@ -107,6 +111,7 @@ impl Default for LogExporterConfig {
             poll_interval_ms: 1000,
             metrics_acks: "1".into(),
             max_buffer_kbytes: 65536,
+            metrics_buffer_kbytes: 65536,
             logs: Vec::new(),
             logs_state_dir: String::new(),
             landing_spool: String::new(),

@@ -65,7 +65,7 @@ pub struct WatermarkLabels {
 pub struct ExporterLabels {
     /// `dumps`, or the name of a log stream, or `landing`
     pub stream: String,
-    /// dumps: shipped | superseded | failed; logs: shipped | recovered | lost_deleted;
+    /// dumps: queued | shipped | failed | dropped_oldest; logs: shipped | recovered | lost_deleted;
     /// landing: mirrored
     pub outcome: String,
 }

@@ -141,13 +141,13 @@ fn process(shared: &Shared, p: i32, generation: u64, m: &Queued) {
             return;
         }
     };
-    let e = tributary_promtext::parse(body, Format::OpenMetrics);
-    if let Some(first) = e.errors.first() {
-        tributary_core::metrics::bridge("invalid_line", e.errors.len() as u64);
+    let prepared = crate::store::prepare(&header.instance, body, Format::OpenMetrics);
+    if let Some(first) = prepared.errors.first() {
+        let n = prepared.errors.len();
+        tributary_core::metrics::bridge("invalid_line", n as u64);
         tracing::warn!(topic = %shared.topic, partition = p, offset = m.offset, instance = %header.instance,
-            line = first.line, error = %first.message, errors = e.errors.len(), "invalid lines in a metric dump (skipped, the rest kept)");
+            line = first.line, error = %first.message, errors = n, "invalid lines in a metric dump (skipped, the rest kept)");
     }
-    let prepared = crate::store::prepare(&header.instance, e);
     let mut st = lock(&shared.state);
     if st.owned.get(&p) != Some(&generation) {
         return; // revoked meanwhile: never exposed

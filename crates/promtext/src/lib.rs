@@ -130,18 +130,65 @@ pub struct Exposition {
 /// At most this many labels per sample: a hostile line cannot make one sample arbitrarily wide.
 pub const MAX_LABELS: usize = 256;
 
+/// One sample line as read, borrowing from the input: what [`parse_each`] hands its callback.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleRef<'a, 'l> {
+    /// The sample's full name.
+    pub name: &'a str,
+    /// Index into the families read so far of the declared family it belongs to; `None` when
+    /// no `# TYPE`/`# HELP`/`# UNIT` declared one (its family is then its own name).
+    pub family: Option<usize>,
+    /// Labels in input order: names, and values exactly as written between the quotes (escapes
+    /// checked but kept, which is also how the text formats render them).
+    pub labels: &'l [(&'a str, &'a str)],
+    pub value: f64,
+    /// Milliseconds since the epoch, when the line carries a timestamp.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl SampleRef<'_, '_> {
+    /// The owned [`Sample`] (label values unescaped).
+    pub fn to_owned_sample(&self, families: &[Family]) -> Sample {
+        Sample {
+            family: self.family.map(|i| families[i].name.clone()).unwrap_or_else(|| self.name.to_string()),
+            name: self.name.to_string(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), unescape(v, true).expect("escapes checked when parsed")))
+                .collect(),
+            value: self.value,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
 /// Parses a whole dump. Never panics; bad lines are reported in `errors` and skipped.
 pub fn parse(input: &[u8], format: Format) -> Exposition {
+    let mut samples = Vec::new();
+    let mut out = parse_each(input, format, |s, families| samples.push(s.to_owned_sample(families)));
+    out.samples = samples;
+    out
+}
+
+/// Parses a whole dump and hands each sample to `on_sample` as it is read (with the families
+/// read so far), without an allocation per sample; the returned exposition holds the families,
+/// the errors and whether `# EOF` was seen (its `samples` stays empty). Never panics.
+pub fn parse_each<'a>(
+    input: &'a [u8],
+    format: Format,
+    mut on_sample: impl FnMut(&SampleRef<'a, '_>, &[Family]),
+) -> Exposition {
     let mut out = Exposition::default();
     let mut family_index: HashMap<String, usize> = HashMap::new();
+    let mut labels: Vec<(&'a str, &'a str)> = Vec::new();
     let mut after_eof = false;
     let mut last_line = 0;
-    let lines: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
-    let total = lines.len();
-    for (i, raw) in lines.into_iter().enumerate() {
+    let mut lines = input.split(|b| *b == b'\n').enumerate().peekable();
+    while let Some((i, raw)) = lines.next() {
         let n = i + 1;
         // A final newline ends the last line; it does not start an empty one.
-        if raw.is_empty() && n == total {
+        if raw.is_empty() && lines.peek().is_none() {
             break;
         }
         last_line = n;
@@ -171,9 +218,10 @@ pub fn parse(input: &[u8], format: Format) -> Exposition {
                 }
             })
         } else {
-            parse_sample(line, format).map(|mut s| {
-                s.family = family_for(&s.name, &out.families, &family_index);
-                out.samples.push(s);
+            labels.clear();
+            parse_sample(line, format, &mut labels).map(|(name, value, timestamp_ms)| {
+                let family = family_for(name, &out.families, &family_index);
+                on_sample(&SampleRef { name, family, labels: &labels, value, timestamp_ms }, &out.families);
             })
         };
         if let Err(m) = result {
@@ -186,19 +234,19 @@ pub fn parse(input: &[u8], format: Format) -> Exposition {
     out
 }
 
-fn family_for(sample: &str, families: &[Family], index: &HashMap<String, usize>) -> String {
-    if index.contains_key(sample) {
-        return sample.to_string();
+fn family_for(sample: &str, families: &[Family], index: &HashMap<String, usize>) -> Option<usize> {
+    if let Some(&i) = index.get(sample) {
+        return Some(i);
     }
     for (pos, _) in sample.match_indices('_') {
         let (base, suffix) = sample.split_at(pos);
         if let Some(&i) = index.get(base)
             && families[i].kind.suffixes().contains(&suffix)
         {
-            return base.to_string();
+            return Some(i);
         }
     }
-    sample.to_string()
+    None
 }
 
 /// `# HELP`, `# TYPE`, `# UNIT`, `# EOF`; returns whether it was `# EOF`.
@@ -262,6 +310,18 @@ fn valid_label_name(s: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
+/// Checks that a label value's escapes are `\\`, `\"` and `\n` only.
+fn check_escapes(s: &str) -> Result<(), String> {
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'\\' && !matches!(bytes.next(), Some(b'\\' | b'n' | b'"')) {
+            // The rare bad case: let `unescape` name the offending escape.
+            return unescape(s, true).map(|_| ());
+        }
+    }
+    Ok(())
+}
+
 /// Undoes `\\`, `\n` (and `\"` in label values); any other escape is an error.
 fn unescape(s: &str, quotes: bool) -> Result<String, String> {
     if !s.contains('\\') {
@@ -285,7 +345,12 @@ fn unescape(s: &str, quotes: bool) -> Result<String, String> {
     Ok(out)
 }
 
-fn parse_sample(line: &str, format: Format) -> Result<Sample, String> {
+/// A sample line: its name, value and timestamp; its labels go to `labels`.
+fn parse_sample<'a>(
+    line: &'a str,
+    format: Format,
+    labels: &mut Vec<(&'a str, &'a str)>,
+) -> Result<(&'a str, f64, Option<i64>), String> {
     let bytes = line.as_bytes();
     let name_end = bytes.iter().position(|b| matches!(b, b'{' | b' ' | b'\t')).unwrap_or(bytes.len());
     let name = &line[..name_end];
@@ -293,9 +358,8 @@ fn parse_sample(line: &str, format: Format) -> Result<Sample, String> {
         return Err(format!("invalid metric name {name:?}"));
     }
     let mut pos = name_end;
-    let mut labels: Vec<(String, String)> = Vec::new();
     if bytes.get(pos) == Some(&b'{') {
-        pos = parse_labels(line, pos + 1, format, &mut labels)?;
+        pos = parse_labels(line, pos + 1, format, labels)?;
     }
     let rest = &line[pos..];
     if !rest.starts_with([' ', '\t']) {
@@ -303,7 +367,7 @@ fn parse_sample(line: &str, format: Format) -> Result<Sample, String> {
     }
     // OpenMetrics exemplars (` # {..} value [ts]`) are ignored.
     let (rest, _exemplar) = match format {
-        Format::OpenMetrics => match rest.find(" # ") {
+        Format::OpenMetrics => match find_exemplar(rest) {
             Some(i) => (&rest[..i], Some(&rest[i + 3..])),
             None => (rest, None),
         },
@@ -319,11 +383,30 @@ fn parse_sample(line: &str, format: Format) -> Result<Sample, String> {
     if let Some(extra) = tokens.next() {
         return Err(format!("{name}: unexpected {extra:?} after the timestamp"));
     }
-    Ok(Sample { family: String::new(), name: name.to_string(), labels, value, timestamp_ms })
+    Ok((name, value, timestamp_ms))
+}
+
+/// Where ` # ` (an OpenMetrics exemplar) starts, if anywhere.
+fn find_exemplar(rest: &str) -> Option<usize> {
+    let b = rest.as_bytes();
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == b'#') {
+        let at = from + i;
+        if at >= 1 && b[at - 1] == b' ' && b.get(at + 1) == Some(&b' ') {
+            return Some(at - 1);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// Labels from just after `{`; returns the position after `}`.
-fn parse_labels(line: &str, mut pos: usize, format: Format, out: &mut Vec<(String, String)>) -> Result<usize, String> {
+fn parse_labels<'a>(
+    line: &'a str,
+    mut pos: usize,
+    format: Format,
+    out: &mut Vec<(&'a str, &'a str)>,
+) -> Result<usize, String> {
     let bytes = line.as_bytes();
     let skip_ws = |mut p: usize| {
         while p < bytes.len() && (bytes[p] == b' ' || bytes[p] == b'\t') {
@@ -368,15 +451,16 @@ fn parse_labels(line: &str, mut pos: usize, format: Format, out: &mut Vec<(Strin
         if pos >= bytes.len() {
             return Err(format!("label {lname}: unterminated value"));
         }
-        let value = unescape(&line[vstart..pos], true).map_err(|e| format!("label {lname}: {e}"))?;
+        let value = &line[vstart..pos];
+        check_escapes(value).map_err(|e| format!("label {lname}: {e}"))?;
         pos += 1;
-        if out.iter().any(|(n, _)| n == lname) {
+        if out.iter().any(|(n, _)| *n == lname) {
             return Err(format!("duplicate label {lname}"));
         }
         if out.len() >= MAX_LABELS {
             return Err(format!("more than {MAX_LABELS} labels"));
         }
-        out.push((lname.to_string(), value));
+        out.push((lname, value));
         pos = skip_ws(pos);
         match bytes.get(pos) {
             Some(b',') => pos += 1,
@@ -389,18 +473,20 @@ fn parse_labels(line: &str, mut pos: usize, format: Format, out: &mut Vec<(Strin
 /// A sample value: decimal or exponent notation, `+Inf`, `-Inf`, `NaN` (any case, as
 /// Prometheus' own parser).
 pub fn parse_value(s: &str) -> Option<f64> {
-    let lower = s.to_ascii_lowercase();
-    match lower.as_str() {
-        "+inf" | "inf" | "+infinity" | "infinity" => return Some(f64::INFINITY),
-        "-inf" | "-infinity" => return Some(f64::NEG_INFINITY),
-        "nan" => return Some(f64::NAN),
-        _ => {}
-    }
     // Only digits, sign, dot and exponent: no hex, no underscores, no words.
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E')) {
-        return None;
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E')) {
+        return s.parse::<f64>().ok();
     }
-    s.parse::<f64>().ok()
+    let is = |w: &[&str]| w.iter().any(|w| s.eq_ignore_ascii_case(w));
+    if is(&["+inf", "inf", "+infinity", "infinity"]) {
+        Some(f64::INFINITY)
+    } else if is(&["-inf", "-infinity"]) {
+        Some(f64::NEG_INFINITY)
+    } else if is(&["nan"]) {
+        Some(f64::NAN)
+    } else {
+        None
+    }
 }
 
 fn parse_timestamp(s: &str, format: Format) -> Option<i64> {
@@ -411,6 +497,21 @@ fn parse_timestamp(s: &str, format: Format) -> Option<i64> {
             let ms = (secs * 1000.0).round();
             (ms.is_finite() && ms.abs() < 9.0e15).then_some(ms as i64)
         }
+    }
+}
+
+/// Appends a value as the text formats spell it (see [`format_value`]).
+pub fn push_value(out: &mut String, v: f64) {
+    if v.is_finite() {
+        let _ = write!(out, "{v:?}");
+    } else {
+        out.push_str(if v.is_nan() {
+            "NaN"
+        } else if v > 0.0 {
+            "+Inf"
+        } else {
+            "-Inf"
+        });
     }
 }
 
@@ -427,6 +528,18 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// Appends a label value escaped as the text formats want it (`\\`, `\"`, `\n`).
+pub fn escape_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
 fn render_labels<'a>(out: &mut String, labels: impl Iterator<Item = &'a (String, String)>) {
     let mut first = true;
     for (k, v) in labels {
@@ -434,14 +547,7 @@ fn render_labels<'a>(out: &mut String, labels: impl Iterator<Item = &'a (String,
         first = false;
         out.push_str(k);
         out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        escape_label_value(out, v);
         out.push('"');
     }
     if !first {
@@ -454,7 +560,7 @@ pub fn render_sample(out: &mut String, s: &Sample, with_timestamp: bool) {
     out.push_str(&s.name);
     render_labels(out, s.labels.iter());
     out.push(' ');
-    out.push_str(&format_value(s.value));
+    push_value(out, s.value);
     if with_timestamp && let Some(t) = s.timestamp_ms {
         let _ = write!(out, " {t}");
     }
