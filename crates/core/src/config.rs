@@ -389,6 +389,9 @@ pub struct KafkaConfig {
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
     pub max_batch_wait_ms: u64,
+    /// How often group consumers report librdkafka statistics (their lag per partition,
+    /// `tributary_kafka_consumer_lag`); 0 = never.
+    pub statistics_interval_ms: u64,
     /// plaintext | ssl | sasl_plaintext | sasl_ssl
     pub security_protocol: String,
     /// PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 (with a sasl_* protocol)
@@ -408,6 +411,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: String::new(),
             group_id: "tributary-bronze".into(),
+            statistics_interval_ms: 15_000,
             instance_id: String::new(),
             topics: Default::default(),
             topic_prefix: "tributary.".into(),

@@ -18,6 +18,8 @@ pub mod telemetry;
 pub use config::{Config, ConfigError};
 pub use error::{Error, ErrorKind, Result};
 pub use shutdown::Shutdown;
+/// grpc.health.v1 messages and client (the CLI's `health` command, the chart's `helm test`).
+pub use tonic_health::pb as health_pb;
 
 /// Build version reported by status RPCs.
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -78,6 +78,19 @@ pub struct BridgeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub path: String,
     pub code: String,
@@ -104,6 +117,9 @@ pub struct Metrics {
     pub bridge_samples: Family<BridgeLabels, Counter>,
     pub bridge_series: Gauge,
     pub exporter_records: Family<ExporterLabels, Counter>,
+    pub max_event_time: Family<TableLabels, Gauge>,
+    pub backlog: Family<StageLabels, Gauge>,
+    pub consumer_lag: Family<LagLabels, Gauge>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
     status_counters: Mutex<BTreeMap<(String, String, String, String), u64>>,
 }
@@ -207,6 +223,24 @@ impl Metrics {
                 "log-exporter: metric dumps, log lines and landing files by stream and outcome",
                 exporter_records.clone(),
             );
+            let max_event_time = Family::<TableLabels, Gauge>::default();
+            registry.register(
+                "max_event_time_unix_seconds",
+                "Newest event time committed to a table (freshness = now - this; the catch-up measure of a DR side)",
+                max_event_time.clone(),
+            );
+            let backlog = Family::<StageLabels, Gauge>::default();
+            registry.register(
+                "backlog",
+                "Input units (files, messages, rows) the stage's last pass found; 0 = caught up. A stage that is behind keeps finding full batches",
+                backlog.clone(),
+            );
+            let consumer_lag = Family::<LagLabels, Gauge>::default();
+            registry.register(
+                "kafka_consumer_lag",
+                "Messages between a consumer's position and the partition's end (librdkafka statistics)",
+                consumer_lag.clone(),
+            );
             Metrics {
                 registry: Mutex::new(registry),
                 rows,
@@ -228,6 +262,9 @@ impl Metrics {
                 bridge_samples,
                 bridge_series,
                 exporter_records,
+                max_event_time,
+                backlog,
+                consumer_lag,
                 status_counters: Mutex::new(BTreeMap::new()),
             }
         })
@@ -273,6 +310,8 @@ pub struct BatchCommitted<'a> {
     pub dropped: u64,
     pub seconds: f64,
     pub input_position: &'a str,
+    /// Newest event time (ms since the epoch) among the rows committed; 0 = none or unknown.
+    pub max_event_ms: i64,
 }
 
 impl BatchCommitted<'_> {
@@ -312,6 +351,17 @@ impl BatchCommitted<'_> {
             m.bump(self.stage, self.region, &format!("rows_{outcome}"), self.table, n);
         }
         m.commits.get_or_create(&tl).inc();
+        // Every table that commits has its error and conflict series, at 0 until something
+        // happens: rates and alerts then work from the first failure on.
+        let _ = m.commit_conflicts.get_or_create(&tl);
+        let _ = m.batch_errors.get_or_create(&tl);
+        if self.max_event_ms > 0 {
+            let g = m.max_event_time.get_or_create(&tl);
+            let secs = self.max_event_ms.div_euclid(1000);
+            if secs > g.get() {
+                g.set(secs);
+            }
+        }
         m.bump(self.stage, self.region, "commits", self.table, 1);
         m.batch_seconds.get_or_create(&tl).observe(self.seconds);
         m.table_version.get_or_create(&tl).set(self.version);
@@ -413,6 +463,22 @@ pub fn exporter(stream: &str, outcome: &str, n: u64) {
             .get_or_create(&ExporterLabels { stream: stream.into(), outcome: outcome.into() })
             .inc_by(n);
     }
+}
+
+/// The input units a stage's last pass found (0 = caught up).
+pub fn backlog(stage: &str, region: &str, units: u64) {
+    Metrics::global()
+        .backlog
+        .get_or_create(&StageLabels { stage: stage.into(), region: region.into() })
+        .set(units.min(i64::MAX as u64) as i64);
+}
+
+/// A consumer's lag per partition, from librdkafka statistics.
+pub fn consumer_lag(group: &str, topic: &str, partition: i32, lag: i64) {
+    Metrics::global()
+        .consumer_lag
+        .get_or_create(&LagLabels { group: group.into(), topic: topic.into(), partition: partition.to_string() })
+        .set(lag);
 }
 
 /// Internal event: blank lines bronze skipped in a batch of landing files.

@@ -108,6 +108,9 @@ pub async fn run_loop(
         let result = stage.run_once().await;
         me.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut st = stage.status().await;
+        if let Ok(units) = &result {
+            crate::metrics::backlog(stage.stage(), stage.region(), *units);
+        }
         match result {
             Ok(0) => {
                 if stage.caught_up() {

@@ -17,3 +17,16 @@ pub use deltalake::kernel::{Action, Add, Remove, Transaction};
 
 #[cfg(test)]
 mod tests;
+
+/// The newest `event_time` (ms since the epoch) among `batches`; 0 when none has the column or
+/// a value. For the freshness gauge and commit notices.
+pub fn max_event_ms(batches: &[arrow::record_batch::RecordBatch]) -> i64 {
+    use arrow::array::TimestampMicrosecondArray;
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("event_time")?.as_any().downcast_ref::<TimestampMicrosecondArray>().cloned())
+        .filter_map(|a| arrow::compute::max(&a))
+        .max()
+        .map(|us| us.div_euclid(1000))
+        .unwrap_or(0)
+}

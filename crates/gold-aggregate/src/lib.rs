@@ -263,6 +263,7 @@ impl GoldAggregate {
                                    "watermarks_us": watermarks(&flow.max_event_time, lateness_us), "first_windows": windows}),
             );
         }
+        let max_event_ms = flow.max_event_time.values().copied().max().unwrap_or(0).div_euclid(1000);
         BatchCommitted {
             stage: STAGE,
             region: &region,
@@ -279,6 +280,7 @@ impl GoldAggregate {
                 .map(|(ii, v)| format!("{}={v}", self.flows[fi].inputs[*ii].source))
                 .collect::<Vec<_>>()
                 .join(","),
+            max_event_ms,
         }
         .emit();
         Ok(input_rows.max(1))

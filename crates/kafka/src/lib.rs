@@ -239,12 +239,29 @@ pub fn group_consumer_config(k: &KafkaConfig, group: &str, instance_id: &str) ->
     if !instance_id.is_empty() {
         c.set("group.instance.id", instance_id);
     }
+    if k.statistics_interval_ms > 0 && !k.properties.contains_key("statistics.interval.ms") {
+        // Feeds `tributary_kafka_consumer_lag` (see `record_lag`).
+        c.set("statistics.interval.ms", k.statistics_interval_ms.to_string());
+    }
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("queued.max.messages.kbytes", "65536");
     Ok(c)
+}
+
+/// Records a group consumer's lag per assigned partition from librdkafka statistics (a
+/// consumer context's `stats` callback calls this).
+pub fn record_lag(group: &str, stats: &rdkafka::Statistics) {
+    for (topic, t) in &stats.topics {
+        for (p, part) in &t.partitions {
+            // -1 is librdkafka's internal partition; a lag of -1 is unknown (not fetching).
+            if *p >= 0 && part.consumer_lag >= 0 {
+                tributary_core::metrics::consumer_lag(group, topic, *p, part.consumer_lag);
+            }
+        }
+    }
 }
 
 /// Creates the topics that do not exist yet (partition count for new ones only).

@@ -67,7 +67,11 @@ pub struct Ctx {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        tributary_kafka::record_lag(&self.shared.cfg.group_id, &stats);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {

@@ -449,6 +449,8 @@ impl EntityFlow {
             dropped: skipped,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{}={up_to}", self.app_current),
+            // Entity tables are keyed by a sequence column, not event time.
+            max_event_ms: 0,
         }
         .emit();
         Ok(input_rows.max(1))

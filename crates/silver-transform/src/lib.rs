@@ -451,6 +451,7 @@ impl SilverTransform {
             dropped,
             seconds: started.elapsed().as_secs_f64(),
             input_position: &format!("{app_id}={up_to}"),
+            max_event_ms,
         }
         .emit();
         Ok(input_rows.max(1))

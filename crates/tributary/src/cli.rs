@@ -326,6 +326,18 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Ask a service's gRPC health (grpc.health.v1.Health/Check): exit 0 when it is SERVING
+    /// (the Helm chart's `helm test` pods run this).
+    Health {
+        /// e.g. http://127.0.0.1:50051, or https://host:port with --ca-cert for TLS.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        #[command(flatten)]
+        tls: ClientTls,
+        /// The service name to check; empty = the server as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Print a service's PipelineStatus.
     Status {
         /// e.g. http://127.0.0.1:50051, or https://host:port with --ca-cert for TLS.
@@ -457,6 +469,7 @@ pub fn main() -> ExitCode {
             })
         }
         Cmd::Status { addr, tls, stats, json } => runtime().block_on(status(addr, tls, stats, json)),
+        Cmd::Health { addr, tls, service } => runtime().block_on(health(addr, tls, service)),
         Cmd::Report { common, json } => {
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -649,19 +662,38 @@ where
     })
 }
 
-async fn status(addr: String, tls: ClientTls, stats: bool, json: bool) -> ExitCode {
-    use tributary_proto::v1::{GetStatusRequest, pipeline_status_client::PipelineStatusClient};
-    let endpoint = match tonic::transport::Endpoint::from_shared(addr.clone()) {
-        Ok(e) => e.connect_timeout(std::time::Duration::from_secs(5)),
-        Err(e) => return fail(format!("invalid address {addr}: {e}")),
+/// A gRPC channel to `addr` (TLS settings applied), or the message to fail with.
+async fn connect(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("invalid address {addr}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10));
+    tls.apply(endpoint)?.connect().await.map_err(|e| format!("cannot connect to {addr}: {e}"))
+}
+
+async fn health(addr: String, tls: ClientTls, service: String) -> ExitCode {
+    use tributary_core::health_pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let endpoint = match tls.apply(endpoint) {
-        Ok(e) => e,
+    let channel = match connect(&addr, &tls).await {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut client = match endpoint.connect().await {
+    match HealthClient::new(channel).check(HealthCheckRequest { service: service.clone() }).await {
+        Ok(r) => {
+            let status = ServingStatus::try_from(r.into_inner().status).unwrap_or(ServingStatus::Unknown);
+            println!("{addr} {}: {}", if service.is_empty() { "(server)" } else { &service }, status.as_str_name());
+            if status == ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => fail(format!("health check of {addr} failed: {} ({:?})", e.message(), e.code())),
+    }
+}
+
+async fn status(addr: String, tls: ClientTls, stats: bool, json: bool) -> ExitCode {
+    use tributary_proto::v1::{GetStatusRequest, pipeline_status_client::PipelineStatusClient};
+    let mut client = match connect(&addr, &tls).await {
         Ok(c) => PipelineStatusClient::new(c),
-        Err(e) => return fail(format!("cannot connect to {addr}: {e}")),
+        Err(e) => return fail(e),
     };
     let resp = match client.get_status(GetStatusRequest { include_table_stats: stats }).await {
         Ok(r) => r.into_inner(),
