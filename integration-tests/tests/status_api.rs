@@ -126,3 +126,101 @@ async fn status_rpc_and_metrics_of_a_running_pipeline() {
     let st = wait_with_deadline(&mut child, 30).unwrap();
     assert!(st.success(), "{st:?}");
 }
+
+/// Issue #13: the central federator answers one `PipelineStatus` for every region: it asks each
+/// region's services at once, each within `federator.status_deadline_ms`; a region that answers
+/// nothing in time (a black hole) or cannot be reached is listed with the reason and the answer
+/// is marked partial — the call itself is never held up by the slowest region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_status_for_every_region_with_a_deadline_per_region_and_partial_answers_marked() {
+    let start = |region: &str, grpc: u16| {
+        let p = Pipeline::new(&[region]);
+        p.generate(&GenSpec { events_per_source: 40, files_per_source: 1, seed: 3 }).unwrap();
+        let child = p
+            .command(&["standalone", "--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (p, KillOnDrop(child))
+    };
+    let (g1, g2, central) = (free_port(), free_port(), free_port());
+    let _r1 = start("r1", g1);
+    let _r2 = start("r2", g2);
+    // r3 accepts connections and never answers; nothing listens for r4.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole = black_hole.local_addr().unwrap().port();
+    let nobody = free_port();
+    let p = Pipeline::new(&["r1", "r2"])
+        .with_env(
+            "TRIBUTARY__FEDERATOR__STATUS_ENDPOINTS",
+            &format!(
+                r#"{{r1 = ["http://127.0.0.1:{g1}"], r2 = ["http://127.0.0.1:{g2}"], r3 = ["http://127.0.0.1:{hole}"], r4 = ["http://127.0.0.1:{nobody}"]}}"#
+            ),
+        )
+        .with_env("TRIBUTARY__FEDERATOR__STATUS_DEADLINE_MS", "1500");
+    let _fed = KillOnDrop(
+        p.command(&["central-federator", "--grpc-addr", &format!("127.0.0.1:{central}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = |all: bool| {
+        let mut args =
+            vec!["status".to_string(), "--addr".into(), format!("http://127.0.0.1:{central}"), "--json".into()];
+        if all {
+            args.push("--all-regions".into());
+        }
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(bin()).args(&args).output().unwrap();
+        (out.status.code(), serde_json::from_slice::<serde_json::Value>(&out.stdout).ok(), t.elapsed())
+    };
+    // Until both regional services serve their status through the federator.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let (code, v, took) = loop {
+        let (code, v, took) = status(true);
+        let ok = |r: &str| {
+            v.as_ref()
+                .is_some_and(|v| v["regions"].as_array().unwrap().iter().any(|a| a["region"] == r && a["ok"] == true))
+        };
+        if ok("r1") && ok("r2") {
+            break (code, v.unwrap(), took);
+        }
+        assert!(std::time::Instant::now() < deadline, "regions never answered: {v:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(code, Some(3), "a partial answer exits 3");
+    assert_eq!(v["partial"], true);
+    let regions = v["regions"].as_array().unwrap();
+    let get = |r: &str| regions.iter().find(|a| a["region"] == r).unwrap_or_else(|| panic!("no {r}: {v}"));
+    for r in ["r1", "r2"] {
+        let a = get(r);
+        assert_eq!(a["service"], "standalone");
+        let stages: Vec<&str> = a["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+        assert!(stages.contains(&"bronze") && stages.contains(&"silver"), "{r}: {stages:?}");
+        assert!(a["stages"].as_array().unwrap().iter().all(|s| s["region"] == r), "{r} answers for itself: {a}");
+    }
+    assert_eq!(get("r3")["ok"], false);
+    assert!(get("r3")["error"].as_str().unwrap().contains("deadline of 1500 ms"), "{}", get("r3"));
+    assert!(get("r3")["elapsed_ms"].as_i64().unwrap() >= 1400);
+    assert_eq!(get("r4")["ok"], false);
+    assert!(get("r4")["error"].as_str().unwrap().contains("unreachable"), "{}", get("r4"));
+    // The black hole cost one deadline, not more: the regions are asked at once.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    // Without --all-regions the federator answers for itself only, not partial.
+    let (code, v, _) = status(false);
+    assert_eq!(code, Some(0));
+    let v = v.unwrap();
+    assert_eq!(v["service"], "federator");
+    assert!(v["regions"].as_array().unwrap().is_empty() && v["partial"] == false, "{v}");
+    drop(black_hole);
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

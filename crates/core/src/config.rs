@@ -366,6 +366,16 @@ pub struct FederatorConfig {
     /// Only rows whose boolean field of this name is true leave the region.
     pub egress_field: String,
     pub max_versions_per_batch: usize,
+    /// The gRPC status endpoints of every region's services, for the global `PipelineStatus`
+    /// (`tributary status --all-regions`): region -> ["http(s)://host:port", ...].
+    pub status_endpoints: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long each endpoint may take before it is reported as not answering.
+    pub status_deadline_ms: u64,
+    /// TLS to the endpoints (https): the CA that signed them, and this service's client
+    /// certificate and key when they require mTLS.
+    pub status_ca_path: Option<std::path::PathBuf>,
+    pub status_client_cert_path: Option<std::path::PathBuf>,
+    pub status_client_key_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -542,7 +552,15 @@ impl Default for GoldConfig {
 }
 impl Default for FederatorConfig {
     fn default() -> Self {
-        Self { egress_field: "egress_approved".into(), max_versions_per_batch: 64 }
+        Self {
+            egress_field: "egress_approved".into(),
+            max_versions_per_batch: 64,
+            status_endpoints: Default::default(),
+            status_deadline_ms: 2000,
+            status_ca_path: None,
+            status_client_cert_path: None,
+            status_client_key_path: None,
+        }
     }
 }
 impl Default for ServerConfig {

@@ -224,6 +224,7 @@ pub async fn start_servers(
             pipeline: cfg.pipeline.clone(),
             started_unix_ms: crate::now_ms(),
             provider: Arc::new(SharedStatus(statuses)),
+            fan_out: Arc::new(crate::status::FanOut::from_config(&cfg.federator)?),
         };
         servers.push(crate::server::serve_grpc(&cfg.server, svc, shutdown.clone()).await?.1);
     }

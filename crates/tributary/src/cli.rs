@@ -348,6 +348,11 @@ enum Cmd {
         /// Read row counts and max event_time from the Delta logs too.
         #[arg(long)]
         stats: bool,
+        /// Ask the service to answer for every region it knows (`federator.status_endpoints`),
+        /// each within its deadline; unanswered regions are listed and the answer marked partial
+        /// (exit code 3).
+        #[arg(long)]
+        all_regions: bool,
         #[arg(long)]
         json: bool,
     },
@@ -468,7 +473,9 @@ pub fn main() -> ExitCode {
                 central_federator::run(cfg, &regions, sd, n).await
             })
         }
-        Cmd::Status { addr, tls, stats, json } => runtime().block_on(status(addr, tls, stats, json)),
+        Cmd::Status { addr, tls, stats, all_regions, json } => {
+            runtime().block_on(status(addr, tls, stats, all_regions, json))
+        }
         Cmd::Health { addr, tls, service } => runtime().block_on(health(addr, tls, service)),
         Cmd::Report { common, json } => {
             let cfg = match common.load() {
@@ -689,60 +696,84 @@ async fn health(addr: String, tls: ClientTls, service: String) -> ExitCode {
     }
 }
 
-async fn status(addr: String, tls: ClientTls, stats: bool, json: bool) -> ExitCode {
+async fn status(addr: String, tls: ClientTls, stats: bool, all_regions: bool, json: bool) -> ExitCode {
     use tributary_proto::v1::{GetStatusRequest, pipeline_status_client::PipelineStatusClient};
     let mut client = match connect(&addr, &tls).await {
         Ok(c) => PipelineStatusClient::new(c),
         Err(e) => return fail(e),
     };
-    let resp = match client.get_status(GetStatusRequest { include_table_stats: stats }).await {
+    let resp = match client.get_status(GetStatusRequest { include_table_stats: stats, all_regions }).await {
         Ok(r) => r.into_inner(),
         Err(e) => {
             return fail(format!("GetStatus failed: {} ({:?})", e.message(), e.code()));
         }
     };
+    let code = if resp.partial { ExitCode::from(3) } else { ExitCode::SUCCESS };
     if json {
         let v = serde_json::json!({
             "service": resp.service, "pipeline": resp.pipeline, "build_version": resp.build_version,
             "started_unix_ms": resp.started_unix_ms,
-            "stages": resp.stages.iter().map(|s| serde_json::json!({
-                "stage": s.stage, "region": s.region, "last_error": s.last_error,
-                "tables": s.tables.iter().map(|t| serde_json::json!({"name": t.name, "uri": t.uri, "version": t.version,
-                    "last_commit_unix_ms": t.last_commit_unix_ms, "max_event_time_unix_ms": t.max_event_time_unix_ms,
-                    "row_count": t.row_count, "file_count": t.file_count})).collect::<Vec<_>>(),
-                "positions": s.positions.iter().map(|p| serde_json::json!({"app_id": p.app_id, "output_table": p.output_table, "version": p.version})).collect::<Vec<_>>(),
-                "counters": s.counters.iter().map(|c| serde_json::json!({"name": c.name, "labels": c.labels, "value": c.value})).collect::<Vec<_>>(),
+            "stages": resp.stages.iter().map(stage_json).collect::<Vec<_>>(),
+            "partial": resp.partial,
+            "regions": resp.regions.iter().map(|r| serde_json::json!({
+                "region": r.region, "endpoint": r.endpoint, "ok": r.ok, "error": r.error,
+                "elapsed_ms": r.elapsed_ms, "service": r.service,
+                "stages": r.stages.iter().map(stage_json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        return code;
     }
     println!("service {} (pipeline {}, build {})", resp.service, resp.pipeline, resp.build_version);
-    for s in &resp.stages {
-        println!(
-            "\n[{} / {}]{}",
-            s.stage,
-            s.region,
-            if s.last_error.is_empty() { String::new() } else { format!("  last error: {}", s.last_error) }
-        );
-        println!("  {:<36} {:>8} {:>10} {:>8} {:>25}", "table", "version", "rows", "files", "max event_time");
-        for t in &s.tables {
-            let max = chrono::DateTime::from_timestamp_millis(t.max_event_time_unix_ms)
-                .filter(|_| t.max_event_time_unix_ms > 0)
-                .map(|d| d.to_rfc3339())
-                .unwrap_or_else(|| "-".into());
-            println!("  {:<36} {:>8} {:>10} {:>8} {:>25}", t.name, t.version, t.row_count, t.file_count, max);
-        }
-        println!("  input positions:");
-        for p in &s.positions {
-            println!("    {:<60} -> {:<28} {}", p.app_id, p.output_table, p.version);
-        }
-        if !s.counters.is_empty() {
-            println!("  counters:");
-            for c in &s.counters {
-                println!("    {:<22} {:<34} {}", c.name, c.labels.get("table").cloned().unwrap_or_default(), c.value);
-            }
+    resp.stages.iter().for_each(print_stage);
+    for r in &resp.regions {
+        if r.ok {
+            println!("\n== region {} — {} at {} ({} ms)", r.region, r.service, r.endpoint, r.elapsed_ms);
+            r.stages.iter().for_each(print_stage);
+        } else {
+            println!("\n== region {} — {} did NOT answer: {}", r.region, r.endpoint, r.error);
         }
     }
-    ExitCode::SUCCESS
+    if resp.partial {
+        println!("\nPARTIAL: some regions did not answer (above)");
+    }
+    code
+}
+
+fn stage_json(s: &tributary_proto::v1::StageStatus) -> serde_json::Value {
+    serde_json::json!({
+        "stage": s.stage, "region": s.region, "last_error": s.last_error,
+        "tables": s.tables.iter().map(|t| serde_json::json!({"name": t.name, "uri": t.uri, "version": t.version,
+            "last_commit_unix_ms": t.last_commit_unix_ms, "max_event_time_unix_ms": t.max_event_time_unix_ms,
+            "row_count": t.row_count, "file_count": t.file_count})).collect::<Vec<_>>(),
+        "positions": s.positions.iter().map(|p| serde_json::json!({"app_id": p.app_id, "output_table": p.output_table, "version": p.version})).collect::<Vec<_>>(),
+        "counters": s.counters.iter().map(|c| serde_json::json!({"name": c.name, "labels": c.labels, "value": c.value})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_stage(s: &tributary_proto::v1::StageStatus) {
+    println!(
+        "\n[{} / {}]{}",
+        s.stage,
+        s.region,
+        if s.last_error.is_empty() { String::new() } else { format!("  last error: {}", s.last_error) }
+    );
+    println!("  {:<36} {:>8} {:>10} {:>8} {:>25}", "table", "version", "rows", "files", "max event_time");
+    for t in &s.tables {
+        let max = chrono::DateTime::from_timestamp_millis(t.max_event_time_unix_ms)
+            .filter(|_| t.max_event_time_unix_ms > 0)
+            .map(|d| d.to_rfc3339())
+            .unwrap_or_else(|| "-".into());
+        println!("  {:<36} {:>8} {:>10} {:>8} {:>25}", t.name, t.version, t.row_count, t.file_count, max);
+    }
+    println!("  input positions:");
+    for p in &s.positions {
+        println!("    {:<60} -> {:<28} {}", p.app_id, p.output_table, p.version);
+    }
+    if !s.counters.is_empty() {
+        println!("  counters:");
+        for c in &s.counters {
+            println!("    {:<22} {:<34} {}", c.name, c.labels.get("table").cloned().unwrap_or_default(), c.value);
+        }
+    }
 }
