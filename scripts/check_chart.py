@@ -20,6 +20,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import tomllib
 
 import helm_python as helm
 import kubernetes_validate
@@ -94,6 +96,21 @@ def check_role(name, docs, binary, helps):
                 problem(f"{name}: {line}")
         if r.returncode != 0 and "INVALID" not in r.stdout and "UNKNOWN" not in r.stdout:
             problem(f"{name}: validate_crds.mjs failed: {r.stderr.strip()[:500]}")
+    # the generated config parses as TOML and the binary accepts it (typed, deny_unknown_fields)
+    for d in docs:
+        if d["kind"] == "ConfigMap" and "tributary.toml" in d.get("data", {}):
+            text = d["data"]["tributary.toml"]
+            try:
+                tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                problem(f"{where(d)}: tributary.toml is not TOML: {e}")
+                continue
+            with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+                f.write(text)
+            r = subprocess.run([binary, "check-config", "-c", f.name], capture_output=True, text=True)
+            os.unlink(f.name)
+            if r.returncode != 0:
+                problem(f"{where(d)}: the binary rejects tributary.toml: {(r.stdout + r.stderr).strip()[:400]}")
     # 2. the binary's flags, ports and probes
     workloads = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in WORKLOADS}
     pods = [(d, p) for d in docs for p in pod_specs(d)]

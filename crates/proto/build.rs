@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["tributary/v1/status.proto"];
+    let files = ["tributary/v1/status.proto", "tributary/v1/admin.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -71,6 +71,240 @@ fn make_pki(dir: &Path) {
     }
 }
 
+/// `tributary standalone` serving gRPC on `port` with the server certificate of `make_pki` and
+/// client certificates of its CA required (mTLS).
+fn tls_standalone(p: &Pipeline, pki: &Path, port: u16) -> Command {
+    let path = |f: &str| pki.join(f).display().to_string();
+    let mut c = p.command(&["standalone", "--grpc-addr", &format!("127.0.0.1:{port}")]);
+    c.env("TRIBUTARY__SERVER__TLS__CERT_PATH", path("server.pem"))
+        .env("TRIBUTARY__SERVER__TLS__KEY_PATH", path("server.key"))
+        .env("TRIBUTARY__SERVER__TLS__CLIENT_CA_PATH", path("ca.pem"));
+    c
+}
+
+/// A client certificate with Common Name `cn`, signed by the CA of `make_pki`.
+fn client_cert(dir: &Path, name: &str, cn: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/O=Tributary Test/CN={cn}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+}
+
+/// Issue #13: the Admin API. Roles come from the mTLS client certificate's CN (`server.roles`);
+/// a viewer may read status but not pause, an operator may pause and resume but not VACUUM, an
+/// admin may checkpoint and VACUUM; a certificate without a role reads nothing. A paused flow
+/// ingests nothing until resumed. Every call, the refused ones included, lands in the audit
+/// Delta table with who, what, arguments and outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    for (name, cn) in [("vera", "vera.viewer"), ("otto", "otto.operator"), ("ada", "ada.admin"), ("mallory", "mallory")]
+    {
+        client_cert(pki.path(), name, cn);
+    }
+    let p = Pipeline::new(&["r1"]);
+    p.generate(&GenSpec { events_per_source: 100, files_per_source: 2, seed: 4 }).unwrap();
+    let port = free_port();
+    let path = |f: &str| pki.path().join(f).display().to_string();
+    let mut child = tls_standalone(&p, pki.path(), port)
+        .env(
+            "TRIBUTARY__SERVER__ROLES",
+            r#"{viewer = ["vera.viewer"], operator = ["otto.operator"], admin = ["ada.admin"]}"#,
+        )
+        .env("TRIBUTARY__SERVER__POLL_INTERVAL_MS", "200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tls = |who: &str| {
+        vec![
+            "--addr".to_string(),
+            format!("https://localhost:{port}"),
+            "--ca-cert".into(),
+            path("ca.pem"),
+            "--client-cert".into(),
+            path(&format!("{who}.pem")),
+            "--client-key".into(),
+            path(&format!("{who}.key")),
+        ]
+    };
+    let run = |who: &str, args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.arg(args[0]).args(tls(who)).args(&args[1..]);
+        let out = c.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let bronze_billing_rows = || -> Option<i64> {
+        let (code, out) = run("ada", &["status", "--stats", "--json"]);
+        if code != Some(0) {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["stages"]
+            .as_array()?
+            .iter()
+            .flat_map(|s| s["tables"].as_array().cloned().unwrap_or_default())
+            .find_map(|t| (t["name"] == "bronze/billing").then(|| t["row_count"].as_i64()).flatten())
+    };
+    // Until the generated traffic is in bronze.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let before = loop {
+        if let Some(n) = bronze_billing_rows().filter(|n| *n > 0) {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            if bronze_billing_rows() == Some(n) {
+                break n;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "bronze/billing never filled");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // A viewer reads status; a certificate without a role does not.
+    assert_eq!(run("vera", &["status", "--json"]).0, Some(0));
+    let (code, out) = run("mallory", &["status", "--json"]);
+    assert_ne!(code, Some(0), "a certificate without a role read the status: {out}");
+    assert!(out.contains("needs role viewer"), "{out}");
+    // The viewer cannot pause; the operator can.
+    let (code, out) = run("vera", &["admin", "pause", "--stage", "bronze", "--region", "r1"]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("needs role operator"), "{out}");
+    let (code, out) = run("otto", &["admin", "pause", "--stage", "bronze", "--region", "r1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("paused bronze/r1"), "{out}");
+    // While paused, a new landing file is not ingested.
+    let landing = p.data.join("regions/r1/landing/billing");
+    let lines: String = (0..25)
+        .map(|i| format!("{{\"event_id\":\"admin-{i}\",\"event_time\":\"2025-11-01T01:00:00Z\",\"region\":\"r1\",\"workspace_id\":\"w1\",\"customer_id\":\"c1\",\"sku\":\"STD\",\"dbu\":1}}\n"))
+        .collect();
+    std::fs::write(landing.join(".late.json.tmp"), lines).unwrap();
+    std::fs::rename(landing.join(".late.json.tmp"), landing.join("zz-admin.json")).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(bronze_billing_rows(), Some(before), "a paused flow ingested");
+    // The operator resumes; the file arrives.
+    let (code, out) = run("otto", &["admin", "resume", "--stage", "bronze", "--region", "r1"]);
+    assert_eq!(code, Some(0), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bronze_billing_rows() != Some(before + 25) {
+        assert!(std::time::Instant::now() < deadline, "the resumed flow did not ingest: {:?}", bronze_billing_rows());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // VACUUM needs admin; so does a checkpoint.
+    let table = "regions/r1/silver/billing";
+    let (code, out) = run("otto", &["admin", "vacuum", "--table", table, "--dry-run"]);
+    assert_eq!(code, Some(4), "{out}");
+    let (code, out) = run("ada", &["admin", "checkpoint", "--table", table]);
+    assert_eq!(code, Some(0), "{out}");
+    let log = p.data.join(table).join("_delta_log");
+    assert!(
+        std::fs::read_dir(&log).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".checkpoint.parquet")),
+        "no checkpoint file in {}",
+        log.display()
+    );
+    let (code, out) = run("ada", &["admin", "vacuum", "--table", table, "--dry-run"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("(dry run)"), "{out}");
+    // Arguments are checked: a short retention, a path leaving data_root.
+    let (code, out) = run("ada", &["admin", "vacuum", "--table", table, "--retention-hours", "1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("retention_hours 1 < 168"), "{out}");
+    let (code, out) = run("ada", &["admin", "checkpoint", "--table", "../../etc"]);
+    assert_eq!(code, Some(1), "{out}");
+
+    // The audit table: every admin call with who, what and the outcome (refusals are written
+    // asynchronously by the authorisation layer: wait for them).
+    let want = [
+        ("vera.viewer", "PauseFlow", "denied"),
+        ("otto.operator", "PauseFlow", "ok"),
+        ("otto.operator", "ResumeFlow", "ok"),
+        ("otto.operator", "Vacuum", "denied"),
+        ("ada.admin", "Checkpoint", "ok"),
+        ("ada.admin", "Vacuum", "ok"),
+        ("ada.admin", "Vacuum", "error"),
+        ("ada.admin", "Checkpoint", "error"),
+    ];
+    let audit = p.data.join("_tributary/audit").display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let rows = loop {
+        let mut rows: Vec<(String, String, String, String, String)> = Vec::new();
+        if let Ok(batches) = read(&audit).await {
+            for b in &batches {
+                let col = |n: &str| {
+                    b.column_by_name(n)
+                        .unwrap()
+                        .as_any()
+                        .downcast_ref::<deltalake::arrow::array::StringArray>()
+                        .unwrap()
+                        .clone()
+                };
+                let (c, r, m, o, a) = (col("caller"), col("role"), col("method"), col("outcome"), col("arguments"));
+                for i in 0..b.num_rows() {
+                    rows.push((
+                        c.value(i).into(),
+                        r.value(i).into(),
+                        m.value(i).into(),
+                        o.value(i).into(),
+                        a.value(i).into(),
+                    ));
+                }
+            }
+        }
+        if rows.len() >= want.len() {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "audit rows: {rows:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (who, method, outcome) in want {
+        let n = want.iter().filter(|w| **w == (who, method, outcome)).count();
+        let got = rows.iter().filter(|r| r.0 == who && r.2 == method && r.3 == outcome).count();
+        assert_eq!(got, n, "audit of {who} {method} {outcome}: {rows:?}");
+    }
+    let pause = rows.iter().find(|r| r.2 == "PauseFlow" && r.3 == "ok").unwrap();
+    assert_eq!(pause.1, "operator");
+    assert_eq!(pause.4, r#"{"region":"r1","stage":"bronze"}"#);
+
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(wait_with_deadline(&mut child, 30).unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_status_requires_a_client_certificate() {
     let pki = tempfile::tempdir().unwrap();
@@ -79,11 +313,7 @@ async fn mtls_status_requires_a_client_certificate() {
     p.generate(&GenSpec { events_per_source: 50, files_per_source: 1, seed: 1 }).unwrap();
     let port = free_port();
     let path = |f: &str| pki.path().join(f).display().to_string();
-    let mut child = p
-        .command(&["standalone", "--grpc-addr", &format!("127.0.0.1:{port}")])
-        .env("TRIBUTARY__SERVER__TLS__CERT_PATH", path("server.pem"))
-        .env("TRIBUTARY__SERVER__TLS__KEY_PATH", path("server.key"))
-        .env("TRIBUTARY__SERVER__TLS__CLIENT_CA_PATH", path("ca.pem"))
+    let mut child = tls_standalone(&p, pki.path(), port)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -461,6 +461,9 @@ pub struct ServerConfig {
     /// 0 = one per core.
     pub worker_threads: usize,
     pub tls: Option<TlsConfig>,
+    /// Roles by client-certificate Common Name: `viewer`, `operator`, `admin` -> [CN, ...]
+    /// (mTLS: `tls.client_ca_path`). Empty: admin calls are refused, status stays open.
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl ServerConfig {
@@ -571,6 +574,7 @@ impl Default for ServerConfig {
             poll_interval_ms: 500,
             worker_threads: 0,
             tls: None,
+            roles: Default::default(),
         }
     }
 }

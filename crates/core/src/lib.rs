@@ -1,6 +1,7 @@
 //! Shared pieces of every Tributary service: configuration, errors, telemetry, metrics,
 //! fault injection, shutdown and the gRPC/admin server scaffolding.
 
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod event_log;

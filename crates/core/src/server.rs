@@ -78,6 +78,27 @@ fn request_span(req: &http::Request<()>) -> tracing::Span {
     span
 }
 
+/// Builds the `tributary.v1.Admin` service of this process (registered by the binary, which
+/// links the crates that implement it).
+pub type AdminRoutes = Box<dyn Fn(tonic::service::Routes) -> tonic::service::Routes + Send + Sync>;
+/// Records an admin call the authorisation layer refused: (method, caller, role, status).
+pub type RefusalAudit = Box<dyn Fn(&str, &str, Option<crate::authz::Role>, &tonic::Status) + Send + Sync>;
+
+static ADMIN: std::sync::OnceLock<AdminRoutes> = std::sync::OnceLock::new();
+static REFUSALS: std::sync::OnceLock<RefusalAudit> = std::sync::OnceLock::new();
+
+/// Registers the Admin service and the audit of refused calls (once per process).
+pub fn register_admin(routes: AdminRoutes, refusals: RefusalAudit) {
+    let _ = ADMIN.set(routes);
+    let _ = REFUSALS.set(refusals);
+}
+
+pub(crate) fn audit_refusal(path: &str, who: &str, role: Option<crate::authz::Role>, status: &tonic::Status) {
+    if let Some(f) = REFUSALS.get() {
+        f(path, who, role, status);
+    }
+}
+
 /// Starts the gRPC server. Returns the bound address (port 0 picks a free one) and its task.
 pub async fn serve_grpc(
     cfg: &ServerConfig,
@@ -114,12 +135,19 @@ pub async fn serve_grpc(
         }
         builder = builder.tls_config(tls_cfg).map_err(|e| Error::user("invalid TLS configuration").with_source(e))?;
     }
+    let roles = crate::authz::role_table(&cfg.roles)?;
+    if !roles.is_empty() && cfg.tls.as_ref().is_none_or(|t| t.client_ca_path.is_none()) {
+        return Err(Error::user("server.roles needs mTLS: set server.tls.client_ca_path"));
+    }
+    let mut routes = tonic::service::Routes::new(health).add_service(reflection).add_service(status.into_server());
+    if let Some(admin) = ADMIN.get() {
+        routes = admin(routes);
+    }
     let router = builder
         .trace_fn(request_span)
         .layer(GrpcMetricsLayer)
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(status.into_server());
+        .layer(crate::authz::AuthzLayer::new(roles))
+        .add_routes(routes);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let handle = tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await }).await {

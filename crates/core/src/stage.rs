@@ -8,6 +8,21 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tributary_proto::v1::StageStatus;
 
+/// Flows (stage, region) an operator paused in this process.
+static PAUSED: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Pauses or resumes a stage of a region in this process; whether anything changed.
+pub fn set_paused(stage: &str, region: &str, paused: bool) -> bool {
+    let mut p = PAUSED.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (stage.to_string(), region.to_string());
+    if paused { p.insert(key) } else { p.remove(&key) }
+}
+
+pub fn is_paused(stage: &str, region: &str) -> bool {
+    PAUSED.lock().unwrap_or_else(|e| e.into_inner()).contains(&(stage.to_string(), region.to_string()))
+}
+
 /// One unit of a pipeline (a bronze flow set, a silver transform, ...).
 #[tonic::async_trait]
 pub trait Stage: Send + 'static {
@@ -102,6 +117,17 @@ pub async fn run_loop(
                 continue;
             }
             need_recover = false;
+        }
+        if is_paused(stage.stage(), stage.region()) {
+            // Paused by an operator (Admin/PauseFlow): no new pass until resumed.
+            me.idle_valid.store(false, Ordering::SeqCst);
+            let mut st = stage.status().await;
+            st.last_error = "paused by an operator".into();
+            *status.write().unwrap_or_else(|e| e.into_inner()) = st;
+            if shutdown.sleep(poll.min(Duration::from_millis(500))).await {
+                break;
+            }
+            continue;
         }
         let counter_before = progress.work.load(Ordering::SeqCst);
         let started = std::time::Instant::now();

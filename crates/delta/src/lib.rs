@@ -2,6 +2,7 @@
 //! actions, incremental reads by version, file reads with partition values restored, table
 //! status from the log's file statistics, and order-independent fingerprints.
 
+pub mod admin;
 pub mod catalog;
 pub mod event_log;
 pub mod fingerprint;

@@ -173,6 +173,38 @@ impl ClientTls {
 }
 
 #[derive(Subcommand)]
+enum AdminOp {
+    /// Stop starting passes of a stage of a region (operator).
+    Pause {
+        #[arg(long)]
+        stage: String,
+        #[arg(long)]
+        region: String,
+    },
+    /// Resume a paused stage (operator).
+    Resume {
+        #[arg(long)]
+        stage: String,
+        #[arg(long)]
+        region: String,
+    },
+    /// Write a Delta checkpoint of a table given by its path under data_root (admin).
+    Checkpoint {
+        #[arg(long)]
+        table: String,
+    },
+    /// VACUUM a table: delete files removed longer ago than the retention (admin).
+    Vacuum {
+        #[arg(long)]
+        table: String,
+        #[arg(long, default_value_t = 168)]
+        retention_hours: u32,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Write deterministic telemetry into every region's landing zone, plus ground truth.
     Generate {
@@ -326,6 +358,22 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Operator actions through a service's Admin gRPC API (mTLS: the client certificate's role
+    /// decides; every call is audited in `<data_root>/_tributary/audit`).
+    Admin {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        #[command(flatten)]
+        tls: ClientTls,
+        #[command(subcommand)]
+        op: AdminOp,
+    },
+    /// Load and validate the configuration (file, environment, flags) and print it as JSON;
+    /// exit 1 with the offending field when it is invalid. Touches nothing.
+    CheckConfig {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Ask a service's gRPC health (grpc.health.v1.Health/Check): exit 0 when it is SERVING
     /// (the Helm chart's `helm test` pods run this).
     Health {
@@ -425,6 +473,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             let _guard = tributary_core::telemetry::init("tributary-standalone", &cfg.telemetry);
+            tributary_delta::admin::register(&cfg, "standalone");
             if generate && let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
                 return fail(e);
             }
@@ -477,6 +526,17 @@ pub fn main() -> ExitCode {
             runtime().block_on(status(addr, tls, stats, all_regions, json))
         }
         Cmd::Health { addr, tls, service } => runtime().block_on(health(addr, tls, service)),
+        Cmd::CheckConfig { common } => match common.load() {
+            Ok(cfg) => match serde_json::to_string_pretty(&cfg) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("cannot print the configuration: {e}")),
+            },
+            Err(e) => fail(e),
+        },
+        Cmd::Admin { addr, tls, op } => runtime().block_on(admin(addr, tls, op)),
         Cmd::Report { common, json } => {
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -638,6 +698,7 @@ where
         Err(e) => return fail(e),
     };
     let _guard = tributary_core::telemetry::init(name, &cfg.telemetry);
+    tributary_delta::admin::register(&cfg, name);
     let available_now = common.trigger == "available-now";
     runtime().block_on(async move {
         let sd = Shutdown::new();
@@ -676,6 +737,39 @@ async fn connect(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channe
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(10));
     tls.apply(endpoint)?.connect().await.map_err(|e| format!("cannot connect to {addr}: {e}"))
+}
+
+async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
+    use tributary_proto::v1::{FlowRef, TableRef, VacuumRequest, admin_client::AdminClient};
+    let mut c = match connect(&addr, &tls).await {
+        Ok(c) => AdminClient::new(c),
+        Err(e) => return fail(e),
+    };
+    let r = match op {
+        AdminOp::Pause { stage, region } => c.pause_flow(FlowRef { stage, region }).await,
+        AdminOp::Resume { stage, region } => c.resume_flow(FlowRef { stage, region }).await,
+        AdminOp::Checkpoint { table } => c.checkpoint(TableRef { table }).await,
+        AdminOp::Vacuum { table, retention_hours, dry_run } => {
+            c.vacuum(VacuumRequest { table, retention_hours, dry_run }).await
+        }
+    };
+    match r {
+        Ok(r) => {
+            let r = r.into_inner();
+            println!("{}", r.message);
+            for f in &r.files {
+                println!("  {f}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {} ({:?})", e.message(), e.code());
+            ExitCode::from(match e.code() {
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => 4,
+                _ => 1,
+            })
+        }
+    }
 }
 
 async fn health(addr: String, tls: ClientTls, service: String) -> ExitCode {
