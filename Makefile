@@ -96,11 +96,11 @@ _test:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-30}
 
 .PHONY: fuzz
-fuzz: ## Fuzz the event decoder, the exact-decimal parser, the line splitter and the metrics parser (cargo-fuzz, nightly), FUZZ_SECONDS each (default 60)
+fuzz: ## Fuzz the event decoder, the exact-decimal parser, the line splitter, the metrics parser and the certificate subject reader (cargo-fuzz, nightly), FUZZ_SECONDS each (default 60)
 	@if [ ! -x $(CARGO_FUZZ) ]; then $(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(CACHE)/cargo-fuzz; fi
 	cd fuzz && mkdir -p corpus-work && PATH=$(CACHE)/cargo-fuzz/bin:$$PATH RUSTFLAGS= cargo +nightly fuzz run decode_event corpus-work corpus/decode_event -- \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1
-	@for t in decimal lines promtext; do \
+	@for t in decimal lines promtext der_subject; do \
 	  (cd fuzz && mkdir -p corpus-work-$$t && PATH=$(CACHE)/cargo-fuzz/bin:$$PATH RUSTFLAGS= cargo +nightly fuzz run $$t corpus-work-$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=512 -print_final_stats=1) || exit 1; \
 	done

@@ -219,6 +219,12 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
         assert!(std::time::Instant::now() < deadline, "the resumed flow did not ingest: {:?}", bronze_billing_rows());
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+    // The operator starts a pass now (every bronze loop of r1 is woken); an unknown region is refused.
+    let (code, out) = run("otto", &["admin", "trigger", "--stage", "bronze", "--region", "r1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("triggered bronze/r1"), "{out}");
+    let (code, out) = run("otto", &["admin", "trigger", "--stage", "silver", "--region", "r9"]);
+    assert_eq!(code, Some(1), "{out}");
     // VACUUM needs admin; so does a checkpoint.
     let table = "regions/r1/silver/billing";
     let (code, out) = run("otto", &["admin", "vacuum", "--table", table, "--dry-run"]);
@@ -251,6 +257,8 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
         ("vera.viewer", "PauseFlow", "denied"),
         ("otto.operator", "PauseFlow", "ok"),
         ("otto.operator", "ResumeFlow", "ok"),
+        ("otto.operator", "TriggerRun", "ok"),
+        ("otto.operator", "TriggerRun", "error"),
         ("otto.operator", "Vacuum", "denied"),
         ("ada.admin", "Checkpoint", "ok"),
         ("ada.admin", "Vacuum", "ok"),

@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod config;
+pub mod der;
 pub mod error;
 pub mod event_log;
 pub mod fault;

@@ -19,6 +19,27 @@ pub fn set_paused(stage: &str, region: &str, paused: bool) -> bool {
     if paused { p.insert(key) } else { p.remove(&key) }
 }
 
+/// The wake-up of every running stage loop of this process, by (stage, region).
+static WAKERS: std::sync::Mutex<Vec<((String, String), std::sync::Weak<tokio::sync::Notify>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Starts a pass of the stage loops of (stage, region) now; how many were woken.
+pub fn trigger(stage: &str, region: &str) -> usize {
+    let mut w = WAKERS.lock().unwrap_or_else(|e| e.into_inner());
+    w.retain(|(_, n)| n.strong_count() > 0);
+    let mut n = 0;
+    for ((s, r), waker) in w.iter() {
+        if s == stage
+            && r == region
+            && let Some(waker) = waker.upgrade()
+        {
+            waker.notify_one();
+            n += 1;
+        }
+    }
+    n
+}
+
 pub fn is_paused(stage: &str, region: &str) -> bool {
     PAUSED.lock().unwrap_or_else(|e| e.into_inner()).contains(&(stage.to_string(), region.to_string()))
 }
@@ -103,6 +124,10 @@ pub async fn run_loop(
     wake: Arc<tokio::sync::Notify>,
 ) {
     let me = progress.register(format!("{}/{}", stage.stage(), stage.region()));
+    WAKERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(((stage.stage().to_string(), stage.region().to_string()), Arc::downgrade(&wake)));
     let mut backoff = Duration::from_millis(100);
     let mut need_recover = false;
     while !shutdown.is_triggered() {

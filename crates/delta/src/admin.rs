@@ -186,6 +186,28 @@ impl Admin for AdminService {
         self.audited(caller.as_ref(), "ResumeFlow", &FlowArgs { stage: &f.stage, region: &f.region }, r).await
     }
 
+    async fn trigger_run(&self, req: Request<FlowRef>) -> std::result::Result<Response<AdminReply>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let f = req.into_inner();
+        let r = self.flow(&f).and_then(|()| {
+            let n = tributary_core::stage::trigger(&f.stage, &f.region);
+            if n == 0 {
+                return Err(Status::not_found(format!("{}/{} does not run in this process", f.stage, f.region)));
+            }
+            let paused = tributary_core::stage::is_paused(&f.stage, &f.region);
+            Ok(AdminReply {
+                message: format!(
+                    "triggered {}/{}{}",
+                    f.stage,
+                    f.region,
+                    if paused { " (it is paused: the pass starts when resumed)" } else { "" }
+                ),
+                ..Default::default()
+            })
+        });
+        self.audited(caller.as_ref(), "TriggerRun", &FlowArgs { stage: &f.stage, region: &f.region }, r).await
+    }
+
     async fn checkpoint(&self, req: Request<TableRef>) -> std::result::Result<Response<AdminReply>, Status> {
         let caller = req.extensions().get::<Caller>().cloned();
         let t = req.into_inner();

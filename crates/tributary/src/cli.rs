@@ -188,6 +188,13 @@ enum AdminOp {
         #[arg(long)]
         region: String,
     },
+    /// Start a pass of a stage of a region now (operator).
+    Trigger {
+        #[arg(long)]
+        stage: String,
+        #[arg(long)]
+        region: String,
+    },
     /// Write a Delta checkpoint of a table given by its path under data_root (admin).
     Checkpoint {
         #[arg(long)]
@@ -748,6 +755,7 @@ async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
     let r = match op {
         AdminOp::Pause { stage, region } => c.pause_flow(FlowRef { stage, region }).await,
         AdminOp::Resume { stage, region } => c.resume_flow(FlowRef { stage, region }).await,
+        AdminOp::Trigger { stage, region } => c.trigger_run(FlowRef { stage, region }).await,
         AdminOp::Checkpoint { table } => c.checkpoint(TableRef { table }).await,
         AdminOp::Vacuum { table, retention_hours, dry_run } => {
             c.vacuum(VacuumRequest { table, retention_hours, dry_run }).await
