@@ -20,8 +20,8 @@ pub fn set_paused(stage: &str, region: &str, paused: bool) -> bool {
 }
 
 /// The wake-up of every running stage loop of this process, by (stage, region).
-static WAKERS: std::sync::Mutex<Vec<((String, String), std::sync::Weak<tokio::sync::Notify>)>> =
-    std::sync::Mutex::new(Vec::new());
+type Waker = ((String, String), std::sync::Weak<tokio::sync::Notify>);
+static WAKERS: std::sync::Mutex<Vec<Waker>> = std::sync::Mutex::new(Vec::new());
 
 /// Starts a pass of the stage loops of (stage, region) now; how many were woken.
 pub fn trigger(stage: &str, region: &str) -> usize {
