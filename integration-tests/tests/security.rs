@@ -241,6 +241,15 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
         "no checkpoint file in {}",
         log.display()
     );
+    // OPTIMIZE bronze/billing while the pipeline runs: fewer files, the same rows.
+    let bronze = "regions/r1/bronze/billing";
+    let (code, out) = run("ada", &["admin", "compact", "--table", bronze]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("compacted regions/r1/bronze/billing"), "{out}");
+    // The late file landed in a partition bronze had already written: at least one to compact.
+    assert!(!out.contains(": 0 partitions"), "{out}");
+    eprintln!("{}", out.trim());
+    assert_eq!(bronze_billing_rows(), Some(before + 25), "compaction changed the rows");
     let (code, out) = run("ada", &["admin", "vacuum", "--table", table, "--dry-run"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("(dry run)"), "{out}");
@@ -261,6 +270,7 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
         ("otto.operator", "TriggerRun", "error"),
         ("otto.operator", "Vacuum", "denied"),
         ("ada.admin", "Checkpoint", "ok"),
+        ("ada.admin", "Compact", "ok"),
         ("ada.admin", "Vacuum", "ok"),
         ("ada.admin", "Vacuum", "error"),
         ("ada.admin", "Checkpoint", "error"),

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use tributary_core::authz::{Caller, Role};
 use tributary_core::{Config, Result};
 use tributary_proto::v1::admin_server::{Admin, AdminServer};
-use tributary_proto::v1::{AdminReply, FlowRef, TableRef, VacuumRequest};
+use tributary_proto::v1::{AdminReply, CompactRequest, FlowRef, TableRef, VacuumRequest};
 
 pub fn audit_location(cfg: &Config) -> String {
     format!("{}/_tributary/audit", cfg.data_root.trim_end_matches('/'))
@@ -229,6 +229,34 @@ impl Admin for AdminService {
         }
         .await;
         self.audited(caller.as_ref(), "Checkpoint", &serde_json::json!({"table": t.table}), r).await
+    }
+
+    async fn compact(&self, req: Request<CompactRequest>) -> std::result::Result<Response<AdminReply>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let c = req.into_inner();
+        let r = async {
+            let loc = self.table_location(&c.table)?;
+            let mut table = Table::open_existing(&c.table, &loc)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| Status::not_found(format!("no Delta table at {}", c.table)))?;
+            let w = Writer { stage: "admin".into(), region: String::new(), threads: 1, attempts: 20 };
+            let rep = table
+                .compact(c.min_files.max(2) as usize, &w)
+                .await
+                .map_err(|e| Status::internal(format!("compaction of {}: {e}", c.table)))?;
+            Ok(AdminReply {
+                message: format!(
+                    "compacted {}: {} partitions, {} files into their rewrite ({} rows, unchanged); {} partitions skipped (rewritten meanwhile); {} live files now",
+                    c.table, rep.partitions, rep.files_removed, rep.rows, rep.skipped, rep.files_after
+                ),
+                version: rep.version,
+                files: vec![],
+            })
+        }
+        .await;
+        self.audited(caller.as_ref(), "Compact", &serde_json::json!({"table": c.table, "min_files": c.min_files}), r)
+            .await
     }
 
     async fn vacuum(&self, req: Request<VacuumRequest>) -> std::result::Result<Response<AdminReply>, Status> {

@@ -57,6 +57,18 @@ pub struct TableStats {
     pub max_time_unix_ms: i64,
 }
 
+/// What [`Table::compact`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CompactReport {
+    pub partitions: usize,
+    pub files_removed: usize,
+    pub rows: usize,
+    /// Partitions another writer rewrote meanwhile (left alone).
+    pub skipped: usize,
+    pub files_after: usize,
+    pub version: i64,
+}
+
 /// One Delta table, the unit a stage reads from or commits to.
 pub struct Table {
     pub name: String,
@@ -413,13 +425,37 @@ impl Table {
 
     /// `remove` actions (dataChange=true) for the given files of the current snapshot.
     pub fn remove_actions(&self, paths: &std::collections::HashSet<String>) -> Result<Vec<Action>> {
+        self.remove_actions_with(paths, true)
+    }
+
+    fn remove_actions_with(&self, paths: &std::collections::HashSet<String>, data_change: bool) -> Result<Vec<Action>> {
         let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
         Ok(snapshot
             .log_data()
             .iter()
             .filter(|f| paths.contains(f.path().as_ref()))
-            .map(|f| Action::Remove(f.remove_action(true)))
+            .map(|f| Action::Remove(f.remove_action(data_change)))
             .collect())
+    }
+
+    /// Fails with a conflict unless every one of `paths` is still a live file of the loaded
+    /// snapshot: a commit that replaces files another writer already replaced would bring their
+    /// rows back next to that writer's (a duplicate).
+    fn ensure_present(&self, paths: &std::collections::HashSet<String>) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
+        let live = snapshot.log_data().iter().filter(|f| paths.contains(f.path().as_ref())).count();
+        if live != paths.len() {
+            return Err(Error::conflict(format!(
+                "{}: {} of the {} files this commit replaces were removed by another writer; not committing",
+                self.name,
+                paths.len() - live,
+                paths.len()
+            )));
+        }
+        Ok(())
     }
 
     fn store(&self) -> Arc<dyn ObjectStore> {
@@ -656,6 +692,7 @@ impl Table {
                         % base.max(1);
                     tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
                     self.refresh().await?;
+
                     let mut landed = 0;
                     for m in moves {
                         let now = self.txn_version(&m.app_id).await?.unwrap_or(absent);
@@ -681,6 +718,26 @@ impl Table {
                             self.name,
                             moves.iter().map(|m| m.to).collect::<Vec<_>>()
                         )));
+                    }
+                    // The files this commit replaces must still be live (else another writer
+                    // rewrote them: committing would duplicate their rows) — unless they are gone
+                    // because an earlier attempt of this very commit landed.
+                    let replaced: std::collections::HashSet<String> = actions
+                        .iter()
+                        .filter_map(|a| match a {
+                            Action::Remove(r) => Some(r.path.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Err(e) = self.ensure_present(&replaced) {
+                        for v in (started_at + 1)..=self.version() {
+                            if self.commit_metadata(v, "tributary.attempt").await?.as_ref().and_then(|x| x.as_str())
+                                == Some(attempt_id.as_str())
+                            {
+                                return Ok(v);
+                            }
+                        }
+                        return Err(e);
                     }
                 }
                 Err(e) => return Err(e),
@@ -752,6 +809,9 @@ pub struct Commit<'a> {
     /// What a position without a `txn` in the table reads as (-1 for offsets and versions, 0 for
     /// batch sequences).
     pub absent: i64,
+    /// false for a compaction: the same rows in fewer files (`dataChange=false` on the adds and
+    /// removes, so incremental readers skip them).
+    pub data_change: bool,
 }
 
 impl<'a> Commit<'a> {
@@ -771,7 +831,13 @@ impl<'a> Commit<'a> {
             app_metadata,
             fault_before_commit: None,
             absent,
+            data_change: true,
         }
+    }
+    /// A compaction: the replaced files' rows rewritten unchanged (`dataChange=false`).
+    pub fn compaction(mut self) -> Self {
+        self.data_change = false;
+        self
     }
     /// Commits `metadata` (schema evolution, table properties) with the rows.
     pub fn evolving(mut self, metadata: Option<Action>) -> Self {
@@ -808,20 +874,25 @@ impl Table {
         let mut actions: Vec<Action> = c.metadata.iter().cloned().collect();
         let retry = c.metadata.is_none();
         let typed_on = self.version();
-        actions.extend(self.remove_actions(&c.replacing)?);
+        actions.extend(self.remove_actions_with(&c.replacing, c.data_change)?);
+        let mark = |mut a: Add| {
+            a.data_change = c.data_change;
+            Action::Add(a)
+        };
         if c.file_per_batch {
             for b in c.batches {
                 let adds = self.write_files_parallel(std::slice::from_ref(b), w.threads).await?;
-                actions.extend(adds.into_iter().map(Action::Add));
+                actions.extend(adds.into_iter().map(mark));
             }
         } else {
-            actions.extend(self.write_files_parallel(c.batches, w.threads).await?.into_iter().map(Action::Add));
+            actions.extend(self.write_files_parallel(c.batches, w.threads).await?.into_iter().map(mark));
         }
         if let Some(p) = c.fault_before_commit {
             tributary_core::fault::check(p)?;
         }
         let expected: Vec<(&str, i64)> = c.moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
         self.expect_positions(&expected, c.absent).await?;
+        self.ensure_present(&c.replacing)?;
         if !retry {
             // The metadata action was built on the snapshot the rows were typed with: commit on
             // exactly that state or not at all (another writer's schema change would be lost).
@@ -838,6 +909,53 @@ impl Table {
             return self.commit(actions, txns, c.app_metadata, 0).await;
         }
         self.commit_contended(actions, &c.moves, c.app_metadata, (&w.stage, &w.region), w.attempts, c.absent).await
+    }
+
+    /// OPTIMIZE (bin-packing): per partition with at least `min_files` live files, their rows
+    /// rewritten into one file set in one commit with `dataChange=false` — readers see the same
+    /// rows, incremental readers see nothing new. A partition at a time (bounded memory). Appends
+    /// running meanwhile are not in conflict (their new files are not replaced); a partition
+    /// another writer rewrote meanwhile is skipped with a conflict, never duplicated.
+    pub async fn compact(&mut self, min_files: usize, w: &Writer) -> Result<CompactReport> {
+        self.refresh().await?;
+        let mut by_partition: std::collections::BTreeMap<Vec<(String, Option<String>)>, Vec<FileRef>> =
+            Default::default();
+        for f in self.files()? {
+            let mut key: Vec<(String, Option<String>)> = f.partition_values.clone().into_iter().collect();
+            key.sort();
+            by_partition.entry(key).or_default().push(f);
+        }
+        let mut report = CompactReport::default();
+        for (key, files) in by_partition {
+            if files.len() < min_files.max(2) {
+                continue;
+            }
+            let mut batches = Vec::new();
+            for f in &files {
+                batches.extend(self.read_file(&f.path, Some(f.size), &f.partition_values).await?);
+            }
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let paths: std::collections::HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
+            let meta = HashMap::from([(
+                "tributary.compaction".to_string(),
+                serde_json::json!({"partition": key, "files": files.len(), "rows": rows}),
+            )]);
+            match self.commit_batch(Commit::new(&batches, vec![], meta, -1).replacing(paths).compaction(), w).await {
+                Ok(v) => {
+                    report.partitions += 1;
+                    report.files_removed += files.len();
+                    report.rows += rows;
+                    report.version = v;
+                }
+                Err(e) if e.kind == ErrorKind::Conflict => {
+                    tracing::warn!(table = %self.name, partition = ?key, error = %e, "compaction of a partition skipped");
+                    report.skipped += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        report.files_after = self.files()?.len();
+        Ok(report)
     }
 
     /// Every row added by the versions in `(after, up_to]`, with the version that added it, in

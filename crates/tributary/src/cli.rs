@@ -200,6 +200,13 @@ enum AdminOp {
         #[arg(long)]
         table: String,
     },
+    /// OPTIMIZE a table: each partition's small files rewritten into one, dataChange=false (admin).
+    Compact {
+        #[arg(long)]
+        table: String,
+        #[arg(long, default_value_t = 2)]
+        min_files: u32,
+    },
     /// VACUUM a table: delete files removed longer ago than the retention (admin).
     Vacuum {
         #[arg(long)]
@@ -747,7 +754,7 @@ async fn connect(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channe
 }
 
 async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
-    use tributary_proto::v1::{FlowRef, TableRef, VacuumRequest, admin_client::AdminClient};
+    use tributary_proto::v1::{CompactRequest, FlowRef, TableRef, VacuumRequest, admin_client::AdminClient};
     let mut c = match connect(&addr, &tls).await {
         Ok(c) => AdminClient::new(c),
         Err(e) => return fail(e),
@@ -757,6 +764,7 @@ async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
         AdminOp::Resume { stage, region } => c.resume_flow(FlowRef { stage, region }).await,
         AdminOp::Trigger { stage, region } => c.trigger_run(FlowRef { stage, region }).await,
         AdminOp::Checkpoint { table } => c.checkpoint(TableRef { table }).await,
+        AdminOp::Compact { table, min_files } => c.compact(CompactRequest { table, min_files }).await,
         AdminOp::Vacuum { table, retention_hours, dry_run } => {
             c.vacuum(VacuumRequest { table, retention_hours, dry_run }).await
         }
