@@ -260,6 +260,17 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
     let (code, out) = run("ada", &["admin", "checkpoint", "--table", "../../etc"]);
     assert_eq!(code, Some(1), "{out}");
 
+    // Retention now, with 1 month: the generated traffic (event dates of 2025-11) is older, so
+    // every event_date partition goes — from bronze too — while the audit stays.
+    let (code, out) = run("ada", &["admin", "retention", "--months", "1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("regions/r1/bronze/billing:"), "{out}");
+    // Read from the table itself (an idle stage's status shows the snapshot it last loaded).
+    for t in ["regions/r1/bronze/billing", "regions/r1/silver/billing", "regions/r1/gold/billing_usage_hourly"] {
+        let left: usize = read(&p.data.join(t).display().to_string()).await.unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!(left, 0, "{t} keeps {left} rows older than the retention");
+    }
+
     // The audit table: every admin call with who, what and the outcome (refusals are written
     // asynchronously by the authorisation layer: wait for them).
     let want = [
@@ -271,6 +282,7 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
         ("otto.operator", "Vacuum", "denied"),
         ("ada.admin", "Checkpoint", "ok"),
         ("ada.admin", "Compact", "ok"),
+        ("ada.admin", "EnforceRetention", "ok"),
         ("ada.admin", "Vacuum", "ok"),
         ("ada.admin", "Vacuum", "error"),
         ("ada.admin", "Checkpoint", "error"),

@@ -45,6 +45,25 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub kafka2prom: Kafka2PromConfig,
     pub log_exporter: LogExporterConfig,
+    pub retention: RetentionConfig,
+}
+
+/// Data retention: `event_date` partitions older than `months` are removed from every table
+/// under `data_root` (the audit table excepted), every `interval_secs` by gold-aggregate and
+/// central-federator (0, the default = only on demand, `tributary admin retention`: the
+/// generator's fixed event-time base would otherwise age out of a demo); VACUUM deletes the
+/// files once they are past its own retention.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub months: u32,
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { months: 13, interval_secs: 0 }
+    }
 }
 
 /// log-exporter: ships metric dumps to Kafka.
@@ -519,6 +538,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             kafka2prom: Kafka2PromConfig::default(),
             log_exporter: LogExporterConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

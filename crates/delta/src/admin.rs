@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use tributary_core::authz::{Caller, Role};
 use tributary_core::{Config, Result};
 use tributary_proto::v1::admin_server::{Admin, AdminServer};
-use tributary_proto::v1::{AdminReply, CompactRequest, FlowRef, TableRef, VacuumRequest};
+use tributary_proto::v1::{AdminReply, CompactRequest, FlowRef, RetentionRequest, TableRef, VacuumRequest};
 
 pub fn audit_location(cfg: &Config) -> String {
     format!("{}/_tributary/audit", cfg.data_root.trim_end_matches('/'))
@@ -257,6 +257,38 @@ impl Admin for AdminService {
         .await;
         self.audited(caller.as_ref(), "Compact", &serde_json::json!({"table": c.table, "min_files": c.min_files}), r)
             .await
+    }
+
+    async fn enforce_retention(
+        &self,
+        req: Request<RetentionRequest>,
+    ) -> std::result::Result<Response<AdminReply>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let months = match req.into_inner().months {
+            0 => self.cfg.retention.months,
+            m => m,
+        };
+        let r = async {
+            if months == 0 {
+                return Err(Status::invalid_argument("retention of 0 months: nothing would be kept"));
+            }
+            let today = chrono::Utc::now().date_naive();
+            let report = crate::retention::enforce(&self.cfg, months, today)
+                .await
+                .map_err(|e| Status::internal(format!("retention: {e}")))?;
+            let files: usize = report.iter().map(|(_, n)| n).sum();
+            Ok(AdminReply {
+                message: format!(
+                    "retention {months} months (before {}): {files} files removed from {} tables",
+                    crate::retention::cutoff(today, months),
+                    report.len()
+                ),
+                files: report.iter().map(|(t, n)| format!("{t}: {n} files")).collect(),
+                version: 0,
+            })
+        }
+        .await;
+        self.audited(caller.as_ref(), "EnforceRetention", &serde_json::json!({"months": months}), r).await
     }
 
     async fn vacuum(&self, req: Request<VacuumRequest>) -> std::result::Result<Response<AdminReply>, Status> {

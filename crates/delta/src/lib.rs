@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod event_log;
 pub mod fingerprint;
 pub mod quarantine;
+pub mod retention;
 pub mod schemas;
 mod table;
 

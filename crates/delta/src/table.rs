@@ -911,6 +911,32 @@ impl Table {
         self.commit_contended(actions, &c.moves, c.app_metadata, (&w.stage, &w.region), w.attempts, c.absent).await
     }
 
+    /// Retention: removes (dataChange=true) every live file whose `column` partition value is
+    /// before `cutoff` (ISO dates compare as strings), in one commit; how many files. Tables not
+    /// partitioned by `column` are left alone.
+    pub async fn drop_partitions_before(&mut self, column: &str, cutoff: &str, w: &Writer) -> Result<usize> {
+        self.refresh().await?;
+        if !self.partition_columns.iter().any(|c| c == column) {
+            return Ok(0);
+        }
+        let old: std::collections::HashSet<String> = self
+            .files()?
+            .into_iter()
+            .filter(|f| f.partition_values.get(column).and_then(|v| v.as_deref()).is_some_and(|v| v < cutoff))
+            .map(|f| f.path)
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let n = old.len();
+        let meta = HashMap::from([(
+            "tributary.retention".to_string(),
+            serde_json::json!({"column": column, "before": cutoff, "files": n}),
+        )]);
+        self.commit_batch(Commit::new(&[], vec![], meta, -1).replacing(old), w).await?;
+        Ok(n)
+    }
+
     /// OPTIMIZE (bin-packing): per partition with at least `min_files` live files, their rows
     /// rewritten into one file set in one commit with `dataChange=false` — readers see the same
     /// rows, incremental readers see nothing new. A partition at a time (bounded memory). Appends

@@ -129,15 +129,7 @@ async fn commit_batch_rewrites_partitions_and_fences_a_zombie_rewrite() {
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
-    let mut all: Vec<i64> = live
-        .read_all()
-        .await
-        .unwrap()
-        .iter()
-        .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
-        .collect();
-    all.sort();
-    assert_eq!(all, vec![3, 4]);
+    assert_eq!(sorted_x(&live).await, vec![3, 4]);
     // Versions read back as (version, rows) in commit order (version 0 created the table).
     let read: Vec<(i64, usize)> =
         live.read_versions(-1, 2).await.unwrap().iter().map(|(v, b)| (*v, b.num_rows())).collect();
@@ -203,6 +195,11 @@ fn pbatch(v: &[i64], p: &str) -> RecordBatch {
 
 async fn xs(t: &mut Table) -> Vec<i64> {
     t.refresh().await.unwrap();
+    sorted_x(t).await
+}
+
+/// Column `x` (Int64) of every live row of `t`, sorted.
+pub(crate) async fn sorted_x(t: &Table) -> Vec<i64> {
     let mut all: Vec<i64> = t
         .read_all()
         .await

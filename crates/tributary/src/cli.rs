@@ -207,6 +207,12 @@ enum AdminOp {
         #[arg(long, default_value_t = 2)]
         min_files: u32,
     },
+    /// Remove event_date partitions older than the retention from every table now (admin).
+    Retention {
+        /// 0 = the service's retention.months.
+        #[arg(long, default_value_t = 0)]
+        months: u32,
+    },
     /// VACUUM a table: delete files removed longer ago than the retention (admin).
     Vacuum {
         #[arg(long)]
@@ -725,6 +731,10 @@ where
             Err(e) => return fail(e),
         };
         start_event_log(&cfg, name);
+        // The owners of the last layer of each install sweep retention on a schedule.
+        if matches!(name, "gold-aggregate" | "central-federator") {
+            tributary_delta::retention::spawn(&cfg, sd.clone());
+        }
         let result = f(Arc::new(cfg), sd, hook).await;
         if let Err(e) = &result {
             tributary_core::event_log::emit(
@@ -754,7 +764,9 @@ async fn connect(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channe
 }
 
 async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
-    use tributary_proto::v1::{CompactRequest, FlowRef, TableRef, VacuumRequest, admin_client::AdminClient};
+    use tributary_proto::v1::{
+        CompactRequest, FlowRef, RetentionRequest, TableRef, VacuumRequest, admin_client::AdminClient,
+    };
     let mut c = match connect(&addr, &tls).await {
         Ok(c) => AdminClient::new(c),
         Err(e) => return fail(e),
@@ -765,6 +777,7 @@ async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
         AdminOp::Trigger { stage, region } => c.trigger_run(FlowRef { stage, region }).await,
         AdminOp::Checkpoint { table } => c.checkpoint(TableRef { table }).await,
         AdminOp::Compact { table, min_files } => c.compact(CompactRequest { table, min_files }).await,
+        AdminOp::Retention { months } => c.enforce_retention(RetentionRequest { months }).await,
         AdminOp::Vacuum { table, retention_hours, dry_run } => {
             c.vacuum(VacuumRequest { table, retention_hours, dry_run }).await
         }
