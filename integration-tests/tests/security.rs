@@ -33,41 +33,7 @@ fn make_pki(dir: &Path) {
         .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for who in ["server", "client"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{who}.key"),
-                "-out",
-                &format!("{who}.csr"),
-                "-subj",
-                &format!("/CN=tributary-{who}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{who}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{who}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{who}.ext"),
-            ],
-        );
+        signed_cert(dir, who, &format!("/CN=tributary-{who}"), &format!("{who}.ext"));
     }
 }
 
@@ -82,43 +48,36 @@ fn tls_standalone(p: &Pipeline, pki: &Path, port: u16) -> Command {
     c
 }
 
-/// A client certificate with Common Name `cn`, signed by the CA of `make_pki`.
-fn client_cert(dir: &Path, name: &str, cn: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/O=Tributary Test/CN={cn}"),
-        ],
-    );
+/// A key and a certificate `<name>.key`/`<name>.pem` with `subject`, signed by the CA of
+/// `make_pki`, with the extensions of `ext`.
+fn signed_cert(dir: &Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject]);
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            &format!("{name}.csr"),
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            &format!("{name}.pem"),
+            &pem,
             "-days",
             "2",
             "-extfile",
-            "client.ext",
+            ext,
         ],
     );
+}
+
+/// A client certificate with Common Name `cn`, signed by the CA of `make_pki`.
+fn client_cert(dir: &Path, name: &str, cn: &str) {
+    signed_cert(dir, name, &format!("/O=Tributary Test/CN={cn}"), "client.ext");
 }
 
 /// Issue #13: the Admin API. Roles come from the mTLS client certificate's CN (`server.roles`);

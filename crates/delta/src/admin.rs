@@ -131,6 +131,28 @@ impl AdminService {
         result.map(Response::new)
     }
 
+    /// PauseFlow / ResumeFlow.
+    async fn set_paused(
+        &self,
+        req: Request<FlowRef>,
+        paused: bool,
+    ) -> std::result::Result<Response<AdminReply>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let f = req.into_inner();
+        let r = self.flow(&f).map(|()| {
+            let changed = tributary_core::stage::set_paused(&f.stage, &f.region, paused);
+            let what = match (paused, changed) {
+                (true, true) => "paused",
+                (true, false) => "already paused",
+                (false, true) => "resumed",
+                (false, false) => "was not paused:",
+            };
+            AdminReply { message: format!("{what} {}/{}", f.stage, f.region), ..Default::default() }
+        });
+        let method = if paused { "PauseFlow" } else { "ResumeFlow" };
+        self.audited(caller.as_ref(), method, &FlowArgs { stage: &f.stage, region: &f.region }, r).await
+    }
+
     fn flow(&self, f: &FlowRef) -> std::result::Result<(), Status> {
         if !STAGES.contains(&f.stage.as_str()) {
             return Err(Status::invalid_argument(format!("stage {:?}: one of {}", f.stage, STAGES.join(", "))));
@@ -161,29 +183,11 @@ struct VacuumArgs<'a> {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn pause_flow(&self, req: Request<FlowRef>) -> std::result::Result<Response<AdminReply>, Status> {
-        let caller = req.extensions().get::<Caller>().cloned();
-        let f = req.into_inner();
-        let r = self.flow(&f).map(|()| {
-            let changed = tributary_core::stage::set_paused(&f.stage, &f.region, true);
-            AdminReply {
-                message: format!("{} {}/{}", if changed { "paused" } else { "already paused" }, f.stage, f.region),
-                ..Default::default()
-            }
-        });
-        self.audited(caller.as_ref(), "PauseFlow", &FlowArgs { stage: &f.stage, region: &f.region }, r).await
+        self.set_paused(req, true).await
     }
 
     async fn resume_flow(&self, req: Request<FlowRef>) -> std::result::Result<Response<AdminReply>, Status> {
-        let caller = req.extensions().get::<Caller>().cloned();
-        let f = req.into_inner();
-        let r = self.flow(&f).map(|()| {
-            let changed = tributary_core::stage::set_paused(&f.stage, &f.region, false);
-            AdminReply {
-                message: format!("{} {}/{}", if changed { "resumed" } else { "was not paused:" }, f.stage, f.region),
-                ..Default::default()
-            }
-        });
-        self.audited(caller.as_ref(), "ResumeFlow", &FlowArgs { stage: &f.stage, region: &f.region }, r).await
+        self.set_paused(req, false).await
     }
 
     async fn trigger_run(&self, req: Request<FlowRef>) -> std::result::Result<Response<AdminReply>, Status> {
