@@ -237,15 +237,28 @@ impl KafkaIngest {
             t.table.refresh().await?;
         }
         self.quarantine.refresh().await?;
+        let mut repair = TopicPartitionList::new();
         for tp in list {
             let (d, q) = self.positions_for(tp).await?;
             tracing::info!(topic = %tp.0, partition = tp.1, data_txn = d, quarantine_txn = q, "resuming from the table");
+            if d >= 0 {
+                let _ = repair.add_partition_offset(&tp.0, tp.1, Offset::Offset(d + 1));
+            }
             // Buffered messages of this partition are not in the table: dropped, read again.
             self.buffer.retain(|m| (m.topic.as_str(), m.partition) != (tp.0.as_str(), tp.1));
             self.assigned.insert(tp.clone(), PartState { data_pos: d, q_pos: q, buffered_to: d.min(q), seeked: false });
             self.seek_to_table(tp)?;
         }
         self.buffer_bytes = self.buffer.iter().map(|m| m.payload.len()).sum();
+        // A crash between the table commit and the group commit leaves the group offset behind
+        // the table; if no new message arrives for that partition, no batch would ever repair it
+        // and lag tools (and KEDA) would report a backlog that does not exist. The table is the
+        // truth, so the group is brought up to it on every assignment. Failure is only logged.
+        if repair.count() > 0
+            && let Err(e) = self.consumer.commit(&repair, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "aligning consumer-group offsets with the table positions failed");
+        }
         Ok(())
     }
 
