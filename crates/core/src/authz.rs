@@ -52,9 +52,10 @@ pub struct Caller {
 /// The role a gRPC method needs.
 pub fn required_role(path: &str) -> Role {
     match path {
-        "/tributary.v1.Admin/PauseFlow" | "/tributary.v1.Admin/ResumeFlow" | "/tributary.v1.Admin/TriggerRun" => {
-            Role::Operator
-        }
+        "/tributary.v1.Admin/PauseFlow"
+        | "/tributary.v1.Admin/ResumeFlow"
+        | "/tributary.v1.Admin/TriggerRun"
+        | "/tributary.v1.Admin/ForgetStatus" => Role::Operator,
         p if p.starts_with("/tributary.v1.Admin/") => Role::Admin,
         _ => Role::Viewer,
     }
@@ -219,6 +220,8 @@ mod tests {
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
         assert_eq!(required_role("/tributary.v1.Admin/PauseFlow"), Role::Operator);
         assert_eq!(required_role("/tributary.v1.Admin/Vacuum"), Role::Admin);
+        assert_eq!(required_role("/tributary.v1.Admin/Forget"), Role::Admin);
+        assert_eq!(required_role("/tributary.v1.Admin/ForgetStatus"), Role::Operator);
         assert_eq!(required_role("/tributary.v1.PipelineStatus/GetStatus"), Role::Viewer);
         assert!(role_table(&BTreeMap::from([("root".to_string(), vec![])])).is_err());
     }

@@ -15,7 +15,9 @@ use tonic::{Request, Response, Status};
 use tributary_core::authz::{Caller, Role};
 use tributary_core::{Config, Result};
 use tributary_proto::v1::admin_server::{Admin, AdminServer};
-use tributary_proto::v1::{AdminReply, CompactRequest, FlowRef, RetentionRequest, TableRef, VacuumRequest};
+use tributary_proto::v1::{
+    AdminReply, CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest, RetentionRequest, TableRef, VacuumRequest,
+};
 
 pub fn audit_location(cfg: &Config) -> String {
     format!("{}/_tributary/audit", cfg.data_root.trim_end_matches('/'))
@@ -200,6 +202,7 @@ impl Admin for AdminService {
             }
             let paused = tributary_core::stage::is_paused(&f.stage, &f.region);
             Ok(AdminReply {
+                json: String::new(),
                 message: format!(
                     "triggered {}/{}{}",
                     f.stage,
@@ -226,6 +229,7 @@ impl Admin for AdminService {
                 .await
                 .map_err(|e| Status::internal(format!("checkpoint of {}: {e}", t.table)))?;
             Ok(AdminReply {
+                json: String::new(),
                 message: format!("checkpoint of {} at version {version}", t.table),
                 version,
                 files: vec![],
@@ -250,6 +254,7 @@ impl Admin for AdminService {
                 .await
                 .map_err(|e| Status::internal(format!("compaction of {}: {e}", c.table)))?;
             Ok(AdminReply {
+                json: String::new(),
                 message: format!(
                     "compacted {}: {} partitions, {} files into their rewrite ({} rows, unchanged); {} partitions skipped (rewritten meanwhile); {} live files now",
                     c.table, rep.partitions, rep.files_removed, rep.rows, rep.skipped, rep.files_after
@@ -282,6 +287,7 @@ impl Admin for AdminService {
                 .map_err(|e| Status::internal(format!("retention: {e}")))?;
             let files: usize = report.iter().map(|(_, n)| n).sum();
             Ok(AdminReply {
+                json: String::new(),
                 message: format!(
                     "retention {months} months (before {}): {files} files removed from {} tables",
                     crate::retention::cutoff(today, months),
@@ -319,6 +325,7 @@ impl Admin for AdminService {
                 .await
                 .map_err(|e| Status::internal(format!("vacuum of {}: {e}", v.table)))?;
             Ok(AdminReply {
+                json: String::new(),
                 message: format!(
                     "vacuum of {}{}: {} files",
                     v.table,
@@ -332,6 +339,89 @@ impl Admin for AdminService {
         .await;
         let args = VacuumArgs { table: &v.table, retention_hours: v.retention_hours, dry_run: v.dry_run };
         self.audited(caller.as_ref(), "Vacuum", &args, r).await
+    }
+
+    async fn forget(&self, req: Request<ForgetRequest>) -> std::result::Result<Response<AdminReply>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let f = req.into_inner();
+        let wait = std::time::Duration::from_secs(if f.wait_secs == 0 { 300 } else { f.wait_secs as u64 });
+        let r = crate::forget::forget(&self.cfg, &f.customer_id, Some(&f.request_id), wait)
+            .await
+            .map_err(|e| match e.kind {
+                tributary_core::ErrorKind::User => Status::failed_precondition(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            })
+            .and_then(|o| {
+                let files = o
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{}: {} rows deleted, {} rows redacted, {} files rewritten (version {})",
+                            t.table, t.rows_deleted, t.rows_redacted, t.files_rewritten, t.version
+                        )
+                    })
+                    .collect();
+                let message = format!(
+                    "request {}: {} rows deleted and {} redacted to {:?} in {} tables, {} files deleted; proof: {} \
+                     Parquet and {} log files scanned, {} still holding the customer; deadline {}",
+                    o.request_id,
+                    o.rows_deleted(),
+                    o.rows_redacted(),
+                    o.tag,
+                    o.tables.len(),
+                    o.files_deleted,
+                    o.proof.parquet_files,
+                    o.proof.log_files,
+                    o.proof.hits.len(),
+                    o.deadline
+                );
+                let json = serde_json::to_string(&o).unwrap_or_default();
+                if o.proof.hits.is_empty() {
+                    Ok(AdminReply { message, files, version: 0, json })
+                } else {
+                    Err(Status::data_loss(format!("{message}: {:?}", o.proof.hits)))
+                }
+            });
+        // The audit names the customer by hash only.
+        let args = serde_json::json!({"customer_sha256": crate::forget::customer_hash(&f.customer_id),
+                                      "request_id": f.request_id, "wait_secs": f.wait_secs});
+        self.audited(caller.as_ref(), "Forget", &args, r).await
+    }
+
+    async fn forget_status(
+        &self,
+        req: Request<ForgetStatusRequest>,
+    ) -> std::result::Result<Response<AdminReply>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let r =
+            crate::forget::requests::list(&self.cfg).await.map_err(|e| Status::internal(e.to_string())).map(|list| {
+                let rfc = crate::forget::requests::rfc3339;
+                let files = list
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} customer {}… {} requested {} deadline {}{}{}",
+                            s.request_id,
+                            &s.customer_sha256[..12.min(s.customer_sha256.len())],
+                            s.status,
+                            rfc(s.requested_at_us),
+                            rfc(s.deadline_us),
+                            s.completed_at_us.map(|c| format!(" completed {}", rfc(c))).unwrap_or_default(),
+                            if s.overdue { " OVERDUE" } else { "" }
+                        )
+                    })
+                    .collect();
+                let open = list.iter().filter(|s| s.completed_at_us.is_none()).count();
+                let overdue = list.iter().filter(|s| s.overdue).count();
+                AdminReply {
+                    message: format!("{} erasure requests: {open} open, {overdue} overdue", list.len()),
+                    files,
+                    version: 0,
+                    json: serde_json::to_string(&list).unwrap_or_default(),
+                }
+            });
+        self.audited(caller.as_ref(), "ForgetStatus", &serde_json::json!({}), r).await
     }
 }
 

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod catalog;
 pub mod event_log;
 pub mod fingerprint;
+pub mod forget;
 pub mod quarantine;
 pub mod retention;
 pub mod schemas;

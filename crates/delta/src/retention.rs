@@ -19,7 +19,7 @@ pub fn cutoff(today: chrono::NaiveDate, months: u32) -> String {
 }
 
 /// Every Delta table under `root` (a folder with a `_delta_log`), relative paths, sorted.
-fn tables(root: &std::path::Path) -> Vec<String> {
+pub(crate) fn tables(root: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

@@ -750,15 +750,27 @@ impl Table {
 /// text columns (the raw payload, rescued data, quarantined raw bytes) no dictionary (it never
 /// pays off and is rebuilt then abandoned per page) and statistics per chunk only.
 fn writer_properties(schema: &SchemaRef) -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::arrow::datatypes::DataType;
     use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
     use deltalake::parquet::schema::types::ColumnPath;
     let mut b = WriterProperties::builder().set_compression(deltalake::parquet::basic::Compression::SNAPPY);
     for name in ["payload", "_rescued_data", "raw", "detail"] {
         if schema.field_with_name(name).is_ok() {
-            let col = ColumnPath::from(name);
-            b = b
-                .set_column_dictionary_enabled(col.clone(), false)
-                .set_column_statistics_enabled(col, EnabledStatistics::Chunk);
+            b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
+        }
+    }
+    // No statistics on text columns (but a few closed vocabularies): Delta copies a file's
+    // min/max values into the log, and the log is history that cannot be rewritten — a
+    // customer id or a payload there would survive an erasure ("forget a customer"). Numbers,
+    // timestamps and booleans (event_time, is_final: what the stages prune on) keep theirs.
+    const TEXT_WITH_STATS: &[&str] = &["source", "region", "event_date", "sku", "record_type", "level", "stage"];
+    for f in schema.fields() {
+        let text = matches!(
+            f.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::LargeBinary
+        );
+        if text && !TEXT_WITH_STATS.contains(&f.name().as_str()) {
+            b = b.set_column_statistics_enabled(ColumnPath::from(f.name().as_str()), EnabledStatistics::None);
         }
     }
     b.build()
@@ -812,6 +824,10 @@ pub struct Commit<'a> {
     /// false for a compaction: the same rows in fewer files (`dataChange=false` on the adds and
     /// removes, so incremental readers skip them).
     pub data_change: bool,
+    /// An erasure (forget a customer): the removes change data (`dataChange=true`: rows are
+    /// gone) but the adds hold rows the table already had (`dataChange=false`), so incremental
+    /// readers do not read the rewritten rows a second time.
+    pub erasure: bool,
 }
 
 impl<'a> Commit<'a> {
@@ -832,11 +848,17 @@ impl<'a> Commit<'a> {
             fault_before_commit: None,
             absent,
             data_change: true,
+            erasure: false,
         }
     }
     /// A compaction: the replaced files' rows rewritten unchanged (`dataChange=false`).
     pub fn compaction(mut self) -> Self {
         self.data_change = false;
+        self
+    }
+    /// An erasure: the replaced files' rows minus (or with redacted) a customer's.
+    pub fn erasure(mut self) -> Self {
+        self.erasure = true;
         self
     }
     /// Commits `metadata` (schema evolution, table properties) with the rows.
@@ -876,7 +898,7 @@ impl Table {
         let typed_on = self.version();
         actions.extend(self.remove_actions_with(&c.replacing, c.data_change)?);
         let mark = |mut a: Add| {
-            a.data_change = c.data_change;
+            a.data_change = c.data_change && !c.erasure;
             Action::Add(a)
         };
         if c.file_per_batch {

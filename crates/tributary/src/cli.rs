@@ -222,6 +222,29 @@ enum AdminOp {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Forget a customer: erase them from every table, delete the files, prove it (admin).
+    /// The id is read from --customer-id-file or stdin when not given (keeps it out of shell
+    /// history and process listings).
+    Forget {
+        #[arg(long)]
+        customer_id: Option<String>,
+        #[arg(long)]
+        customer_id_file: Option<std::path::PathBuf>,
+        /// Repeat an earlier request (idempotent); a new request otherwise.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// How long readers of a rewritten table may take to read past the erasure.
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u32,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The erasure requests with their 7-day deadlines (operator); exit 5 when one is overdue.
+    ForgetStatus {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -756,18 +779,34 @@ where
 
 /// A gRPC channel to `addr` (TLS settings applied), or the message to fail with.
 async fn connect(addr: &str, tls: &ClientTls) -> Result<tonic::transport::Channel, String> {
+    connect_for(addr, tls, std::time::Duration::from_secs(10)).await
+}
+
+/// Like [`connect`], with calls allowed up to `timeout`.
+async fn connect_for(
+    addr: &str,
+    tls: &ClientTls,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| format!("invalid address {addr}: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(10));
+        .timeout(timeout);
     tls.apply(endpoint)?.connect().await.map_err(|e| format!("cannot connect to {addr}: {e}"))
 }
 
 async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
     use tributary_proto::v1::{
-        CompactRequest, FlowRef, RetentionRequest, TableRef, VacuumRequest, admin_client::AdminClient,
+        CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest, RetentionRequest, TableRef, VacuumRequest,
+        admin_client::AdminClient,
     };
-    let mut c = match connect(&addr, &tls).await {
+    let (mut json, mut overdue_exit) = (false, false);
+    let timeout = match &op {
+        // Rewriting every table takes longer than the usual call.
+        AdminOp::Forget { wait_secs, .. } => std::time::Duration::from_secs(*wait_secs as u64 + 3600),
+        _ => std::time::Duration::from_secs(10),
+    };
+    let mut c = match connect_for(&addr, &tls, timeout).await {
         Ok(c) => AdminClient::new(c),
         Err(e) => return fail(e),
     };
@@ -781,13 +820,44 @@ async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
         AdminOp::Vacuum { table, retention_hours, dry_run } => {
             c.vacuum(VacuumRequest { table, retention_hours, dry_run }).await
         }
+        AdminOp::Forget { customer_id, customer_id_file, request_id, wait_secs, json: j } => {
+            json = j;
+            let id = match (customer_id, customer_id_file) {
+                (Some(id), _) => id,
+                (None, Some(f)) => match std::fs::read_to_string(&f) {
+                    Ok(s) => s.trim().to_string(),
+                    Err(e) => return fail(format!("reading {}: {e}", f.display())),
+                },
+                (None, None) => {
+                    let mut s = String::new();
+                    if let Err(e) = std::io::stdin().read_line(&mut s) {
+                        return fail(format!("reading the customer id from stdin: {e}"));
+                    }
+                    s.trim().to_string()
+                }
+            };
+            c.forget(ForgetRequest { customer_id: id, request_id, wait_secs }).await
+        }
+        AdminOp::ForgetStatus { json: j } => {
+            json = j;
+            let r = c.forget_status(ForgetStatusRequest {}).await;
+            overdue_exit = true;
+            r
+        }
     };
     match r {
         Ok(r) => {
             let r = r.into_inner();
-            println!("{}", r.message);
-            for f in &r.files {
-                println!("  {f}");
+            if json {
+                println!("{}", r.json);
+            } else {
+                println!("{}", r.message);
+                for f in &r.files {
+                    println!("  {f}");
+                }
+            }
+            if overdue_exit && r.files.iter().any(|f| f.ends_with(" OVERDUE")) {
+                return ExitCode::from(5);
             }
             ExitCode::SUCCESS
         }
