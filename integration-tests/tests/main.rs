@@ -12,3 +12,4 @@ mod restart;
 mod security;
 mod semantics;
 mod status_api;
+mod traces;

@@ -374,11 +374,10 @@ impl KafkaIngest {
         if let Some(tp) = self.buffer.iter().find_map(|m| m.traceparent.clone()) {
             let _ = span.set_parent(tributary_kafka::trace::context_from(&tp));
         }
-        let _enter = span.enter();
         // The fetcher keeps running while the batch is written: its queue is bounded by
         // `queued.max.messages.kbytes`, and pausing would purge what it already fetched (every
         // batch would then wait for a refetch from the broker).
-        let result = self.flush_inner(started).await;
+        let result = tracing::Instrument::instrument(self.flush_inner(started), span).await;
         self.pause_stopped();
         result
     }

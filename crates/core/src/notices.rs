@@ -17,6 +17,10 @@ pub struct CommitNotice {
     pub stage: String,
     pub region: String,
     pub committed_at_ms: i64,
+    /// W3C trace context of the commit's span (`tributary.commit`), when traces are exported:
+    /// the reader's commits of this version become its children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 pub trait NoticeSink: Send + Sync + 'static {

@@ -156,7 +156,7 @@ pub async fn run_loop(
         }
         let counter_before = progress.work.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
-        let result = stage.run_once().await;
+        let result = crate::telemetry::in_pass(stage.run_once()).await;
         me.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut st = stage.status().await;
         if let Ok(units) = &result {

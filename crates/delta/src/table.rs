@@ -76,9 +76,18 @@ pub struct Table {
     pub table: DeltaTable,
     schema: SchemaRef,
     partition_columns: Vec<String>,
+    /// W3C trace context of this writer's last commit (for its commit notice).
+    last_traceparent: Option<String>,
 }
 
+/// commitInfo key of a commit's W3C trace context.
+pub const TRACEPARENT_KEY: &str = "tributary.traceparent";
+
 impl Table {
+    fn loaded(name: &str, url: Url, table: DeltaTable, schema: SchemaRef, partition_columns: Vec<String>) -> Self {
+        Self { name: name.into(), url, table, schema, partition_columns, last_traceparent: None }
+    }
+
     /// Opens the table at `location`, creating it with `schema` when it does not exist yet.
     /// Safe when several processes race to create the same table.
     pub async fn open_or_create(
@@ -100,7 +109,7 @@ impl Table {
             };
             match opened {
                 Ok(table) => {
-                    return Ok(Self { name: name.into(), url, table, schema, partition_columns });
+                    return Ok(Self::loaded(name, url, table, schema, partition_columns));
                 }
                 Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {}
                 Err(e) if attempt < 19 => {
@@ -122,7 +131,7 @@ impl Table {
             match create {
                 Ok(table) => {
                     tracing::info!(table = name, url = %url, "created Delta table");
-                    return Ok(Self { name: name.into(), url, table, schema, partition_columns });
+                    return Ok(Self::loaded(name, url, table, schema, partition_columns));
                 }
                 Err(e) => {
                     tracing::debug!(table = name, error = %e, "create lost a race, reopening");
@@ -149,7 +158,7 @@ impl Table {
                 let snapshot = table.snapshot().map_err(|e| delta_err("snapshot", e))?;
                 let schema = snapshot.snapshot().arrow_schema();
                 let partition_columns = snapshot.metadata().partition_columns().to_vec();
-                Ok(Some(Self { name: name.into(), url, table, schema, partition_columns }))
+                Ok(Some(Self::loaded(name, url, table, schema, partition_columns)))
             }
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(delta_err(format!("opening table {name} at {url}"), e)),
@@ -375,10 +384,17 @@ impl Table {
                 })?;
             let actions = deltalake::logstore::get_actions(v as u64, &bytes)
                 .map_err(|e| delta_err(format!("parsing version {v} of {}", self.name), e))?;
-            let adds = actions
+            let adds: Vec<Add> = actions
                 .into_iter()
                 .filter_map(|a| match a {
                     Action::Add(add) if add.data_change => Some(add),
+                    Action::CommitInfo(ci) => {
+                        // The writer's trace context: this pass's commits continue its trace.
+                        if let Some(Value::String(tp)) = ci.info.get(TRACEPARENT_KEY) {
+                            tributary_core::telemetry::note_input_trace(tp);
+                        }
+                        None
+                    }
                     _ => None,
                 })
                 .collect();
@@ -621,6 +637,7 @@ impl Table {
             stage: stage.into(),
             region: region.into(),
             committed_at_ms: tributary_core::now_ms(),
+            traceparent: self.last_traceparent.clone(),
         });
     }
 }
@@ -892,7 +909,22 @@ impl Table {
     /// positions win the race, up to `w.attempts` (an earlier attempt of this writer that landed
     /// counts as done). Returns the committed version; an empty commit (no rows, no actions)
     /// still records the positions.
-    pub async fn commit_batch(&mut self, c: Commit<'_>, w: &Writer) -> Result<i64> {
+    pub async fn commit_batch(&mut self, mut c: Commit<'_>, w: &Writer) -> Result<i64> {
+        use tracing::Instrument;
+        let span = tributary_core::telemetry::commit_span(&self.name, &w.stage, &w.region);
+        let tp = tributary_core::telemetry::traceparent_of(&span);
+        if let Some(tp) = &tp {
+            c.app_metadata.insert(TRACEPARENT_KEY.to_string(), Value::String(tp.clone()));
+        }
+        let r = self.commit_batch_inner(c, w).instrument(span.clone()).await;
+        if let Ok(v) = &r {
+            span.record("version", v);
+            self.last_traceparent = tp;
+        }
+        r
+    }
+
+    async fn commit_batch_inner(&mut self, c: Commit<'_>, w: &Writer) -> Result<i64> {
         let mut actions: Vec<Action> = c.metadata.iter().cloned().collect();
         let retry = c.metadata.is_none();
         let typed_on = self.version();

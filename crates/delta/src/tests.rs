@@ -287,3 +287,73 @@ async fn compaction_keeps_every_row_once_beside_concurrent_appends_and_is_fenced
     assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
     assert_eq!(xs(&mut t).await, want, "no row twice");
 }
+
+/// Notices published by this test binary (the process-wide sink).
+static NOTICES: std::sync::Mutex<Vec<tributary_core::notices::CommitNotice>> = std::sync::Mutex::new(Vec::new());
+struct Capture;
+impl tributary_core::notices::NoticeSink for Capture {
+    fn publish(&self, n: tributary_core::notices::CommitNotice) {
+        NOTICES.lock().unwrap().push(n);
+    }
+}
+
+/// `00-<trace id>-<span id>-<flags>` -> (trace id, span id).
+fn ids(tp: &str) -> (String, String) {
+    let p: Vec<&str> = tp.split('-').collect();
+    assert_eq!(p.len(), 4, "{tp}");
+    (p[1].to_string(), p[2].to_string())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_commit_carries_its_trace_context_to_its_notice_and_its_readers_commits() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    // The global default (a thread-local one races other tests registering the same callsites).
+    tracing::subscriber::set_global_default(subscriber).expect("the only test installing a subscriber");
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    tributary_core::notices::install(Box::new(Capture));
+    let dir = tempfile::tempdir().unwrap();
+    let w = Writer { stage: "t".into(), region: "r".into(), threads: 1, attempts: 3 };
+    let up_loc = dir.path().join("up").display().to_string();
+    let down_loc = dir.path().join("down").display().to_string();
+    let mut up = Table::open_or_create("up", &up_loc, schema(), &[]).await.unwrap();
+    let mut down = Table::open_or_create("down", &down_loc, schema(), &[]).await.unwrap();
+    // The upstream stage commits and announces.
+    let v = tributary_core::telemetry::in_pass(async {
+        let v = up.commit_batch(Commit::new(&[batch(&[1])], vec![], HashMap::new(), -1), &w).await.unwrap();
+        up.notice("t", "r", v, 1, 0);
+        v
+    })
+    .await;
+    let notice = NOTICES.lock().unwrap().iter().find(|n| n.name == "up").cloned().expect("a notice");
+    let tp = notice.traceparent.clone().expect("the notice carries the trace context");
+    let logged = up.commit_metadata(v, crate::TRACEPARENT_KEY).await.unwrap();
+    assert_eq!(logged, Some(serde_json::Value::String(tp.clone())), "the commitInfo carries the same");
+    // The notice survives its wire format.
+    let wire: tributary_core::notices::CommitNotice =
+        serde_json::from_slice(&serde_json::to_vec(&notice).unwrap()).unwrap();
+    assert_eq!(wire.traceparent.as_deref(), Some(tp.as_str()));
+    // The downstream pass reads that version: its commit continues the trace, as a child.
+    let dv = tributary_core::telemetry::in_pass(async {
+        let read = up.read_versions(-1, v).await.unwrap();
+        assert_eq!(read.len(), 1);
+        let a = down.commit_batch(Commit::new(&[batch(&[1])], vec![], HashMap::new(), -1), &w).await.unwrap();
+        // A second commit of the same batch (say, its quarantine) stays in the trace too.
+        let b = down.commit_batch(Commit::new(&[batch(&[2])], vec![], HashMap::new(), -1), &w).await.unwrap();
+        (a, b)
+    })
+    .await;
+    for v in [dv.0, dv.1] {
+        let d = down.commit_metadata(v, crate::TRACEPARENT_KEY).await.unwrap();
+        let d = d.and_then(|v| v.as_str().map(str::to_string)).expect("downstream trace context");
+        assert_eq!(ids(&d).0, ids(&tp).0, "the downstream commit is in the upstream's trace");
+        assert_ne!(ids(&d).1, ids(&tp).1, "with a span of its own");
+    }
+    // Outside a traced pass, a commit starts its own trace.
+    let lone = down.commit_batch(Commit::new(&[batch(&[3])], vec![], HashMap::new(), -1), &w).await.unwrap();
+    let l = down.commit_metadata(lone, crate::TRACEPARENT_KEY).await.unwrap().unwrap();
+    assert_ne!(ids(l.as_str().unwrap()).0, ids(&tp).0);
+}

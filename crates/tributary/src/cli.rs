@@ -484,6 +484,24 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
+/// Runs `f` on a new runtime with telemetry (the OTLP exporter needs the runtime to start, and
+/// its last spans are flushed while the runtime still runs).
+fn traced<F: std::future::Future<Output = ExitCode>>(
+    service: &str,
+    cfg: &tributary_core::config::TelemetryConfig,
+    f: impl FnOnce() -> F,
+) -> ExitCode {
+    let rt = runtime();
+    let guard = {
+        let _in = rt.enter();
+        tributary_core::telemetry::init(service, cfg)
+    };
+    let code = rt.block_on(f());
+    let _in = rt.enter();
+    drop(guard);
+    code
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(1)
@@ -501,11 +519,12 @@ pub fn main() -> ExitCode {
                 return fail(e);
             }
             if kafka {
-                let _guard = tributary_core::telemetry::init("tributary-generate", &cfg.telemetry);
-                return match runtime().block_on(crate::standalone::produce(&cfg, partitions)) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(e),
-                };
+                return traced("tributary-generate", &cfg.telemetry.clone(), || async move {
+                    match crate::standalone::produce(&cfg, partitions).await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => fail(e),
+                    }
+                });
             }
             ExitCode::SUCCESS
         }
@@ -515,12 +534,11 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let _guard = tributary_core::telemetry::init("tributary-standalone", &cfg.telemetry);
             tributary_delta::admin::register(&cfg, "standalone");
             if generate && let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
                 return fail(e);
             }
-            runtime().block_on(async move {
+            traced("tributary-standalone", &cfg.telemetry.clone(), || async move {
                 let started_us = tributary_core::now_ms() * 1000;
                 start_event_log(&cfg, "standalone");
                 let cfg = Arc::new(cfg);
@@ -740,10 +758,9 @@ where
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let _guard = tributary_core::telemetry::init(name, &cfg.telemetry);
     tributary_delta::admin::register(&cfg, name);
     let available_now = common.trigger == "available-now";
-    runtime().block_on(async move {
+    traced(name, &cfg.telemetry.clone(), || async move {
         let sd = Shutdown::new();
         sd.install_signal_handlers();
         if available_now {
