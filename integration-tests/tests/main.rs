@@ -1,5 +1,6 @@
 //! One integration-test binary (link time is our scarcest resource); each module a suite.
 
+mod backfill;
 mod bridge;
 mod deploy;
 mod e2e;

@@ -13,6 +13,7 @@
 //! (older index files, and the per-batch manifests earlier versions wrote, are then deleted), so
 //! memory, restart and poll cost do not grow with history.
 
+pub mod backfill;
 pub mod builder;
 pub mod files;
 pub mod kafka;
@@ -103,7 +104,20 @@ pub use tributary_delta::catalog::{
 
 impl BronzeIngest {
     pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
-        let landing_uri = cfg.landing(region);
+        let (landing, sources) = (cfg.landing(region), cfg.bronze.sources.clone());
+        let app_id = |source: &str| tributary_delta::catalog::bronze_landing_app_id(&cfg, region, source);
+        Self::build_with(cfg.clone(), region, landing, &sources, app_id).await
+    }
+
+    /// Flows of `sources` reading `landing_uri`, each recording its position under `app_id(source)`
+    /// (the service's flows, or a backfill's).
+    async fn build_with(
+        cfg: Arc<Config>,
+        region: &str,
+        landing_uri: String,
+        sources: &[String],
+        app_id: impl Fn(&str) -> String,
+    ) -> Result<Self> {
         let landing = files::landing_store(&landing_uri)?;
         let quarantine = Table::open_or_create(
             "bronze/_quarantine",
@@ -113,7 +127,7 @@ impl BronzeIngest {
         )
         .await?;
         let mut flows = Vec::new();
-        for source in &cfg.bronze.sources {
+        for source in sources {
             let table = Table::open_or_create(
                 &format!("bronze/{source}"),
                 &table_location(&cfg, region, source),
@@ -123,7 +137,7 @@ impl BronzeIngest {
             .await?;
             flows.push(Flow {
                 source: source.clone(),
-                app_id: tributary_delta::catalog::bronze_landing_app_id(&cfg, region, source),
+                app_id: app_id(source),
                 table,
                 seq: 0,
                 quarantine_seq: 0,

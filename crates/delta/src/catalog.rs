@@ -66,6 +66,11 @@ pub fn bronze_landing_app_id(cfg: &Config, region: &str, source: &str) -> String
     format!("{}/landing/{region}/{source}", cfg.pipeline)
 }
 
+/// A backfill of one source: `txn` version = landing files of its plan committed.
+pub fn bronze_backfill_app_id(cfg: &Config, region: &str, source: &str, id: &str) -> String {
+    format!("{}/backfill/{id}/{region}/{source}", cfg.pipeline)
+}
+
 // ---- silver -------------------------------------------------------------------------------
 
 pub fn silver_location(cfg: &Config, region: &str, source: &str) -> String {

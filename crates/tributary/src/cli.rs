@@ -447,6 +447,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Backfill the landing files of one source that landed in [--from, --to) into bronze,
+    /// exactly once beside the live flow (resumable: run the same --id again); a progress bar on
+    /// stderr; recorded in the audit table.
+    Backfill {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        source: String,
+        /// Start of the landing-time range (RFC 3339), inclusive.
+        #[arg(long)]
+        from: String,
+        /// End of the landing-time range (RFC 3339), exclusive.
+        #[arg(long)]
+        to: String,
+        /// Landing zone to read (default: the region's), e.g. an archive.
+        #[arg(long)]
+        landing: Option<String>,
+        /// Names the backfill (its position and plan); default `<source>-<from ms>-<to ms>`.
+        #[arg(long)]
+        id: Option<String>,
+        /// Read the source's Kafka topic instead: per partition the offsets whose message
+        /// timestamps are in [--from, --to) (the broker's offsets-by-timestamp lookup).
+        #[arg(long, conflicts_with = "landing")]
+        kafka: bool,
+        /// Print the outcome as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the reconciliation table of a data directory (generated → bronze → … → central).
     Report {
         #[command(flatten)]
@@ -598,6 +628,24 @@ pub fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Cmd::Admin { addr, tls, op } => runtime().block_on(admin(addr, tls, op)),
+        Cmd::Backfill { common, region, source, from, to, landing, id, kafka, json } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let parse = |s: &str| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|d| d.timestamp_millis())
+                    .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+            };
+            let (from_ms, to_ms) = match (parse(&from), parse(&to)) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(e), _) | (_, Err(e)) => return fail(e),
+            };
+            let id = id.unwrap_or_else(|| format!("{source}-{from_ms}-{to_ms}"));
+            let spec = bronze_ingest::backfill::Spec { id, region, source, landing, from_ms, to_ms, all_files: kafka };
+            traced("tributary-backfill", &cfg.telemetry.clone(), || crate::standalone::backfill(cfg, spec, json))
+        }
         Cmd::Report { common, json } => {
             let cfg = match common.load() {
                 Ok(c) => c,

@@ -183,3 +183,98 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
     }
     if timed_out { ExitCode::from(2) } else { ExitCode::SUCCESS }
 }
+
+/// `tributary backfill`: runs a backfill to its end with a progress bar on stderr (redrawn on a
+/// terminal, a line per batch otherwise) and records it in the audit table.
+pub async fn backfill(cfg: Config, mut spec: bronze_ingest::backfill::Spec, json: bool) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let draw = |p: &bronze_ingest::backfill::Progress| {
+        const W: u64 = 30;
+        let filled = (p.files_done * W).checked_div(p.files_total).unwrap_or(W);
+        let bar: String = (0..W).map(|i| if i < filled { '#' } else { '.' }).collect();
+        let line = format!(
+            "backfill {} [{bar}] {}/{} files  {:.1}/{:.1} MB  {} rows  {} quarantined",
+            p.id,
+            p.files_done,
+            p.files_total,
+            p.bytes_done as f64 / 1e6,
+            p.bytes_total as f64 / 1e6,
+            p.rows,
+            p.quarantined
+        );
+        let mut e = std::io::stderr().lock();
+        let _ = if tty { write!(e, "\r{line}") } else { writeln!(e, "{line}") };
+        let _ = e.flush();
+    };
+    let args = serde_json::json!({"id": spec.id, "region": spec.region, "source": spec.source,
+                                  "landing": spec.landing, "from_ms": spec.from_ms, "to_ms": spec.to_ms});
+    let result = async {
+        if spec.all_files {
+            // From Kafka: the messages of the range become files of an export folder first
+            // (skipped when the plan is frozen already: a resumed backfill keeps its inputs).
+            let dir = std::path::Path::new(&cfg.data_root)
+                .join(format!("_tributary/backfill-export/{}/{}", spec.region, spec.id));
+            spec.landing = Some(dir.display().to_string());
+            let done = bronze_ingest::backfill::plan_exists(&cfg, &spec.region, &spec.source, &spec.id).await?;
+            if !done {
+                let e = bronze_ingest::backfill::export_kafka(
+                    &cfg,
+                    &spec.region,
+                    &spec.source,
+                    spec.from_ms,
+                    spec.to_ms,
+                    &dir,
+                )
+                .await?;
+                eprintln!(
+                    "backfill {}: {} messages of {} partitions exported from Kafka ({:?})",
+                    spec.id,
+                    e.messages,
+                    e.ranges.len(),
+                    e.ranges
+                );
+            }
+        }
+        bronze_ingest::backfill::run(Arc::new(cfg.clone()), &spec, draw).await
+    }
+    .await;
+    if tty {
+        eprintln!();
+    }
+    let who = format!("local:{}", std::env::var("USER").unwrap_or_default());
+    let (outcome, message) = match &result {
+        Ok(p) => {
+            ("ok", format!("{}/{} files, {} rows, {} quarantined", p.files_done, p.files_total, p.rows, p.quarantined))
+        }
+        Err(e) => ("error", e.to_string()),
+    };
+    let rec = tributary_delta::admin::AuditRecord {
+        caller: &who,
+        role: None,
+        method: "Backfill",
+        arguments: args,
+        outcome,
+        message: &message,
+    };
+    if let Err(e) =
+        tributary_delta::admin::append_audit(&tributary_delta::admin::audit_location(&cfg), "cli", &[rec]).await
+    {
+        eprintln!("error: the audit record could not be written: {e}");
+        return ExitCode::from(1);
+    }
+    match result {
+        Ok(p) => {
+            if json {
+                println!("{}", serde_json::to_string(&p).unwrap_or_default());
+            } else {
+                println!("backfill {} ({}): {message}", p.id, p.app_id);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
