@@ -616,6 +616,43 @@ async fn forget_a_customer_erases_every_layer_keeps_invoices_and_proves_it() {
         }
     }
     assert_eq!(forgets.len(), 2, "{forgets:?}");
+
+    // A backfill through the admin RPC, its progress streamed: admin only, landing zones under
+    // data_root only.
+    let archive = p.data.join("archive/billing");
+    std::fs::create_dir_all(&archive).unwrap();
+    let lines: String = (0..20)
+        .map(|i| format!("{{\"event_id\":\"bf-{i}\",\"event_time\":\"2025-11-01T02:00:00Z\",\"region\":\"r1\",\"workspace_id\":\"w1\",\"customer_id\":\"c1\",\"sku\":\"STD\",\"dbu\":1}}\n"))
+        .collect();
+    std::fs::write(archive.join("late.ndjson"), lines).unwrap();
+    let bf = |who: &str, landing: &str| {
+        run(
+            who,
+            &[
+                "admin",
+                "backfill",
+                "--region",
+                "r1",
+                "--source",
+                "billing",
+                "--from",
+                "2000-01-01T00:00:00Z",
+                "--to",
+                "2100-01-01T00:00:00Z",
+                "--landing",
+                landing,
+                "--json",
+            ],
+        )
+    };
+    assert_eq!(bf("otto", "archive").0, Some(4));
+    let (code, _, err) = bf("ada", "../../etc");
+    assert_eq!(code, Some(1), "{err}");
+    let (code, out, err) = bf("ada", "archive");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("] 1/1 files"), "the progress bar: {err}");
+    let prog: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((prog["files_done"].as_u64(), prog["rows"].as_u64()), (Some(1), Some(20)), "{prog}");
     // The pipeline ran on throughout.
     assert_eq!(run("otto", &["status", "--json"]).0, Some(0));
     unsafe {

@@ -64,6 +64,32 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// [`run`], reading Kafka first when `spec.all_files` says the source is the topic: the range's
+/// messages become the files of `<data_root>/_tributary/backfill-export/<region>/<id>` (skipped
+/// when the plan is frozen already: a resumed backfill keeps its inputs).
+pub async fn run_any(cfg: Arc<Config>, spec: &mut Spec, on_progress: impl FnMut(&Progress)) -> Result<Progress> {
+    if spec.all_files {
+        if !valid_id(&spec.id) {
+            return Err(Error::user("backfill id: 1 to 64 letters, digits, '-' or '_'"));
+        }
+        let dir = std::path::Path::new(&cfg.data_root)
+            .join(format!("_tributary/backfill-export/{}/{}", spec.region, spec.id));
+        spec.landing = Some(dir.display().to_string());
+        if !plan_exists(&cfg, &spec.region, &spec.source, &spec.id).await? {
+            let e = export_kafka(&cfg, &spec.region, &spec.source, spec.from_ms, spec.to_ms, &dir).await?;
+            tracing::info!(id = %spec.id, messages = e.messages, ranges = ?e.ranges, "backfill: Kafka range exported");
+            eprintln!(
+                "backfill {}: {} messages of {} partitions exported from Kafka ({:?})",
+                spec.id,
+                e.messages,
+                e.ranges.len(),
+                e.ranges
+            );
+        }
+    }
+    run(cfg, spec, on_progress).await
+}
+
 /// Runs (or resumes) the backfill to its end, calling `on_progress` after each batch.
 pub async fn run(cfg: Arc<Config>, spec: &Spec, mut on_progress: impl FnMut(&Progress)) -> Result<Progress> {
     if !valid_id(&spec.id) {

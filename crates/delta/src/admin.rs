@@ -16,8 +16,29 @@ use tributary_core::authz::{Caller, Role};
 use tributary_core::{Config, Result};
 use tributary_proto::v1::admin_server::{Admin, AdminServer};
 use tributary_proto::v1::{
-    AdminReply, CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest, RetentionRequest, TableRef, VacuumRequest,
+    AdminReply, BackfillProgress, BackfillRequest, CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest,
+    RetentionRequest, TableRef, VacuumRequest,
 };
+
+/// Where a backfill's progress goes (the last item is the outcome).
+pub type ProgressSender = tokio::sync::mpsc::Sender<std::result::Result<BackfillProgress, Status>>;
+/// Runs a backfill; registered by the binary where bronze-ingest runs (a service crate, which
+/// this shared one does not depend on). Sends progress, returns the final state.
+pub type BackfillRunner = Box<
+    dyn Fn(
+            Arc<Config>,
+            BackfillRequest,
+            ProgressSender,
+        ) -> futures::future::BoxFuture<'static, Result<BackfillProgress>>
+        + Send
+        + Sync,
+>;
+static BACKFILL: std::sync::OnceLock<BackfillRunner> = std::sync::OnceLock::new();
+
+/// Installs this process's backfill runner (first call wins).
+pub fn register_backfill(runner: BackfillRunner) {
+    let _ = BACKFILL.set(runner);
+}
 
 pub fn audit_location(cfg: &Config) -> String {
     format!("{}/_tributary/audit", cfg.data_root.trim_end_matches('/'))
@@ -80,6 +101,32 @@ pub async fn append_audit(location: &str, service: &str, records: &[AuditRecord<
     Ok(())
 }
 
+/// Appends the audit record of one call (an audit that cannot be written fails the call).
+async fn record(
+    cfg: &Config,
+    service: &str,
+    caller: Option<&Caller>,
+    method: &str,
+    arguments: serde_json::Value,
+    outcome: &str,
+    message: &str,
+) -> std::result::Result<(), Status> {
+    let rec = AuditRecord {
+        caller: caller.map(|c| c.cn.as_str()).unwrap_or(""),
+        role: caller.and_then(|c| c.role),
+        method,
+        arguments,
+        outcome,
+        message,
+    };
+    if let Err(e) = append_audit(&audit_location(cfg), service, &[rec]).await {
+        tracing::error!(error = %e, method, "writing the audit record failed");
+        return Err(Status::unavailable(format!("the audit table cannot be written ({e}); nothing is reported done")));
+    }
+    tracing::info!(method, caller = caller.map(|c| c.cn.as_str()).unwrap_or(""), outcome, %message, "admin call");
+    Ok(())
+}
+
 pub struct AdminService {
     cfg: Arc<Config>,
     service: String,
@@ -115,21 +162,16 @@ impl AdminService {
             Ok(r) => ("ok", r.message.clone()),
             Err(s) => ("error", s.message().to_string()),
         };
-        let rec = AuditRecord {
-            caller: caller.map(|c| c.cn.as_str()).unwrap_or(""),
-            role: caller.and_then(|c| c.role),
+        record(
+            &self.cfg,
+            &self.service,
+            caller,
             method,
-            arguments: serde_json::to_value(args).unwrap_or_default(),
+            serde_json::to_value(args).unwrap_or_default(),
             outcome,
-            message: &message,
-        };
-        if let Err(e) = append_audit(&audit_location(&self.cfg), &self.service, &[rec]).await {
-            tracing::error!(error = %e, method, "writing the audit record failed");
-            return Err(Status::unavailable(format!(
-                "the audit table cannot be written ({e}); nothing is reported done"
-            )));
-        }
-        tracing::info!(method, caller = caller.map(|c| c.cn.as_str()).unwrap_or(""), outcome, %message, "admin call");
+            &message,
+        )
+        .await?;
         result.map(Response::new)
     }
 
@@ -182,8 +224,62 @@ struct VacuumArgs<'a> {
     dry_run: bool,
 }
 
+type ProgressStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<BackfillProgress, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type BackfillStream = ProgressStream;
+
+    async fn backfill(&self, req: Request<BackfillRequest>) -> std::result::Result<Response<ProgressStream>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let mut b = req.into_inner();
+        let args = serde_json::json!({"region": b.region, "source": b.source, "from_ms": b.from_ms, "to_ms": b.to_ms,
+                                      "landing": b.landing, "id": b.id, "kafka": b.kafka});
+        let checked = async {
+            if !b.landing.is_empty() {
+                // Only zones under data_root: an admin must not read the server's other files.
+                b.landing = self.table_location(&b.landing)?;
+            }
+            BACKFILL.get().ok_or_else(|| {
+                Status::unimplemented("backfills run in the services that run bronze (bronze-ingest, standalone)")
+            })
+        }
+        .await;
+        let runner = match checked {
+            Ok(r) => r,
+            Err(s) => {
+                record(&self.cfg, &self.service, caller.as_ref(), "Backfill", args, "error", s.message()).await?;
+                return Err(s);
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let job = runner(self.cfg.clone(), b, tx.clone());
+        let (cfg, service) = (self.cfg.clone(), self.service.clone());
+        tokio::spawn(async move {
+            let r = job.await;
+            let (outcome, message) = match &r {
+                Ok(p) => (
+                    "ok",
+                    format!("{}/{} files, {} rows, {} quarantined", p.files_done, p.files_total, p.rows, p.quarantined),
+                ),
+                Err(e) => ("error", e.to_string()),
+            };
+            let audited = record(&cfg, &service, caller.as_ref(), "Backfill", args, outcome, &message).await;
+            let last = match (r, audited) {
+                (_, Err(s)) => Err(s),
+                (Ok(p), Ok(())) => Ok(BackfillProgress { done: true, ..p }),
+                (Err(e), Ok(())) => Err(match e.kind {
+                    tributary_core::ErrorKind::User => Status::failed_precondition(e.to_string()),
+                    _ => Status::internal(e.to_string()),
+                }),
+            };
+            let _ = tx.send(last).await;
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn pause_flow(&self, req: Request<FlowRef>) -> std::result::Result<Response<AdminReply>, Status> {
         self.set_paused(req, true).await
     }

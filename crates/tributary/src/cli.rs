@@ -245,6 +245,63 @@ enum AdminOp {
         #[arg(long)]
         json: bool,
     },
+    /// Backfill a landing-time (or, with --kafka, message-time) range of a source into bronze on
+    /// the service, with a progress bar (admin). See `tributary backfill`.
+    Backfill {
+        #[command(flatten)]
+        range: BackfillArgs,
+        /// A landing zone under the service's data_root (default: the region's).
+        #[arg(long, conflicts_with = "kafka")]
+        landing: Option<String>,
+    },
+}
+
+/// What both backfill commands take.
+#[derive(clap::Args)]
+struct BackfillArgs {
+    #[arg(long)]
+    region: String,
+    #[arg(long)]
+    source: String,
+    /// Start of the range (RFC 3339), inclusive: landing time, or message time with --kafka.
+    #[arg(long)]
+    from: String,
+    /// End of the range (RFC 3339), exclusive.
+    #[arg(long)]
+    to: String,
+    /// Names the backfill (its position and plan); default `<source>-<from ms>-<to ms>`.
+    #[arg(long)]
+    id: Option<String>,
+    /// Read the source's Kafka topic instead: per partition the offsets whose message
+    /// timestamps are in [--from, --to) (the broker's offsets-by-timestamp lookup).
+    #[arg(long)]
+    kafka: bool,
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl BackfillArgs {
+    /// The backfill, with the range parsed and the id defaulted.
+    fn spec(self, landing: Option<String>) -> Result<(bronze_ingest::backfill::Spec, bool), String> {
+        let parse = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|d| d.timestamp_millis())
+                .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+        };
+        let (from_ms, to_ms) = (parse(&self.from)?, parse(&self.to)?);
+        let id = self.id.unwrap_or_else(|| format!("{}-{from_ms}-{to_ms}", self.source));
+        let spec = bronze_ingest::backfill::Spec {
+            id,
+            region: self.region,
+            source: self.source,
+            landing,
+            from_ms,
+            to_ms,
+            all_files: self.kafka,
+        };
+        Ok((spec, self.json))
+    }
 }
 
 #[derive(Subcommand)]
@@ -453,29 +510,11 @@ enum Cmd {
     Backfill {
         #[command(flatten)]
         common: Common,
-        #[arg(long)]
-        region: String,
-        #[arg(long)]
-        source: String,
-        /// Start of the landing-time range (RFC 3339), inclusive.
-        #[arg(long)]
-        from: String,
-        /// End of the landing-time range (RFC 3339), exclusive.
-        #[arg(long)]
-        to: String,
+        #[command(flatten)]
+        range: BackfillArgs,
         /// Landing zone to read (default: the region's), e.g. an archive.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kafka")]
         landing: Option<String>,
-        /// Names the backfill (its position and plan); default `<source>-<from ms>-<to ms>`.
-        #[arg(long)]
-        id: Option<String>,
-        /// Read the source's Kafka topic instead: per partition the offsets whose message
-        /// timestamps are in [--from, --to) (the broker's offsets-by-timestamp lookup).
-        #[arg(long, conflicts_with = "landing")]
-        kafka: bool,
-        /// Print the outcome as JSON on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Print the reconciliation table of a data directory (generated → bronze → … → central).
     Report {
@@ -565,6 +604,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             tributary_delta::admin::register(&cfg, "standalone");
+            crate::standalone::register_backfill();
             if generate && let Err(e) = crate::standalone::generate(&cfg, &gen_args) {
                 return fail(e);
             }
@@ -628,22 +668,15 @@ pub fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Cmd::Admin { addr, tls, op } => runtime().block_on(admin(addr, tls, op)),
-        Cmd::Backfill { common, region, source, from, to, landing, id, kafka, json } => {
+        Cmd::Backfill { common, range, landing } => {
             let cfg = match common.load() {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let parse = |s: &str| {
-                chrono::DateTime::parse_from_rfc3339(s)
-                    .map(|d| d.timestamp_millis())
-                    .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+            let (spec, json) = match range.spec(landing) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
             };
-            let (from_ms, to_ms) = match (parse(&from), parse(&to)) {
-                (Ok(f), Ok(t)) => (f, t),
-                (Err(e), _) | (_, Err(e)) => return fail(e),
-            };
-            let id = id.unwrap_or_else(|| format!("{source}-{from_ms}-{to_ms}"));
-            let spec = bronze_ingest::backfill::Spec { id, region, source, landing, from_ms, to_ms, all_files: kafka };
             traced("tributary-backfill", &cfg.telemetry.clone(), || crate::standalone::backfill(cfg, spec, json))
         }
         Cmd::Report { common, json } => {
@@ -807,6 +840,9 @@ where
         Err(e) => return fail(e),
     };
     tributary_delta::admin::register(&cfg, name);
+    if name == "bronze-ingest" {
+        crate::standalone::register_backfill();
+    }
     let available_now = common.trigger == "available-now";
     traced(name, &cfg.telemetry.clone(), || async move {
         let sd = Shutdown::new();
@@ -862,13 +898,14 @@ async fn connect_for(
 
 async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
     use tributary_proto::v1::{
-        CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest, RetentionRequest, TableRef, VacuumRequest,
-        admin_client::AdminClient,
+        BackfillRequest, CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest, RetentionRequest, TableRef,
+        VacuumRequest, admin_client::AdminClient,
     };
     let (mut json, mut overdue_exit) = (false, false);
     let timeout = match &op {
         // Rewriting every table takes longer than the usual call.
         AdminOp::Forget { wait_secs, .. } => std::time::Duration::from_secs(*wait_secs as u64 + 3600),
+        AdminOp::Backfill { .. } => std::time::Duration::from_secs(7 * 24 * 3600),
         _ => std::time::Duration::from_secs(10),
     };
     let mut c = match connect_for(&addr, &tls, timeout).await {
@@ -903,6 +940,25 @@ async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
             };
             c.forget(ForgetRequest { customer_id: id, request_id, wait_secs }).await
         }
+        AdminOp::Backfill { range, landing } => {
+            let (b, json) = match range.spec(landing) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let req = BackfillRequest {
+                region: b.region,
+                source: b.source,
+                from_ms: b.from_ms,
+                to_ms: b.to_ms,
+                landing: b.landing.unwrap_or_default(),
+                id: b.id,
+                kafka: b.all_files,
+            };
+            return match c.backfill(req).await {
+                Ok(stream) => backfill_progress(stream.into_inner(), json).await,
+                Err(e) => admin_error(&e),
+            };
+        }
         AdminOp::ForgetStatus { json: j } => {
             json = j;
             let r = c.forget_status(ForgetStatusRequest {}).await;
@@ -926,12 +982,45 @@ async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {} ({:?})", e.message(), e.code());
-            ExitCode::from(match e.code() {
-                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => 4,
-                _ => 1,
-            })
+        Err(e) => admin_error(&e),
+    }
+}
+
+/// An admin call's failure: exit 4 when refused, 1 otherwise.
+fn admin_error(e: &tonic::Status) -> ExitCode {
+    eprintln!("error: {} ({:?})", e.message(), e.code());
+    ExitCode::from(match e.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => 4,
+        _ => 1,
+    })
+}
+
+/// Draws a backfill's progress stream; the last item is the outcome.
+async fn backfill_progress(
+    mut stream: tonic::Streaming<tributary_proto::v1::BackfillProgress>,
+    json: bool,
+) -> ExitCode {
+    loop {
+        match stream.message().await {
+            Ok(Some(p)) => {
+                crate::standalone::draw_progress(&crate::standalone::progress_from_proto(&p));
+                if p.done {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&crate::standalone::progress_from_proto(&p)).unwrap_or_default()
+                        );
+                    } else {
+                        println!(
+                            "backfill {} ({}): {}/{} files, {} rows, {} quarantined",
+                            p.id, p.app_id, p.files_done, p.files_total, p.rows, p.quarantined
+                        );
+                    }
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Ok(None) => return fail("the backfill stream ended without an outcome"),
+            Err(e) => return admin_error(&e),
         }
     }
 }

@@ -187,58 +187,10 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
 /// `tributary backfill`: runs a backfill to its end with a progress bar on stderr (redrawn on a
 /// terminal, a line per batch otherwise) and records it in the audit table.
 pub async fn backfill(cfg: Config, mut spec: bronze_ingest::backfill::Spec, json: bool) -> ExitCode {
-    use std::io::{IsTerminal, Write};
-    let tty = std::io::stderr().is_terminal();
-    let draw = |p: &bronze_ingest::backfill::Progress| {
-        const W: u64 = 30;
-        let filled = (p.files_done * W).checked_div(p.files_total).unwrap_or(W);
-        let bar: String = (0..W).map(|i| if i < filled { '#' } else { '.' }).collect();
-        let line = format!(
-            "backfill {} [{bar}] {}/{} files  {:.1}/{:.1} MB  {} rows  {} quarantined",
-            p.id,
-            p.files_done,
-            p.files_total,
-            p.bytes_done as f64 / 1e6,
-            p.bytes_total as f64 / 1e6,
-            p.rows,
-            p.quarantined
-        );
-        let mut e = std::io::stderr().lock();
-        let _ = if tty { write!(e, "\r{line}") } else { writeln!(e, "{line}") };
-        let _ = e.flush();
-    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let args = serde_json::json!({"id": spec.id, "region": spec.region, "source": spec.source,
                                   "landing": spec.landing, "from_ms": spec.from_ms, "to_ms": spec.to_ms});
-    let result = async {
-        if spec.all_files {
-            // From Kafka: the messages of the range become files of an export folder first
-            // (skipped when the plan is frozen already: a resumed backfill keeps its inputs).
-            let dir = std::path::Path::new(&cfg.data_root)
-                .join(format!("_tributary/backfill-export/{}/{}", spec.region, spec.id));
-            spec.landing = Some(dir.display().to_string());
-            let done = bronze_ingest::backfill::plan_exists(&cfg, &spec.region, &spec.source, &spec.id).await?;
-            if !done {
-                let e = bronze_ingest::backfill::export_kafka(
-                    &cfg,
-                    &spec.region,
-                    &spec.source,
-                    spec.from_ms,
-                    spec.to_ms,
-                    &dir,
-                )
-                .await?;
-                eprintln!(
-                    "backfill {}: {} messages of {} partitions exported from Kafka ({:?})",
-                    spec.id,
-                    e.messages,
-                    e.ranges.len(),
-                    e.ranges
-                );
-            }
-        }
-        bronze_ingest::backfill::run(Arc::new(cfg.clone()), &spec, draw).await
-    }
-    .await;
+    let result = bronze_ingest::backfill::run_any(Arc::new(cfg.clone()), &mut spec, draw_progress).await;
     if tty {
         eprintln!();
     }
@@ -277,4 +229,77 @@ pub async fn backfill(cfg: Config, mut spec: bronze_ingest::backfill::Spec, json
             ExitCode::from(1)
         }
     }
+}
+
+/// The backfill progress bar on stderr: redrawn in place on a terminal, a line per update
+/// otherwise.
+pub fn draw_progress(p: &bronze_ingest::backfill::Progress) {
+    use std::io::{IsTerminal, Write};
+    const W: u64 = 30;
+    let filled = (p.files_done * W).checked_div(p.files_total).unwrap_or(W);
+    let bar: String = (0..W).map(|i| if i < filled { '#' } else { '.' }).collect();
+    let line = format!(
+        "backfill {} [{bar}] {}/{} files  {:.1}/{:.1} MB  {} rows  {} quarantined",
+        p.id,
+        p.files_done,
+        p.files_total,
+        p.bytes_done as f64 / 1e6,
+        p.bytes_total as f64 / 1e6,
+        p.rows,
+        p.quarantined
+    );
+    let mut e = std::io::stderr().lock();
+    let _ = if e.is_terminal() { write!(e, "\r{line}") } else { writeln!(e, "{line}") };
+    let _ = e.flush();
+}
+
+fn progress_to_proto(p: &bronze_ingest::backfill::Progress) -> tributary_proto::v1::BackfillProgress {
+    tributary_proto::v1::BackfillProgress {
+        id: p.id.clone(),
+        app_id: p.app_id.clone(),
+        files_total: p.files_total,
+        files_done: p.files_done,
+        bytes_total: p.bytes_total,
+        bytes_done: p.bytes_done,
+        rows: p.rows,
+        quarantined: p.quarantined,
+        done: false,
+    }
+}
+
+pub fn progress_from_proto(p: &tributary_proto::v1::BackfillProgress) -> bronze_ingest::backfill::Progress {
+    bronze_ingest::backfill::Progress {
+        id: p.id.clone(),
+        app_id: p.app_id.clone(),
+        files_total: p.files_total,
+        files_done: p.files_done,
+        bytes_total: p.bytes_total,
+        bytes_done: p.bytes_done,
+        rows: p.rows,
+        quarantined: p.quarantined,
+    }
+}
+
+/// The `Backfill` admin RPC of a process that runs bronze.
+pub fn register_backfill() {
+    tributary_delta::admin::register_backfill(Box::new(|cfg, b, tx| {
+        Box::pin(async move {
+            let id = if b.id.is_empty() { format!("{}-{}-{}", b.source, b.from_ms, b.to_ms) } else { b.id };
+            let mut spec = bronze_ingest::backfill::Spec {
+                id,
+                region: b.region,
+                source: b.source,
+                landing: (!b.landing.is_empty()).then_some(b.landing),
+                from_ms: b.from_ms,
+                to_ms: b.to_ms,
+                all_files: b.kafka,
+            };
+            // Progress is best effort (a slow client skips updates); the outcome always arrives.
+            let p = bronze_ingest::backfill::run_any(cfg, &mut spec, |p| {
+                let _ = tx.try_send(Ok(progress_to_proto(p)));
+            })
+            .await?;
+            Ok(progress_to_proto(&p))
+        })
+    }));
 }
