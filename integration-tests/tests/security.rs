@@ -456,7 +456,9 @@ async fn forget_a_customer_erases_every_layer_keeps_invoices_and_proves_it() {
     // The pipeline keeps running (continuous, mTLS, roles) while the customer is forgotten.
     let port = free_port();
     let path = |f: &str| pki.path().join(f).display().to_string();
+    let metrics_port = free_port();
     let mut child = tls_standalone(&p, pki.path(), port)
+        .env("TRIBUTARY__SERVER__ADMIN_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("TRIBUTARY__SERVER__ROLES", r#"{operator = ["otto.operator"], admin = ["ada.admin"]}"#)
         .env("TRIBUTARY__SERVER__POLL_INTERVAL_MS", "200")
         .stdout(std::process::Stdio::null())
@@ -588,6 +590,22 @@ async fn forget_a_customer_erases_every_layer_keeps_invoices_and_proves_it() {
     assert_eq!(req["overdue"], false);
     assert_eq!(req["deadline_us"].as_i64().unwrap() - req["requested_at_us"].as_i64().unwrap(), 7 * 86_400_000_000);
     assert!(req["completed_at_us"].as_i64().is_some());
+    // The deadline gauge the overdue alert reads: the request is neither open nor overdue.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, page) = http_get(metrics_port, "/metrics").unwrap();
+        if page.contains("tributary_erasure_requests{state=\"open\"} 0")
+            && page.contains("tributary_erasure_requests{state=\"overdue\"} 0")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no erasure gauge: {}",
+            page.lines().filter(|l| l.contains("erasure")).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     // Repeating the request finds nothing left and stays completed.
     let (code, again, err) =
         run("ada", &["admin", "forget", "--customer-id", cust, "--request-id", &request_id, "--json"]);

@@ -78,6 +78,11 @@ pub struct BridgeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub stage: String,
     pub region: String,
@@ -120,6 +125,7 @@ pub struct Metrics {
     pub max_event_time: Family<TableLabels, Gauge>,
     pub backlog: Family<StageLabels, Gauge>,
     pub consumer_lag: Family<LagLabels, Gauge>,
+    pub erasure_requests: Family<StateLabels, Gauge>,
     /// Mirror of the row/commit counters for the status RPC: (stage, region, name, table) -> value.
     status_counters: Mutex<BTreeMap<(String, String, String, String), u64>>,
 }
@@ -241,6 +247,12 @@ impl Metrics {
                 "Messages between a consumer's position and the partition's end (librdkafka statistics)",
                 consumer_lag.clone(),
             );
+            let erasure_requests = Family::<StateLabels, Gauge>::default();
+            registry.register(
+                "erasure_requests",
+                "Forget-a-customer requests: state=open (not completed) and state=overdue (not completed within 7 days, or completed late)",
+                erasure_requests.clone(),
+            );
             Metrics {
                 registry: Mutex::new(registry),
                 rows,
@@ -265,6 +277,7 @@ impl Metrics {
                 max_event_time,
                 backlog,
                 consumer_lag,
+                erasure_requests,
                 status_counters: Mutex::new(BTreeMap::new()),
             }
         })
@@ -471,6 +484,13 @@ pub fn backlog(stage: &str, region: &str, units: u64) {
         .backlog
         .get_or_create(&StageLabels { stage: stage.into(), region: region.into() })
         .set(units.min(i64::MAX as u64) as i64);
+}
+
+/// Open and overdue erasure requests (from `_tributary/forget_requests`).
+pub fn erasure_requests(open: u64, overdue: u64) {
+    let m = Metrics::global();
+    m.erasure_requests.get_or_create(&StateLabels { state: "open".into() }).set(open as i64);
+    m.erasure_requests.get_or_create(&StateLabels { state: "overdue".into() }).set(overdue as i64);
 }
 
 /// A consumer's lag per partition, from librdkafka statistics.

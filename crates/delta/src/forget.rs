@@ -647,6 +647,29 @@ async fn run(cfg: &Config, customer_id: &str, request_id: &str, wait: Duration) 
     Ok(outcome)
 }
 
+/// Exports the open and overdue requests as `tributary_erasure_requests{state}` every
+/// `every` until `shutdown` (the overdue alert's input).
+pub fn spawn_deadline_gauge(cfg: &Config, every: Duration, shutdown: tributary_core::Shutdown) {
+    if cfg.data_root.contains("://") {
+        return;
+    }
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        loop {
+            match requests::list(&cfg).await {
+                Ok(list) => tributary_core::metrics::erasure_requests(
+                    list.iter().filter(|s| s.completed_at_us.is_none()).count() as u64,
+                    list.iter().filter(|s| s.overdue).count() as u64,
+                ),
+                Err(e) => tracing::warn!(error = %e, "reading the erasure requests failed; retried"),
+            }
+            if shutdown.sleep(every).await {
+                return;
+            }
+        }
+    });
+}
+
 /// The request table: one row per state change (`requested`, then `completed`, `incomplete` or
 /// `failed` per attempt); the deadline is fixed by the first `requested` row.
 pub mod requests {
@@ -686,7 +709,7 @@ pub mod requests {
         Table::open_or_create(REQUESTS, &requests_location(cfg), schema(), &[]).await
     }
 
-    async fn append(cfg: &Config, rows: &[(&str, &str, &str, i64, i64, String)]) -> Result<()> {
+    pub(super) async fn append(cfg: &Config, rows: &[(&str, &str, &str, i64, i64, String)]) -> Result<()> {
         let mut t = table(cfg).await?;
         let mut cols: Vec<StringBuilder> = (0..4).map(|_| StringBuilder::new()).collect();
         let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
@@ -860,6 +883,33 @@ mod tests {
         assert_eq!(c.value(1), "cust-10");
         assert_eq!(policy("_tributary/audit", &schema), Policy::Skip);
         assert_eq!(policy("regions/r1/gold/x", &schema), Policy::Redact);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_track_their_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config { data_root: dir.path().display().to_string(), ..Default::default() };
+        let now = tributary_core::now_ms() * 1000;
+        let day = 86_400_000_000i64;
+        // Requested 8 days ago, still open: overdue. Completed late: stays overdue.
+        requests::append(&cfg, &[("old", "h1", "requested", now - 8 * day, now - day, "{}".into())]).await.unwrap();
+        // Requested yesterday and completed: not overdue.
+        requests::append(&cfg, &[("done", "h2", "requested", now - day, now + 6 * day, "{}".into())]).await.unwrap();
+        requests::append(&cfg, &[("done", "h2", "completed", now - 1000, now + 6 * day, "{}".into())]).await.unwrap();
+        requests::open(&cfg, "new", "h3").await.unwrap();
+        let list = requests::list(&cfg).await.unwrap();
+        let by: std::collections::BTreeMap<&str, &requests::State> =
+            list.iter().map(|s| (s.request_id.as_str(), s)).collect();
+        assert!(by["old"].overdue && by["old"].completed_at_us.is_none());
+        assert!(!by["done"].overdue && by["done"].completed_at_us == Some(now - 1000));
+        assert!(!by["new"].overdue && by["new"].deadline_us - by["new"].requested_at_us == 7 * day);
+        assert_eq!(list.iter().map(|s| s.request_id.as_str()).collect::<Vec<_>>(), ["old", "done", "new"]);
+        requests::append(&cfg, &[("old", "h1", "completed", now, now - day, "{}".into())]).await.unwrap();
+        let old = requests::list(&cfg).await.unwrap().into_iter().find(|s| s.request_id == "old").unwrap();
+        assert!(old.overdue && old.completed_at_us == Some(now), "completed after its deadline");
+        // Re-opening keeps the first deadline; another customer's id is refused.
+        assert_eq!(requests::open(&cfg, "old", "h1").await.unwrap(), requests::rfc3339(now - day));
+        assert!(requests::open(&cfg, "old", "h9").await.is_err());
     }
 
     #[test]

@@ -858,6 +858,7 @@ where
         // The owners of the last layer of each install sweep retention on a schedule.
         if matches!(name, "gold-aggregate" | "central-federator") {
             tributary_delta::retention::spawn(&cfg, sd.clone());
+            tributary_delta::forget::spawn_deadline_gauge(&cfg, std::time::Duration::from_secs(60), sd.clone());
         }
         let result = f(Arc::new(cfg), sd, hook).await;
         if let Err(e) = &result {
