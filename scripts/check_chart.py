@@ -108,9 +108,27 @@ def check_role(name, docs, binary, helps):
             with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
                 f.write(text)
             r = subprocess.run([binary, "check-config", "-c", f.name], capture_output=True, text=True)
-            os.unlink(f.name)
             if r.returncode != 0:
                 problem(f"{where(d)}: the binary rejects tributary.toml: {(r.stdout + r.stderr).strip()[:400]}")
+            # ... and so it does with each container's TRIBUTARY__ overrides (fieldRefs as a pod name)
+            for w in docs:
+                for p in pod_specs(w):
+                    for c in p["spec"]["containers"]:
+                        over = {}
+                        for e in c.get("env", []):
+                            if not e["name"].startswith("TRIBUTARY__"):
+                                continue
+                            if "value" in e:
+                                over[e["name"]] = str(e["value"])
+                            elif "fieldRef" in e.get("valueFrom", {}):
+                                over[e["name"]] = "pod-0"
+                        if over:
+                            r = subprocess.run([binary, "check-config", "-c", f.name], capture_output=True, text=True,
+                                               env=dict(os.environ, **over))
+                            if r.returncode != 0:
+                                problem(f"{where(w)}: the binary rejects its env overrides {sorted(over)}: "
+                                        f"{(r.stdout + r.stderr).strip()[:400]}")
+            os.unlink(f.name)
     # 2. the binary's flags, ports and probes
     workloads = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in WORKLOADS}
     pods = [(d, p) for d in docs for p in pod_specs(d)]

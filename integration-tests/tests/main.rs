@@ -10,6 +10,7 @@ mod kafka;
 mod logs;
 mod quality;
 mod restart;
+mod scaleout;
 mod security;
 mod semantics;
 mod status_api;

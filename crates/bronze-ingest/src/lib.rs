@@ -17,6 +17,7 @@ pub mod backfill;
 pub mod builder;
 pub mod files;
 pub mod kafka;
+pub mod members;
 pub mod schema;
 
 use crate::builder::{BronzeRows, Lineage, QuarantineRows};
@@ -58,6 +59,9 @@ struct Index {
 struct Flow {
     source: String,
     app_id: String,
+    /// This flow's slot of the source's landing files, of `slots` (`bronze.landing_slots`).
+    slot: u32,
+    slots: u32,
     table: Table,
     /// Sequence recorded in the data table.
     seq: i64,
@@ -87,6 +91,10 @@ pub struct BronzeIngest {
     /// A failing source backs off alone; the others keep ingesting.
     health: tributary_core::stage::FlowHealth,
     next_flow: usize,
+    /// One handle per source table, from which the flows of owned slots are made.
+    bases: Vec<(String, Table)>,
+    /// Replicas sharing the landing zone (`bronze.landing_slots` > 1).
+    members: Option<members::Members>,
 }
 
 /// One batch of landing files decoded: bronze rows, quarantine rows, event lines read (+ one per
@@ -106,7 +114,91 @@ impl BronzeIngest {
     pub async fn build(cfg: Arc<Config>, region: &str) -> Result<Self> {
         let (landing, sources) = (cfg.landing(region), cfg.bronze.sources.clone());
         let app_id = |source: &str| tributary_delta::catalog::bronze_landing_app_id(&cfg, region, source);
-        Self::build_with(cfg.clone(), region, landing, &sources, app_id).await
+        let mut me = Self::build_with(cfg.clone(), region, landing, &sources, app_id).await?;
+        me.check_layout().await?;
+        let slots = cfg.bronze.landing_slots;
+        if slots > 1 {
+            let id = if cfg.bronze.member_id.is_empty() { members::default_id() } else { cfg.bronze.member_id.clone() };
+            let mut m =
+                members::Members::new(me.quarantine.table.object_store(), id, slots, cfg.bronze.member_heartbeat_secs);
+            m.beat().await?;
+            tracing::info!(member = %m.id, slots, owned = ?m.owned(), "bronze shares the landing zone");
+            me.members = Some(m);
+            me.rebuild_flows()?;
+        }
+        Ok(me)
+    }
+
+    fn new_flow(cfg: &Config, source: &str, app_id: String, table: Table, slot: u32, slots: u32) -> Result<Flow> {
+        Ok(Flow {
+            source: source.to_string(),
+            app_id,
+            slot,
+            slots,
+            table,
+            seq: 0,
+            quarantine_seq: 0,
+            discovery: files::Discovery::default(),
+            manifests: HashMap::new(),
+            mode: schema::Mode::parse(cfg.bronze.evolution_mode(source))?,
+            hints: schema::hints(&cfg.bronze, source)?,
+            drift: schema::DriftTracker::new(cfg.bronze.drift.clone()),
+            stopped: None,
+        })
+    }
+
+    /// One flow per (source, owned slot); each loads its position from the table before it runs.
+    fn rebuild_flows(&mut self) -> Result<()> {
+        let Some(m) = &self.members else { return Ok(()) };
+        let slots = self.cfg.bronze.landing_slots;
+        let owned = m.owned();
+        let mut flows = Vec::new();
+        for (source, table) in &self.bases {
+            for &slot in &owned {
+                let app_id =
+                    tributary_delta::catalog::bronze_landing_slot_app_id(&self.cfg, &self.region, source, slot, slots);
+                flows.push(Self::new_flow(&self.cfg, source, app_id, table.handle(), slot, slots)?);
+            }
+        }
+        self.flows = flows;
+        self.health = tributary_core::stage::FlowHealth::new(self.flows.len());
+        self.health.reload_all();
+        self.next_flow = 0;
+        Ok(())
+    }
+
+    /// Refuses to start when a source's table was ingested with another `bronze.landing_slots`:
+    /// each slot has its own position, so a changed count would ingest every file again.
+    async fn check_layout(&mut self) -> Result<()> {
+        let want = self.cfg.bronze.landing_slots as i64;
+        for (source, table) in &mut self.bases {
+            table.refresh().await?;
+            let single = tributary_delta::catalog::bronze_landing_app_id(&self.cfg, &self.region, source);
+            if want > 1 && table.txn_version(&single).await?.is_some() {
+                return Err(Error::user(format!(
+                    "bronze/{source} was ingested with bronze.landing_slots = 1, this replica has {want}: each slot \
+                     keeps its own exactly-once position, so the slot count of a table cannot change (the files would \
+                     be ingested again); keep 1"
+                )));
+            }
+            let mut v = table.version();
+            let stop = (v - 64).max(0);
+            while v >= stop && v > 0 {
+                if let Some(meta) = table.commit_metadata(v, "tributary.batch").await? {
+                    let had = meta.get("slots").and_then(|x| x.as_i64()).unwrap_or(1);
+                    if had != want {
+                        return Err(Error::user(format!(
+                            "bronze/{source} was ingested with bronze.landing_slots = {had}, this replica has {want}: \
+                             each slot keeps its own exactly-once position, so the slot count of a table cannot change \
+                             (the files would be ingested again); keep {had}"
+                        )));
+                    }
+                    break;
+                }
+                v -= 1;
+            }
+        }
+        Ok(())
     }
 
     /// Flows of `sources` reading `landing_uri`, each recording its position under `app_id(source)`
@@ -127,6 +219,7 @@ impl BronzeIngest {
         )
         .await?;
         let mut flows = Vec::new();
+        let mut bases = Vec::new();
         for source in sources {
             let table = Table::open_or_create(
                 &format!("bronze/{source}"),
@@ -135,19 +228,8 @@ impl BronzeIngest {
                 schemas::BRONZE_PARTITIONS,
             )
             .await?;
-            flows.push(Flow {
-                source: source.clone(),
-                app_id: app_id(source),
-                table,
-                seq: 0,
-                quarantine_seq: 0,
-                discovery: files::Discovery::default(),
-                manifests: HashMap::new(),
-                mode: schema::Mode::parse(cfg.bronze.evolution_mode(source))?,
-                hints: schema::hints(&cfg.bronze, source)?,
-                drift: schema::DriftTracker::new(cfg.bronze.drift.clone()),
-                stopped: None,
-            });
+            bases.push((source.clone(), table.handle()));
+            flows.push(Self::new_flow(&cfg, source, app_id(source), table, 0, 1)?);
         }
         let landing_root = (!landing_uri.contains("://") || landing_uri.starts_with("file://"))
             .then(|| std::path::PathBuf::from(landing_uri.strip_prefix("file://").unwrap_or(&landing_uri)));
@@ -162,6 +244,8 @@ impl BronzeIngest {
             flows,
             quarantine,
             next_flow: 0,
+            bases,
+            members: None,
         };
         me.recover().await?;
         Ok(me)
@@ -171,8 +255,18 @@ impl BronzeIngest {
         Path::from(format!("_tributary/batches/{seq:012}.json"))
     }
 
-    fn index_path(seq: i64) -> Path {
-        Path::from(format!("_tributary/batches/index-{seq:012}.json"))
+    /// Where a flow keeps its discovery snapshots: one folder per slot when the landing zone is
+    /// shared (the slots of a source commit to the same table).
+    fn batches_dir(flow: &Flow) -> String {
+        if flow.slots > 1 {
+            format!("_tributary/batches/slot-{}-of-{}", flow.slot, flow.slots)
+        } else {
+            "_tributary/batches".into()
+        }
+    }
+
+    fn index_path(flow: &Flow, seq: i64) -> Path {
+        Path::from(format!("{}/index-{seq:012}.json", Self::batches_dir(flow)))
     }
 
     async fn read_json<T: serde::de::DeserializeOwned>(
@@ -208,7 +302,7 @@ impl BronzeIngest {
             if probe <= 0 {
                 break;
             }
-            match store.get(&Self::index_path(probe)).await {
+            match store.get(&Self::index_path(flow, probe)).await {
                 Ok(r) => {
                     let bytes = r.bytes().await.map_err(|e| Error::external("reading batch index").with_source(e))?;
                     index = Some(serde_json::from_slice(&bytes).map_err(|e| {
@@ -222,11 +316,13 @@ impl BronzeIngest {
         }
         if index.is_none() && flow.seq > 0 {
             let listed: Vec<deltalake::ObjectMeta> =
-                futures::TryStreamExt::try_collect(store.list(Some(&Path::from("_tributary/batches")))).await.map_err(
+                futures::TryStreamExt::try_collect(store.list(Some(&Path::from(Self::batches_dir(flow))))).await.map_err(
                     |e| Error::external(format!("listing batch manifests of {}", flow.table.name)).with_source(e),
                 )?;
+            let own = format!("{}/index-", Self::batches_dir(flow));
             let found = listed
                 .iter()
+                .filter(|m| m.location.as_ref().starts_with(&own))
                 .filter_map(|m| {
                     m.location.filename()?.strip_prefix("index-")?.strip_suffix(".json")?.parse::<i64>().ok()
                 })
@@ -236,7 +332,7 @@ impl BronzeIngest {
                 index = Some(
                     Self::read_json(
                         &store,
-                        &Self::index_path(found),
+                        &Self::index_path(flow, found),
                         &format!("batch index {found} of {}", flow.table.name),
                     )
                     .await?,
@@ -280,6 +376,13 @@ impl BronzeIngest {
             let meta = flow.table.commit_metadata(v, "tributary.batch").await?;
             v -= 1;
             let Some(meta) = meta else { continue };
+            // The slots of a source share its table: only this flow's batches count. Commits
+            // without an app_id were written before slots existed (one flow per source).
+            match meta.get("app_id").and_then(|x| x.as_str()) {
+                Some(owner) if owner != flow.app_id => continue,
+                None if flow.slots > 1 => continue,
+                _ => {}
+            }
             let Some(seq) = meta.get("seq").and_then(|x| x.as_i64()) else { continue };
             if seq <= after {
                 break;
@@ -327,12 +430,12 @@ impl BronzeIngest {
         };
         let store = flow.table.table.object_store();
         store
-            .put(&Self::index_path(flow.seq), serde_json::to_vec(&idx).unwrap_or_default().into())
+            .put(&Self::index_path(flow, flow.seq), serde_json::to_vec(&idx).unwrap_or_default().into())
             .await
             .map_err(|e| Error::external("writing batch index").with_source(e))?;
         let stale_to = flow.seq - every;
         for s in (stale_to - every + 1).max(1)..=stale_to {
-            for p in [Self::manifest_path(s), Self::index_path(s)] {
+            for p in [Self::manifest_path(s), Self::index_path(flow, s)] {
                 match store.delete(&p).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => tracing::warn!(path = %p, error = %e, "could not delete an old batch manifest"),
@@ -480,6 +583,16 @@ impl BronzeIngest {
             self.flows[i].discovery.frontier.as_deref(),
         )
         .await?;
+        // A shared landing zone: this flow's slot only (its frontier is over its own files).
+        let listed = if self.flows[i].slots > 1 {
+            let (slot, slots) = (self.flows[i].slot, self.flows[i].slots);
+            listed
+                .into_iter()
+                .filter(|m| tributary_delta::catalog::landing_slot(m.location.as_ref(), slots) == slot)
+                .collect()
+        } else {
+            listed
+        };
         // The frontier moves over what is already ingested (the batch committed last poll).
         self.flows[i].discovery.advance(&listed);
         let min_age = self.cfg.bronze.min_file_age_secs as i64;
@@ -544,7 +657,9 @@ impl BronzeIngest {
         let quarantined: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         fault::point("bronze.before_write");
         let app_id = self.flows[i].app_id.clone();
-        let summary = serde_json::json!({"seq": seq, "landing": self.landing_uri, "files": batch.len(), "lines": lines_in, "blank_lines": blank_lines, "rows": written, "quarantined": quarantined});
+        let member = self.members.as_ref().map(|m| m.id.clone());
+        let summary = serde_json::json!({"seq": seq, "app_id": app_id, "slots": self.flows[i].slots, "member": member,
+                                         "landing": self.landing_uri, "files": batch.len(), "lines": lines_in, "blank_lines": blank_lines, "rows": written, "quarantined": quarantined});
         let quarantine_meta = HashMap::from([("tributary.batch".to_string(), summary.clone())]);
         let mut with_files = summary;
         with_files["ingested"] =
@@ -615,6 +730,11 @@ impl Stage for BronzeIngest {
     }
 
     async fn run_once(&mut self) -> Result<u64> {
+        if let Some(m) = self.members.as_mut()
+            && m.beat().await?
+        {
+            self.rebuild_flows()?;
+        }
         // Round-robin over sources so one busy source cannot starve the others.
         let n = self.flows.len();
         let mut total = 0;
@@ -646,6 +766,13 @@ impl Stage for BronzeIngest {
         // Each flow reloads itself (isolated) before its next run: see `run_once`.
         self.health.reload_all();
         Ok(())
+    }
+
+    async fn stopping(&mut self) {
+        // Hand this replica's slots to the others now rather than after the heartbeat expires.
+        if let Some(m) = &self.members {
+            m.leave().await;
+        }
     }
 
     async fn status(&mut self) -> StageStatus {

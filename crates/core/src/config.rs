@@ -212,6 +212,18 @@ pub struct BronzeConfig {
     /// rename: a file is taken only once it has not been modified for this long. 0 (default):
     /// files are complete when they appear (rename into place).
     pub min_file_age_secs: u64,
+    /// Several bronze replicas share one landing zone: each source's files are split into this
+    /// many slots by a stable hash of their path, each slot with its own exactly-once position
+    /// (`txn`) and discovery state, and the live replicas divide the slots among themselves
+    /// (like partitions in a consumer group). 1 (default): one position per source, one replica
+    /// at a time. Fixed for the life of the tables: changing it is refused at start.
+    pub landing_slots: u32,
+    /// How this replica names itself among the replicas sharing the landing zone (default: the
+    /// host name, which is the pod name on Kubernetes, plus the process id).
+    pub member_id: String,
+    /// Each replica writes a heartbeat this often; one not renewed for 3 intervals is dead and
+    /// its slots go to the others.
+    pub member_heartbeat_secs: u64,
     /// Schema evolution of sources without their own setting: `addNewColumns` (new fields become
     /// new columns), `rescue` (the schema never changes; unknown fields go to `_rescued_data`),
     /// `failOnNewColumns` (a new field stops that source) or `none` (new fields stay in `payload`).
@@ -551,6 +563,9 @@ impl Default for BronzeConfig {
             max_event_bytes: 1024 * 1024,
             index_every_batches: 32,
             min_file_age_secs: 0,
+            landing_slots: 1,
+            member_id: String::new(),
+            member_heartbeat_secs: 5,
             schema_evolution: "addNewColumns".into(),
             source_options: Default::default(),
             drift: DriftConfig::default(),
@@ -690,6 +705,17 @@ impl Config {
         }
         if !self.metrics.instance.is_empty() && !crate::metrics_dump::valid_instance(&self.metrics.instance) {
             return bad(format!("metrics.instance {:?}: use letters, digits, '-', '_', '.'", self.metrics.instance));
+        }
+        if !(1..=256).contains(&self.bronze.landing_slots) {
+            return bad("bronze.landing_slots must be between 1 and 256".into());
+        }
+        if self.bronze.member_heartbeat_secs == 0 {
+            return bad("bronze.member_heartbeat_secs must be > 0".into());
+        }
+        if self.bronze.member_id.len() > 128
+            || !self.bronze.member_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad("bronze.member_id: up to 128 letters, digits, '-', '_' or '.'".into());
         }
         if self.bronze.index_every_batches < 1 {
             return bad("bronze.index_every_batches must be >= 1".into());
@@ -924,6 +950,10 @@ mod tests {
         assert!(Config::from_toml_str("[server]\ngrpc_addr = \"nope\"").is_err());
         assert!(Config::from_toml_str("[bronze]\nsources = [\"nosuch\"]").is_err());
         assert!(Config::from_toml_str("pipeline = \"a/b\"").is_err());
+        assert!(Config::from_toml_str("[bronze]\nlanding_slots = 0").is_err());
+        assert!(Config::from_toml_str("[bronze]\nlanding_slots = 257").is_err());
+        assert!(Config::from_toml_str("[bronze]\nmember_id = \"a/../b\"").is_err());
+        assert!(Config::from_toml_str("[bronze]\nlanding_slots = 16\nmember_id = \"bronze-7c9f-x\"").is_ok());
         let secret = Config::from_toml_str("[kafka.properties]\n\"sasl.password\" = \"hunter2\"").unwrap_err();
         assert!(secret.to_string().contains("environment") && !secret.to_string().contains("hunter2"), "{secret}");
         assert!(

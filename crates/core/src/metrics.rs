@@ -116,6 +116,8 @@ pub struct Metrics {
     pub drift_events: Family<DriftLabels, Counter>,
     pub schema_version: Family<TableLabels, Gauge>,
     pub landing_recent_files: Family<TableLabels, Gauge>,
+    pub bronze_members_live: Gauge,
+    pub bronze_slots_owned: Gauge,
     pub blank_lines: Family<TableLabels, Counter>,
     pub late_events: Family<WatermarkLabels, Counter>,
     pub watermark: Family<WatermarkLabels, Gauge>,
@@ -156,6 +158,18 @@ impl Metrics {
                 "landing_recent_files",
                 "Ingested landing files held above the discovery frontier (bounded; history is not kept)",
                 landing_recent_files.clone(),
+            );
+            let bronze_members_live = Gauge::default();
+            registry.register(
+                "bronze_members_live",
+                "Live bronze replicas sharing this region's landing zone, as this replica sees them",
+                bronze_members_live.clone(),
+            );
+            let bronze_slots_owned = Gauge::default();
+            registry.register(
+                "bronze_landing_slots_owned",
+                "Landing slots (per source) this bronze replica ingests",
+                bronze_slots_owned.clone(),
             );
             let blank_lines = Family::<TableLabels, Counter>::default();
             registry.register(
@@ -268,6 +282,8 @@ impl Metrics {
                 drift_events,
                 schema_version,
                 landing_recent_files,
+                bronze_members_live,
+                bronze_slots_owned,
                 blank_lines,
                 late_events,
                 watermark,
@@ -459,6 +475,13 @@ pub fn landing_discovery(region: &str, source: &str, recent: u64) {
             table: format!("bronze/{source}"),
         })
         .set(recent as i64);
+}
+
+/// Internal event: the bronze replicas sharing the landing zone changed.
+pub fn bronze_members(live: u64, owned_slots: u64) {
+    let m = Metrics::global();
+    m.bronze_members_live.set(live as i64);
+    m.bronze_slots_owned.set(owned_slots as i64);
 }
 
 /// Internal event: kafka2prom counted `n` samples (or dumps) with `outcome`.

@@ -70,6 +70,8 @@ pub trait Stage: Send + 'static {
     fn idle_sleep(&self, poll: Duration) -> Duration {
         poll
     }
+    /// Called once when the stage's loop ends on shutdown (hand work over, say goodbye).
+    async fn stopping(&mut self) {}
 }
 
 /// Wires commit notices to stages: given table URI -> wakers, start delivering wake-ups.
@@ -207,6 +209,7 @@ pub async fn run_loop(
             }
         }
     }
+    stage.stopping().await;
 }
 
 /// Status provider over the snapshots published by `run_loop`.

@@ -66,6 +66,32 @@ pub fn bronze_landing_app_id(cfg: &Config, region: &str, source: &str) -> String
     format!("{}/landing/{region}/{source}", cfg.pipeline)
 }
 
+/// One slot of a source's landing files when `bronze.landing_slots` > 1 (several replicas
+/// share the landing zone): `txn` version = batch sequence of that slot. With one slot the id is
+/// `bronze_landing_app_id`'s, so turning slots on is a change of the id (refused at start when
+/// the table holds the other layout's positions).
+pub fn bronze_landing_slot_app_id(cfg: &Config, region: &str, source: &str, slot: u32, slots: u32) -> String {
+    if slots <= 1 {
+        bronze_landing_app_id(cfg, region, source)
+    } else {
+        format!("{}/landing/{region}/{source}/slot-{slot}-of-{slots}", cfg.pipeline)
+    }
+}
+
+/// The slot of a landing file: FNV-1a (64 bit) of its path inside the landing zone, modulo
+/// `slots`. Stable across builds and machines (it decides which position holds the file).
+pub fn landing_slot(path: &str, slots: u32) -> u32 {
+    if slots <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in path.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % slots as u64) as u32
+}
+
 /// A backfill of one source: `txn` version = landing files of its plan committed.
 pub fn bronze_backfill_app_id(cfg: &Config, region: &str, source: &str, id: &str) -> String {
     format!("{}/backfill/{id}/{region}/{source}", cfg.pipeline)

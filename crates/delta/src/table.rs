@@ -88,6 +88,11 @@ impl Table {
         Self { name: name.into(), url, table, schema, partition_columns, last_traceparent: None }
     }
 
+    /// Another handle on the same table, from the snapshot already loaded (no log read).
+    pub fn handle(&self) -> Self {
+        Self::loaded(&self.name, self.url.clone(), self.table.clone(), self.schema.clone(), self.partition_columns.clone())
+    }
+
     /// Opens the table at `location`, creating it with `schema` when it does not exist yet.
     /// Safe when several processes race to create the same table.
     pub async fn open_or_create(

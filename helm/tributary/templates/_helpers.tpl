@@ -90,6 +90,14 @@ logExporter: {name: log-exporter, scope: any, stage: log-exporter}
   valueFrom:
     fieldRef: {fieldPath: metadata.name}
 {{- end }}
+{{- if and (eq .key "bronzeIngest") (gt (int (default 1 .svc.landingSlots)) 1) }}
+{{- /* Replicas share the landing zone: slots split among the live pods (see bronze.landing_slots). */}}
+- name: TRIBUTARY__BRONZE__LANDING_SLOTS
+  value: {{ .svc.landingSlots | quote }}
+- name: TRIBUTARY__BRONZE__MEMBER_ID
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+{{- end }}
 {{- with .root.Values.kafka.saslPasswordSecret }}
 {{- if .name }}
 - name: TRIBUTARY_KAFKA_SASL_PASSWORD
