@@ -251,6 +251,31 @@ pub fn group_consumer_config(k: &KafkaConfig, group: &str, instance_id: &str) ->
     Ok(c)
 }
 
+/// A partition's high watermark as of this consumer's last fetch response for it, without a
+/// round trip to the broker (`rd_kafka_get_watermark_offsets`); `None` while unknown (no fetch
+/// response yet). It only grows, so an offset below it is certainly behind.
+pub fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the native handle lives as long as `consumer`; `topic` is a NUL-terminated string
+    // alive for the call and the out-pointers point at locals. The call only reads librdkafka's
+    // cached partition state.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
 /// Records a group consumer's lag per assigned partition from librdkafka statistics (a
 /// consumer context's `stats` callback calls this).
 pub fn record_lag(group: &str, stats: &rdkafka::Statistics) {
@@ -291,8 +316,13 @@ pub async fn ensure_topics(k: &KafkaConfig, topics: &[(String, i32)]) -> Result<
 /// keyed by event_id (unkeyed when the line is not an event), idempotently. Returns messages sent.
 pub async fn produce_files(k: &KafkaConfig, dir: &std::path::Path, source: &str, topic: &str) -> Result<u64> {
     use std::io::Read;
-    let producer: FutureProducer = client_config(k)?
-        .set("enable.idempotence", "true")
+    let mut config = client_config(k)?;
+    if !k.properties.contains_key("enable.idempotence") {
+        // A broker without idempotent-producer support (tansu's memory storage) is fed with
+        // `kafka.properties."enable.idempotence" = "false"` (benchmarks only).
+        config.set("enable.idempotence", "true");
+    }
+    let producer: FutureProducer = config
         .set("acks", "all")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
