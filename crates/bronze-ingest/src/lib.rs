@@ -122,6 +122,7 @@ impl BronzeIngest {
             let mut m =
                 members::Members::new(me.quarantine.table.object_store(), id, slots, cfg.bronze.member_heartbeat_secs);
             m.beat().await?;
+            m.start_beating();
             tracing::info!(member = %m.id, slots, owned = ?m.owned(), "bronze shares the landing zone");
             me.members = Some(m);
             me.rebuild_flows()?;
@@ -770,7 +771,7 @@ impl Stage for BronzeIngest {
 
     async fn stopping(&mut self) {
         // Hand this replica's slots to the others now rather than after the heartbeat expires.
-        if let Some(m) = &self.members {
+        if let Some(m) = self.members.as_mut() {
             m.leave().await;
         }
     }

@@ -38,6 +38,17 @@ pub struct Members {
     every: Duration,
     last_beat: Option<Instant>,
     live: Vec<String>,
+    /// Renews the heartbeat on its own timer, so a batch that takes longer than three beats
+    /// does not make this member look dead (and its slots flap to the others).
+    beater: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        if let Some(b) = self.beater.take() {
+            b.abort();
+        }
+    }
 }
 
 /// The member id when `bronze.member_id` is empty: host name (the pod name on Kubernetes) and
@@ -62,7 +73,34 @@ impl Members {
             every: Duration::from_secs(heartbeat_secs.max(1)),
             last_beat: None,
             live: Vec::new(),
+            beater: None,
         }
+    }
+
+    async fn write_beat(store: &Arc<dyn ObjectStore>, id: &str, slots: u32) -> Result<()> {
+        let beat = Beat { member: id.to_string(), at_ms: tributary_core::now_ms(), slots };
+        store
+            .put(&Self::path(id), serde_json::to_vec(&beat).unwrap_or_default().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::external("writing the bronze member heartbeat").with_source(e))
+    }
+
+    /// Starts renewing the heartbeat every interval in the background (independent of how
+    /// long a pass of the stage takes); `beat` still reads who is live.
+    pub fn start_beating(&mut self) {
+        if self.beater.is_some() {
+            return;
+        }
+        let (store, id, slots, every) = (self.store.clone(), self.id.clone(), self.slots, self.every);
+        self.beater = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = Self::write_beat(&store, &id, slots).await {
+                    tracing::warn!(error = %e, "bronze member heartbeat failed (retrying)");
+                }
+            }
+        }));
     }
 
     fn path(id: &str) -> Path {
@@ -76,11 +114,7 @@ impl Members {
             return Ok(false);
         }
         let now = tributary_core::now_ms();
-        let beat = Beat { member: self.id.clone(), at_ms: now, slots: self.slots };
-        self.store
-            .put(&Self::path(&self.id), serde_json::to_vec(&beat).unwrap_or_default().into())
-            .await
-            .map_err(|e| Error::external("writing the bronze member heartbeat").with_source(e))?;
+        Self::write_beat(&self.store, &self.id, self.slots).await?;
         self.last_beat = Some(Instant::now());
         let listed: Vec<deltalake::ObjectMeta> = self
             .store
@@ -143,8 +177,12 @@ impl Members {
         self.owned_of(&self.live)
     }
 
-    /// Removes this member's heartbeat (a clean shutdown hands its slots over at once).
-    pub async fn leave(&self) {
+    /// Stops the heartbeat and removes it (a clean shutdown hands its slots over at once).
+    pub async fn leave(&mut self) {
+        if let Some(b) = self.beater.take() {
+            b.abort();
+            let _ = b.await;
+        }
         let _ = self.store.delete(&Self::path(&self.id)).await;
     }
 }
@@ -187,6 +225,23 @@ mod tests {
         a.last_beat = None;
         a.beat().await.unwrap();
         assert_eq!(a.owned().len(), 8);
+    }
+
+    #[tokio::test]
+    async fn the_background_heartbeat_keeps_a_busy_member_live() {
+        let (_d, s) = store();
+        let mut a = Members::new(s.clone(), "a".into(), 4, 1);
+        let mut b = Members::new(s.clone(), "b".into(), 4, 1);
+        a.beat().await.unwrap();
+        a.start_beating();
+        // a is "busy" (never calls beat again) for more than 3 intervals.
+        tokio::time::sleep(Duration::from_millis(3_600)).await;
+        b.beat().await.unwrap();
+        assert_eq!(b.owned(), vec![1, 3], "a looked dead while busy");
+        a.leave().await;
+        b.last_beat = None;
+        b.beat().await.unwrap();
+        assert_eq!(b.owned(), vec![0, 1, 2, 3]);
     }
 
     #[tokio::test]
