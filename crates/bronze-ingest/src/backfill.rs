@@ -124,15 +124,16 @@ pub async fn run(cfg: Arc<Config>, spec: &Spec, mut on_progress: impl FnMut(&Pro
         ..Default::default()
     };
     b.flows[0].table.refresh().await?;
-    b.quarantine.refresh().await?;
+    b.quarantine.get_mut().refresh().await?;
     let mut done = b.flows[0].table.txn_version(&app_id).await?.unwrap_or(0);
-    let mut q_done = b.quarantine.txn_version(&app_id).await?.unwrap_or(0);
+    let mut q_done = b.quarantine.get_mut().txn_version(&app_id).await?.unwrap_or(0);
     // A crash between the data and the quarantine commit: the quarantine rows of those files.
     if q_done < done {
         let files = &plan.files[q_done as usize..done as usize];
         let d = b.decode_files(&spec.source, files).await?;
         let moves = vec![PositionMove { app_id: app_id.clone(), from: q_done, to: done }];
         b.quarantine
+            .get_mut()
             .commit_batch(Commit::new(&d.quarantine, moves, meta(spec, done, files.len()), 0), &b.writer)
             .await?;
         q_done = done;
@@ -170,6 +171,7 @@ pub async fn run(cfg: Arc<Config>, spec: &Spec, mut on_progress: impl FnMut(&Pro
         f.table.notice(STAGE, &spec.region, version, prepared.rows, tributary_delta::max_event_ms(&prepared.batches));
         let moves = vec![PositionMove { app_id: app_id.clone(), from: q_done, to: done + n }];
         b.quarantine
+            .get_mut()
             .commit_batch(Commit::new(&quarantine, moves, meta(spec, done + n, batch.len()), 0), &b.writer)
             .await?;
         done += n;

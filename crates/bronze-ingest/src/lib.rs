@@ -23,6 +23,7 @@ pub mod schema;
 use crate::builder::{BronzeRows, Lineage, QuarantineRows};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::{ObjectStore, Path};
+use futures::StreamExt as _;
 use object_store::ObjectStoreExt as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -86,7 +87,8 @@ pub struct BronzeIngest {
     /// The landing zone's local directory (walked with pruning), when it is local.
     landing_root: Option<std::path::PathBuf>,
     flows: Vec<Flow>,
-    quarantine: Table,
+    /// Shared by the flows, which run concurrently (`bronze.parallel_flows`).
+    quarantine: tokio::sync::Mutex<Table>,
     writer: Writer,
     /// A failing source backs off alone; the others keep ingesting.
     health: tributary_core::stage::FlowHealth,
@@ -119,8 +121,12 @@ impl BronzeIngest {
         let slots = cfg.bronze.landing_slots;
         if slots > 1 {
             let id = if cfg.bronze.member_id.is_empty() { members::default_id() } else { cfg.bronze.member_id.clone() };
-            let mut m =
-                members::Members::new(me.quarantine.table.object_store(), id, slots, cfg.bronze.member_heartbeat_secs);
+            let mut m = members::Members::new(
+                me.quarantine.get_mut().table.object_store(),
+                id,
+                slots,
+                cfg.bronze.member_heartbeat_secs,
+            );
             m.beat().await?;
             m.start_beating();
             tracing::info!(member = %m.id, slots, owned = ?m.owned(), "bronze shares the landing zone");
@@ -243,7 +249,7 @@ impl BronzeIngest {
             landing_uri,
             landing_root,
             flows,
-            quarantine,
+            quarantine: tokio::sync::Mutex::new(quarantine),
             next_flow: 0,
             bases,
             members: None,
@@ -317,9 +323,11 @@ impl BronzeIngest {
         }
         if index.is_none() && flow.seq > 0 {
             let listed: Vec<deltalake::ObjectMeta> =
-                futures::TryStreamExt::try_collect(store.list(Some(&Path::from(Self::batches_dir(flow))))).await.map_err(
-                    |e| Error::external(format!("listing batch manifests of {}", flow.table.name)).with_source(e),
-                )?;
+                futures::TryStreamExt::try_collect(store.list(Some(&Path::from(Self::batches_dir(flow)))))
+                    .await
+                    .map_err(|e| {
+                        Error::external(format!("listing batch manifests of {}", flow.table.name)).with_source(e)
+                    })?;
             let own = format!("{}/index-", Self::batches_dir(flow));
             let found = listed
                 .iter()
@@ -446,6 +454,39 @@ impl BronzeIngest {
         Ok(())
     }
 
+    fn shared(&self) -> Shared<'_> {
+        Shared {
+            cfg: &self.cfg,
+            region: &self.region,
+            landing: &self.landing,
+            landing_uri: &self.landing_uri,
+            landing_root: self.landing_root.as_deref(),
+            writer: &self.writer,
+            member: self.members.as_ref().map(|m| m.id.as_str()),
+            quarantine: &self.quarantine,
+        }
+    }
+
+    async fn decode_files(&self, source: &str, batch: &[files::LandingFile]) -> Result<Decoded> {
+        self.shared().decode_files(source, batch).await
+    }
+}
+
+/// What the flows of one bronze service share while they run concurrently
+/// (`bronze.parallel_flows`): settings and handles, and the region's quarantine table behind a
+/// lock (its commits go one at a time; each carries its own flow's txn, so they never conflict).
+struct Shared<'a> {
+    cfg: &'a Config,
+    region: &'a str,
+    landing: &'a Arc<dyn ObjectStore>,
+    landing_uri: &'a str,
+    landing_root: Option<&'a std::path::Path>,
+    writer: &'a Writer,
+    member: Option<&'a str>,
+    quarantine: &'a tokio::sync::Mutex<Table>,
+}
+
+impl Shared<'_> {
     /// Reads and decodes files into bronze rows (typed later, once the schema is decided) and
     /// quarantine rows. The JSON work runs on `bronze.threads` threads over contiguous chunks of
     /// the batch's lines; rows are then appended in file/line order, so the result does not
@@ -543,9 +584,9 @@ impl BronzeIngest {
     }
 
     /// Brings the quarantine table up to the data table's sequence for one flow.
-    async fn catch_up_quarantine(&mut self, i: usize) -> Result<()> {
+    async fn catch_up_quarantine(&self, flow: &mut Flow) -> Result<()> {
         let (source, app_id, from, to) = {
-            let f = &self.flows[i];
+            let f = &*flow;
             (f.source.clone(), f.app_id.clone(), f.quarantine_seq, f.seq)
         };
         if from >= to {
@@ -553,40 +594,37 @@ impl BronzeIngest {
         }
         let mut batch = Vec::new();
         for s in (from + 1)..=to {
-            batch.extend(self.flows[i].manifests.get(&s).cloned().unwrap_or_default());
+            batch.extend(flow.manifests.get(&s).cloned().unwrap_or_default());
         }
         let q = self.decode_files(&source, &batch).await?.quarantine;
         let rows: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         let meta = HashMap::from([("tributary.recovered_batches".to_string(), serde_json::json!([from + 1, to]))]);
         self.quarantine
+            .lock()
+            .await
             .commit_batch(
                 Commit::new(&q, vec![PositionMove { app_id: app_id.clone(), from, to }], meta, 0),
                 &self.writer,
             )
             .await?;
         tracing::warn!(source, from, to, rows, "quarantine caught up with bronze after a restart");
-        let f = &mut self.flows[i];
+        let f = &mut *flow;
         f.quarantine_seq = to;
         f.manifests.clear();
         Ok(())
     }
 
-    async fn run_flow(&mut self, i: usize) -> Result<u64> {
-        if self.flows[i].stopped.is_some() {
+    async fn run_flow(&self, flow: &mut Flow) -> Result<u64> {
+        if flow.stopped.is_some() {
             return Ok(0);
         }
-        self.catch_up_quarantine(i).await?;
-        let source = self.flows[i].source.clone();
-        let listed = files::list_above(
-            &self.landing,
-            self.landing_root.as_deref(),
-            &source,
-            self.flows[i].discovery.frontier.as_deref(),
-        )
-        .await?;
+        self.catch_up_quarantine(flow).await?;
+        let source = flow.source.clone();
+        let listed =
+            files::list_above(&self.landing, self.landing_root, &source, flow.discovery.frontier.as_deref()).await?;
         // A shared landing zone: this flow's slot only (its frontier is over its own files).
-        let listed = if self.flows[i].slots > 1 {
-            let (slot, slots) = (self.flows[i].slot, self.flows[i].slots);
+        let listed = if flow.slots > 1 {
+            let (slot, slots) = (flow.slot, flow.slots);
             listed
                 .into_iter()
                 .filter(|m| tributary_delta::catalog::landing_slot(m.location.as_ref(), slots) == slot)
@@ -595,7 +633,7 @@ impl BronzeIngest {
             listed
         };
         // The frontier moves over what is already ingested (the batch committed last poll).
-        self.flows[i].discovery.advance(&listed);
+        flow.discovery.advance(&listed);
         let min_age = self.cfg.bronze.min_file_age_secs as i64;
         let now = chrono::Utc::now();
         let mut pending = Vec::new();
@@ -606,7 +644,7 @@ impl BronzeIngest {
             }
             let path = m.location.to_string();
             let gz = path.ends_with(".gz");
-            pending.push(match self.flows[i].discovery.seen(&path, m.size) {
+            pending.push(match flow.discovery.seen(&path, m.size) {
                 files::Seen::New => files::LandingFile::whole(&path, m.size),
                 files::Seen::Done => continue,
                 files::Seen::Grown { from } if !gz => {
@@ -637,14 +675,14 @@ impl BronzeIngest {
         let started = Instant::now();
         // The table is the checkpoint: re-read it so a concurrent writer is noticed before work.
         {
-            let f = &mut self.flows[i];
+            let f = &mut *flow;
             f.table.expect_positions(&[(&f.app_id, f.seq)], 0).await?;
         }
-        let seq = self.flows[i].seq + 1;
+        let seq = flow.seq + 1;
 
         let Decoded { rows, quarantine: q, lines_in, blank_lines } = self.decode_files(&source, &batch).await?;
         let prepared = {
-            let f = &mut self.flows[i];
+            let f = &mut *flow;
             match schema::prepare(&mut f.table, f.mode, &f.hints, rows)? {
                 schema::Step::Ready(p) => p,
                 schema::Step::Stop(message) => {
@@ -657,9 +695,9 @@ impl BronzeIngest {
         let written: u64 = prepared.rows;
         let quarantined: u64 = q.iter().map(|b| b.num_rows() as u64).sum();
         fault::point("bronze.before_write");
-        let app_id = self.flows[i].app_id.clone();
-        let member = self.members.as_ref().map(|m| m.id.clone());
-        let summary = serde_json::json!({"seq": seq, "app_id": app_id, "slots": self.flows[i].slots, "member": member,
+        let app_id = flow.app_id.clone();
+        let member = self.member;
+        let summary = serde_json::json!({"seq": seq, "app_id": app_id, "slots": flow.slots, "member": member,
                                          "landing": self.landing_uri, "files": batch.len(), "lines": lines_in, "blank_lines": blank_lines, "rows": written, "quarantined": quarantined});
         let quarantine_meta = HashMap::from([("tributary.batch".to_string(), summary.clone())]);
         let mut with_files = summary;
@@ -667,7 +705,7 @@ impl BronzeIngest {
             serde_json::to_value(&batch).map_err(|e| Error::internal("file list").with_source(e))?;
         let meta = HashMap::from([("tributary.batch".to_string(), with_files)]);
         let moves = vec![PositionMove { app_id: app_id.clone(), from: seq - 1, to: seq }];
-        let version = self.flows[i]
+        let version = flow
             .table
             .commit_batch(
                 Commit::new(&prepared.batches, moves, meta, 0)
@@ -679,29 +717,29 @@ impl BronzeIngest {
         fault::point("bronze.after_data_commit");
         tributary_core::metrics::blank_lines(&self.region, &source, blank_lines);
         {
-            let f = &mut self.flows[i];
+            let f = &mut *flow;
             schema::committed(&self.region, &f.table.name, &prepared, &mut f.drift, lines_in, quarantined);
         }
         let max_event_ms = tributary_delta::max_event_ms(&prepared.batches);
-        self.flows[i].table.notice(STAGE, &self.region, version, written, max_event_ms);
+        flow.table.notice(STAGE, &self.region, version, written, max_event_ms);
         {
-            let f = &mut self.flows[i];
+            let f = &mut *flow;
             f.seq = seq;
             f.discovery.record(&batch);
             f.manifests.insert(seq, batch.clone());
         }
         // Quarantine: its own txn for the same sequence, committed even when empty so that a
         // restart knows it has caught up; fenced like the data commit.
-        let moves = vec![PositionMove { app_id: app_id.clone(), from: self.flows[i].quarantine_seq, to: seq }];
-        self.quarantine.commit_batch(Commit::new(&q, moves, quarantine_meta, 0), &self.writer).await?;
+        let moves = vec![PositionMove { app_id: app_id.clone(), from: flow.quarantine_seq, to: seq }];
+        self.quarantine.lock().await.commit_batch(Commit::new(&q, moves, quarantine_meta, 0), &self.writer).await?;
         fault::point("bronze.after_quarantine_commit");
         {
-            let f = &mut self.flows[i];
+            let f = &mut *flow;
             f.quarantine_seq = seq;
             f.manifests.clear();
         }
-        Self::maybe_write_index(&self.flows[i], self.cfg.bronze.index_every_batches).await?;
-        tributary_core::metrics::landing_discovery(&self.region, &source, self.flows[i].discovery.recent.len() as u64);
+        BronzeIngest::maybe_write_index(&*flow, self.cfg.bronze.index_every_batches).await?;
+        tributary_core::metrics::landing_discovery(&self.region, &source, flow.discovery.recent.len() as u64);
         BatchCommitted {
             stage: STAGE,
             region: &self.region,
@@ -736,23 +774,61 @@ impl Stage for BronzeIngest {
         {
             self.rebuild_flows()?;
         }
-        // Round-robin over sources so one busy source cannot starve the others.
+        // Up to `bronze.parallel_flows` flows (sources, slots) at once, each with its own batch,
+        // table and commit: their decode, typing, Parquet encoding and commits overlap, so a
+        // region's sources use every core. Round-robin start, so when fewer run at once than
+        // there are flows no source starves.
         let n = self.flows.len();
+        let parallel = self.cfg.bronze.parallel_flows.max(1);
+        let every = self.cfg.bronze.index_every_batches;
+        let start = self.next_flow;
+        let shared = Shared {
+            cfg: &self.cfg,
+            region: &self.region,
+            landing: &self.landing,
+            landing_uri: &self.landing_uri,
+            landing_root: self.landing_root.as_deref(),
+            writer: &self.writer,
+            member: self.members.as_ref().map(|m| m.id.as_str()),
+            quarantine: &self.quarantine,
+        };
+        let health = &self.health;
+        let mut due: Vec<(usize, bool, &mut Flow)> = self
+            .flows
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| health.due(*i))
+            .map(|(i, f)| (i, health.needs_reload(i), f))
+            .collect();
+        due.sort_by_key(|(i, _, _)| (i + n - start) % n.max(1));
+        let shared = &shared;
+        type Run<'a> = futures::future::BoxFuture<'a, (usize, bool, Result<u64>)>;
+        let runs: Vec<Run<'_>> = due
+            .into_iter()
+            .map(|(i, reload, flow)| -> Run<'_> {
+                Box::pin(async move {
+                    let mut reloaded = false;
+                    let result = async {
+                        if reload {
+                            let mut q = shared.quarantine.lock().await;
+                            q.refresh().await?;
+                            Self::load_flow(flow, &q, every).await?;
+                            reloaded = true;
+                        }
+                        shared.run_flow(flow).await
+                    }
+                    .await;
+                    (i, reloaded, result)
+                })
+            })
+            .collect();
+        let outcomes: Vec<(usize, bool, Result<u64>)> =
+            futures::stream::iter(runs).buffer_unordered(parallel).collect().await;
         let mut total = 0;
-        for k in 0..n {
-            let i = (self.next_flow + k) % n;
-            if !self.health.due(i) {
-                continue;
+        for (i, reloaded, result) in outcomes {
+            if reloaded {
+                self.health.reloaded(i);
             }
-            let result = async {
-                if self.health.needs_reload(i) {
-                    self.quarantine.refresh().await?;
-                    Self::load_flow(&mut self.flows[i], &self.quarantine, self.cfg.bronze.index_every_batches).await?;
-                    self.health.reloaded(i);
-                }
-                self.run_flow(i).await
-            }
-            .await;
             total += self.health.record(i, result, STAGE, &self.region, || format!("bronze/{}", self.flows[i].source));
         }
         self.next_flow = (self.next_flow + 1) % n.max(1);
@@ -779,6 +855,7 @@ impl Stage for BronzeIngest {
     async fn status(&mut self) -> StageStatus {
         let mut tables = Vec::new();
         let mut positions = Vec::new();
+        let quarantine_name = self.quarantine.get_mut().name.clone();
         let stopped: Vec<&str> = self.flows.iter().filter_map(|f| f.stopped.as_deref()).collect();
         for f in &self.flows {
             tables.push(f.table.status(Some("event_time")));
@@ -789,11 +866,11 @@ impl Stage for BronzeIngest {
             });
             positions.push(InputPosition {
                 app_id: f.app_id.clone(),
-                output_table: self.quarantine.name.clone(),
+                output_table: quarantine_name.clone(),
                 version: f.quarantine_seq,
             });
         }
-        tables.push(self.quarantine.status(None));
+        tables.push(self.quarantine.get_mut().status(None));
         StageStatus {
             stage: STAGE.into(),
             region: self.region.clone(),

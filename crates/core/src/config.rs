@@ -203,6 +203,10 @@ pub struct BronzeConfig {
     pub sources: Vec<String>,
     pub max_files_per_batch: usize,
     pub max_bytes_per_batch: u64,
+    /// How many flows (sources, or slots of a shared landing zone) ingest a batch at once. Each
+    /// runs its own batch of up to `max_bytes_per_batch` (so peak memory grows with it); their
+    /// decode, Parquet encoding and commits overlap. Default 2.
+    pub parallel_flows: usize,
     /// Events larger than this are quarantined with reason `oversized`.
     pub max_event_bytes: usize,
     /// Every this many batches the set of ingested files is snapshotted, so a restart reads one
@@ -560,6 +564,7 @@ impl Default for BronzeConfig {
             sources: SOURCES.iter().map(|s| s.to_string()).collect(),
             max_files_per_batch: 64,
             max_bytes_per_batch: 32 * 1024 * 1024,
+            parallel_flows: 2,
             max_event_bytes: 1024 * 1024,
             index_every_batches: 32,
             min_file_age_secs: 0,
@@ -690,6 +695,9 @@ impl Config {
             if !SOURCES.contains(&s.as_str()) {
                 return bad(format!("unknown source {s:?}; known sources: {}", SOURCES.join(", ")));
             }
+        }
+        if self.bronze.parallel_flows == 0 || self.bronze.parallel_flows > 64 {
+            return bad("bronze.parallel_flows must be between 1 and 64".into());
         }
         if self.bronze.max_files_per_batch == 0 || self.bronze.max_bytes_per_batch == 0 {
             return bad("bronze.max_files_per_batch and bronze.max_bytes_per_batch must be > 0".into());

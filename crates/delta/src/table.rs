@@ -90,7 +90,13 @@ impl Table {
 
     /// Another handle on the same table, from the snapshot already loaded (no log read).
     pub fn handle(&self) -> Self {
-        Self::loaded(&self.name, self.url.clone(), self.table.clone(), self.schema.clone(), self.partition_columns.clone())
+        Self::loaded(
+            &self.name,
+            self.url.clone(),
+            self.table.clone(),
+            self.schema.clone(),
+            self.partition_columns.clone(),
+        )
     }
 
     /// Opens the table at `location`, creating it with `schema` when it does not exist yet.
