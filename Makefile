@@ -110,6 +110,7 @@ bench: test-deps ## Release load harness: files vs polars baseline, per-stage co
 	$(CARGO) build --release -p tributary
 	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --python $(PYTHON) --events $${BENCH_EVENTS:-25000}
 	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
+	$(PYTHON) scripts/freshness.py --bin ./target/release/tributary --rate $${FRESHNESS_RATE:-10000} --secs $${FRESHNESS_SECS:-120}
 	./target/release/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 	./target/release/tributary bench-discovery --dir .cache/bench-discovery --files $${DISCOVERY_FILES:-1000000}
 	./target/release/tributary bench-bloom --keys $${BLOOM_KEYS:-100000000} --mb 32
@@ -118,6 +119,11 @@ bench: test-deps ## Release load harness: files vs polars baseline, per-stage co
 	    || echo "note: could not install prometheus-pushgateway (the bridge baseline)"; \
 	  (systemctl stop prometheus-pushgateway || pkill -f /usr/bin/prometheus-pushgateway) >/dev/null 2>&1 || true; fi
 	$(PYTHON) scripts/bench_bridge.py --bin ./target/release/tributary --tansu $(TANSU) --instances 100 --series $${BRIDGE_SERIES:-10000} --rounds 3
+
+.PHONY: freshness
+freshness: ## Freshness soak alone (release): FRESHNESS_RATE events/s for FRESHNESS_SECS through every layer, p50/p99 staleness per layer
+	$(CARGO) build --release -p tributary
+	$(PYTHON) scripts/freshness.py --bin ./target/release/tributary --rate $${FRESHNESS_RATE:-10000} --secs $${FRESHNESS_SECS:-120}
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied

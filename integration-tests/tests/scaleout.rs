@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 const REGION: &str = "r1";
 
 /// (source, version, member, app_id, ingested paths) of every bronze batch commit, from the logs.
-type BatchCommit = (String, i64, String, String, Vec<String>);
+/// (source, table version, member, app_id, files, commit timestamp ms)
+type BatchCommit = (String, i64, String, String, Vec<String>, i64);
 
 fn batch_commits(cfg: &tributary_core::Config) -> Vec<BatchCommit> {
     let mut out = Vec::new();
@@ -23,6 +24,7 @@ fn batch_commits(cfg: &tributary_core::Config) -> Vec<BatchCommit> {
             for line in std::fs::read_to_string(f.path()).unwrap_or_default().lines() {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
                 let Some(b) = v.get("commitInfo").and_then(|c| c.get("tributary.batch")) else { continue };
+                let at = v["commitInfo"].get("timestamp").and_then(|t| t.as_i64()).unwrap_or(0);
                 let member = b.get("member").and_then(|m| m.as_str()).unwrap_or("").to_string();
                 let app_id = b.get("app_id").and_then(|m| m.as_str()).unwrap_or("").to_string();
                 let paths = b
@@ -30,7 +32,7 @@ fn batch_commits(cfg: &tributary_core::Config) -> Vec<BatchCommit> {
                     .and_then(|i| i.as_array())
                     .map(|a| a.iter().filter_map(|f| f.get("path")?.as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
-                out.push((source.clone(), version, member, app_id, paths));
+                out.push((source.clone(), version, member, app_id, paths, at));
             }
         }
     }
@@ -99,11 +101,12 @@ async fn bronze_replicas_share_a_landing_zone_and_take_over_the_slots_of_a_dead_
     // Both members commit batches, and once each has seen the other they split the slots.
     wait_for("both members to commit 30 batches", 120, || {
         let c = batch_commits(&cfg);
-        ["member-a", "member-b"].iter().all(|m| c.iter().filter(|(_, _, who, _, _)| who == m).count() >= 30)
+        ["member-a", "member-b"].iter().all(|m| c.iter().filter(|(_, _, who, ..)| who == m).count() >= 30)
     });
     let last_slots = |m: &str| -> BTreeSet<String> {
         let mut c: Vec<_> = batch_commits(&cfg).into_iter().filter(|c| c.2 == m).collect();
-        c.sort_by_key(|c| c.1);
+        // Newest first by commit time: versions of different source tables do not compare.
+        c.sort_by_key(|c| c.5);
         c.iter().rev().take(6).map(|c| c.3.rsplit('/').next().unwrap().to_string()).collect()
     };
     let (a_now, b_now) = (last_slots("member-a"), last_slots("member-b"));
@@ -126,7 +129,7 @@ async fn bronze_replicas_share_a_landing_zone_and_take_over_the_slots_of_a_dead_
     let slot = |app_id: &str| app_id.rsplit('/').next().unwrap().to_string();
     let b_after: BTreeSet<String> = all
         .iter()
-        .filter(|(src, v, who, _, _)| who == "member-b" && *v > at_kill.get(src).copied().unwrap_or(-1))
+        .filter(|(src, v, who, ..)| who == "member-b" && *v > at_kill.get(src).copied().unwrap_or(-1))
         .map(|c| slot(&c.3))
         .collect();
     assert_eq!(
@@ -143,7 +146,7 @@ async fn bronze_replicas_share_a_landing_zone_and_take_over_the_slots_of_a_dead_
     );
     // No landing file in two batches.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (.., paths) in &all {
+    for (_, _, _, _, paths, _) in &all {
         for p in paths {
             *seen.entry(p.clone()).or_default() += 1;
         }

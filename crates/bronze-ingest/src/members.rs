@@ -38,15 +38,30 @@ pub struct Members {
     every: Duration,
     last_beat: Option<Instant>,
     live: Vec<String>,
-    /// Renews the heartbeat on its own timer, so a batch that takes longer than three beats
-    /// does not make this member look dead (and its slots flap to the others).
-    beater: Option<tokio::task::JoinHandle<()>>,
+    /// Renews the heartbeat on its own OS thread, so neither a batch that takes longer than
+    /// three beats nor CPU-bound work occupying every async worker (Parquet encoding of several
+    /// flows at once) makes this member look dead and its slots flap to the others.
+    beater: Option<Beater>,
+}
+
+struct Beater {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Beater {
+    /// Stops the thread; it finishes a write in progress first.
+    fn stop(&self) {
+        let (flag, cv) = &*self.stop;
+        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
 }
 
 impl Drop for Members {
     fn drop(&mut self) {
         if let Some(b) = self.beater.take() {
-            b.abort();
+            b.stop();
         }
     }
 }
@@ -93,14 +108,35 @@ impl Members {
             return;
         }
         let (store, id, slots, every) = (self.store.clone(), self.id.clone(), self.slots, self.every);
-        self.beater = Some(tokio::spawn(async move {
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("bronze-heartbeat".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "bronze member heartbeat thread has no runtime; beats come from the passes only");
+                    return;
+                }
+            };
+            let (lock, cv) = &*flag;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = Self::write_beat(&store, &id, slots).await {
+                stopped = cv.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner()).0;
+                if *stopped {
+                    return;
+                }
+                // Written with the lock held, so `stop` + join means no beat is written after.
+                if let Err(e) = rt.block_on(Self::write_beat(&store, &id, slots)) {
                     tracing::warn!(error = %e, "bronze member heartbeat failed (retrying)");
                 }
             }
-        }));
+        });
+        match thread {
+            Ok(thread) => self.beater = Some(Beater { stop, thread }),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the bronze member heartbeat thread; beats come from the passes only")
+            }
+        }
     }
 
     fn path(id: &str) -> Path {
@@ -180,8 +216,8 @@ impl Members {
     /// Stops the heartbeat and removes it (a clean shutdown hands its slots over at once).
     pub async fn leave(&mut self) {
         if let Some(b) = self.beater.take() {
-            b.abort();
-            let _ = b.await;
+            b.stop();
+            let _ = tokio::task::spawn_blocking(move || b.thread.join()).await;
         }
         let _ = self.store.delete(&Self::path(&self.id)).await;
     }
@@ -234,8 +270,10 @@ mod tests {
         let mut b = Members::new(s.clone(), "b".into(), 4, 1);
         a.beat().await.unwrap();
         a.start_beating();
-        // a is "busy" (never calls beat again) for more than 3 intervals.
-        tokio::time::sleep(Duration::from_millis(3_600)).await;
+        // a is "busy" (never calls beat again) for more than 3 intervals, and its async runtime
+        // is blocked the whole time (this test's only worker thread sleeps, as when CPU-bound
+        // work holds every worker): the heartbeat has its own thread.
+        std::thread::sleep(Duration::from_millis(3_600));
         b.beat().await.unwrap();
         assert_eq!(b.owned(), vec![1, 3], "a looked dead while busy");
         a.leave().await;

@@ -456,8 +456,139 @@ pub fn generate(
     Ok(GenOutput { truth, files_written, bytes_written, lines_written })
 }
 
+/// What a real-time run wrote.
+#[derive(Debug, Default)]
+pub struct LiveOutput {
+    pub files_written: u64,
+    pub bytes_written: u64,
+    pub lines_written: u64,
+    /// Ticks that started after their due time (the generator could not keep the rate).
+    pub late_ticks: u64,
+}
+
+/// Real-time traffic for freshness measurements: every `interval`, one file per region and source
+/// with that interval's share of `rate` events/s, each stamped with the wall-clock time it is
+/// written (so "now - newest event time visible in a table" is how long landed data takes to
+/// become visible there). Clean events (unique ids, no messy knobs) of `cfg.size_min..size_max`
+/// bytes; files land by rename. Bounded: `duration / interval` ticks.
+pub fn generate_live(
+    cfg: &GenConfig,
+    landing_for_region: &dyn Fn(&str) -> PathBuf,
+    rate: f64,
+    duration: std::time::Duration,
+    interval: std::time::Duration,
+) -> anyhow::Result<LiveOutput> {
+    anyhow::ensure!(rate > 0.0, "a live run needs --rate > 0");
+    let interval = interval.max(std::time::Duration::from_millis(50));
+    let flows = (cfg.regions.len() * cfg.sources.len()).max(1);
+    let per_flow_tick = rate * interval.as_secs_f64() / flows as f64;
+    let mut rngs: Vec<Rng> =
+        (0..flows as u64).map(|i| Rng::new(cfg.seed.wrapping_mul(7_919).wrapping_add(i))).collect();
+    let mut carry = vec![0f64; flows];
+    let mut made = vec![0u64; flows];
+    let mut out = LiveOutput::default();
+    let started = std::time::Instant::now();
+    let mut tick = 0u64;
+    loop {
+        let due = interval * tick as u32;
+        if due >= duration {
+            break;
+        }
+        let el = started.elapsed();
+        if due > el {
+            std::thread::sleep(due - el);
+        } else if el - due > interval {
+            out.late_ticks += 1;
+        }
+        tick += 1;
+        for (ri, region) in cfg.regions.iter().enumerate() {
+            let dir_region = landing_for_region(region);
+            for (si, source) in cfg.sources.iter().enumerate() {
+                let f = ri * cfg.sources.len() + si;
+                carry[f] += per_flow_tick;
+                let n = carry[f].floor() as u64;
+                carry[f] -= n as f64;
+                if n == 0 {
+                    continue;
+                }
+                let rng = &mut rngs[f];
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let mut body = Vec::with_capacity(n as usize * (cfg.size_min + cfg.size_max) / 2);
+                for _ in 0..n {
+                    let i = made[f];
+                    made[f] += 1;
+                    let billing_dbu = (source == "billing").then(|| dbu(rng, 0.0));
+                    let ev = Ev {
+                        id: format!("{region}-{source}-{}-live-{i:010}", cfg.file_prefix),
+                        time_ms: now_ms,
+                        workspace: format!("ws-{region}-{}", rng.below(8)),
+                        customer: format!("cust-{:03}", rng.below(40)),
+                        egress: rng.pct(cfg.egress_pct),
+                        billing: billing_dbu.as_ref().map(|(d, _)| ((*rng.pick(SKUS)).to_string(), *d)),
+                        dbu_text: billing_dbu.map(|(_, t)| t),
+                    };
+                    body.extend_from_slice(
+                        build_line(rng, source, region, &ev, IdKind::Real, false, (cfg.size_min, cfg.size_max))
+                            .as_bytes(),
+                    );
+                    body.push(b'\n');
+                }
+                let dir = dir_region.join(source);
+                std::fs::create_dir_all(&dir)?;
+                let name = format!("{}-live-{tick:08}.ndjson", cfg.file_prefix);
+                let tmp = dir.join(format!(".tmp-{name}"));
+                std::fs::write(&tmp, &body)?;
+                std::fs::rename(&tmp, dir.join(&name))?;
+                out.files_written += 1;
+                out.bytes_written += body.len() as u64;
+                out.lines_written += n;
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn live_run_writes_the_rate_stamped_now_and_stops() {
+        let root = std::env::temp_dir().join(format!("trib-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = &root;
+        let cfg = GenConfig { regions: vec!["r1".into()], size_min: 200, size_max: 400, ..GenConfig::default() };
+        let before = chrono::Utc::now().timestamp_millis();
+        let out = generate_live(
+            &cfg,
+            &|r| dir.join(r),
+            400.0,
+            std::time::Duration::from_millis(1000),
+            std::time::Duration::from_millis(250),
+        )
+        .unwrap();
+        let after = chrono::Utc::now().timestamp_millis();
+        // 4 ticks x 4 sources x 25 events.
+        assert_eq!(out.lines_written, 400, "{out:?}");
+        assert_eq!(out.files_written, 16);
+        let mut ids = std::collections::HashSet::new();
+        for s in crate::SOURCES {
+            for e in std::fs::read_dir(dir.join("r1").join(s)).unwrap() {
+                let body = std::fs::read(e.unwrap().path()).unwrap();
+                for (_, line) in crate::lines::lines(&body) {
+                    let d = crate::decode_event(line, s, 1 << 20).expect("valid event");
+                    let id = d.event_id.clone().expect("an id");
+                    assert!(ids.insert(id.clone()), "duplicate id {id}");
+                    let t = d.event_time.expect("an event time") / 1000;
+                    assert!(t >= before && t <= after, "event time {t} outside the run [{before}, {after}]");
+                }
+            }
+        }
+        assert_eq!(ids.len(), 400);
+        assert!(
+            generate_live(&cfg, &|r| dir.join(r), 0.0, std::time::Duration::ZERO, std::time::Duration::ZERO).is_err()
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     use super::*;
 
     #[test]

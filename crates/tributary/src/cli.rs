@@ -97,6 +97,13 @@ pub struct GenArgs {
     /// Target events/s (all regions and sources together); unlimited when absent.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Real-time mode for freshness measurements: write `--rate` events/s for this many seconds,
+    /// one file per region and source every `--live-interval-ms`, each event stamped with the
+    /// time it is written (clean events; the messy knobs and the ground truth do not apply).
+    #[arg(long, requires = "rate")]
+    pub live_secs: Option<u64>,
+    #[arg(long, default_value_t = 1000)]
+    pub live_interval_ms: u64,
     #[arg(long, default_value = "part")]
     pub file_prefix: String,
     /// Approximate size range of generated events in bytes (the contract says 1-4 KB).

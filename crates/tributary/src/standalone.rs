@@ -20,6 +20,27 @@ pub fn generate(cfg: &Config, args: &GenArgs) -> Result<(), String> {
     let gc = args.to_config(cfg);
     let started = Instant::now();
     let landing = |r: &str| std::path::PathBuf::from(cfg.landing(r));
+    if let Some(secs) = args.live_secs {
+        let out = tributary_events::generator::generate_live(
+            &gc,
+            &landing,
+            args.rate.unwrap_or(0.0),
+            Duration::from_secs(secs),
+            Duration::from_millis(args.live_interval_ms),
+        )
+        .map_err(|e| e.to_string())?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "live: {} lines ({} files, {:.1} MB) in {:.1}s = {:.0} events/s; {} ticks started late",
+            out.lines_written,
+            out.files_written,
+            out.bytes_written as f64 / 1e6,
+            secs,
+            out.lines_written as f64 / secs.max(1e-9),
+            out.late_ticks
+        );
+        return Ok(());
+    }
     let out =
         tributary_events::generator::generate(&gc, &landing, Some(&truth_path(cfg))).map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
