@@ -792,6 +792,9 @@ impl Stage for BronzeIngest {
             member: self.members.as_ref().map(|m| m.id.as_str()),
             quarantine: &self.quarantine,
         };
+        // With replicas sharing the landing zone, no flow starts once membership is due to be
+        // read again: a long pass must not keep running slots that moved to another replica.
+        let recheck = self.members.as_ref().map(|m| m.next_check());
         let health = &self.health;
         let mut due: Vec<(usize, bool, &mut Flow)> = self
             .flows
@@ -802,11 +805,15 @@ impl Stage for BronzeIngest {
             .collect();
         due.sort_by_key(|(i, _, _)| (i + n - start) % n.max(1));
         let shared = &shared;
-        type Run<'a> = futures::future::BoxFuture<'a, (usize, bool, Result<u64>)>;
+        // (flow, reloaded, skipped, result)
+        type Run<'a> = futures::future::BoxFuture<'a, (usize, bool, bool, Result<u64>)>;
         let runs: Vec<Run<'_>> = due
             .into_iter()
             .map(|(i, reload, flow)| -> Run<'_> {
                 Box::pin(async move {
+                    if recheck.is_some_and(|t| Instant::now() >= t) {
+                        return (i, false, true, Ok(0));
+                    }
                     let mut reloaded = false;
                     let result = async {
                         if reload {
@@ -818,20 +825,33 @@ impl Stage for BronzeIngest {
                         shared.run_flow(flow).await
                     }
                     .await;
-                    (i, reloaded, result)
+                    (i, reloaded, false, result)
                 })
             })
             .collect();
-        let outcomes: Vec<(usize, bool, Result<u64>)> =
+        let outcomes: Vec<(usize, bool, bool, Result<u64>)> =
             futures::stream::iter(runs).buffer_unordered(parallel).collect().await;
         let mut total = 0;
-        for (i, reloaded, result) in outcomes {
+        // The next pass starts at the first flow this one skipped (or one further round-robin).
+        let mut first_skipped: Option<usize> = None;
+        for (i, reloaded, skipped, result) in outcomes {
+            if skipped {
+                let order = |k: usize| (k + n - start) % n.max(1);
+                if first_skipped.is_none_or(|f| order(i) < order(f)) {
+                    first_skipped = Some(i);
+                }
+                continue;
+            }
             if reloaded {
                 self.health.reloaded(i);
             }
             total += self.health.record(i, result, STAGE, &self.region, || format!("bronze/{}", self.flows[i].source));
         }
-        self.next_flow = (self.next_flow + 1) % n.max(1);
+        self.next_flow = first_skipped.unwrap_or((self.next_flow + 1) % n.max(1));
+        // Skipped flows may have work: this pass is not an idle one.
+        if first_skipped.is_some() {
+            total = total.max(1);
+        }
         Ok(total)
     }
 

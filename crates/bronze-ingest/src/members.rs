@@ -208,6 +208,12 @@ impl Members {
         (0..self.slots).filter(|s| *s as usize % live.len() == rank).collect()
     }
 
+    /// When membership should be read again: a pass of the stage starts no new flow after this,
+    /// so a replica does not keep running slots that moved to another for a whole long pass.
+    pub fn next_check(&self) -> Instant {
+        self.last_beat.map_or_else(Instant::now, |t| t + self.every)
+    }
+
     /// The slots this member owns now.
     pub fn owned(&self) -> Vec<u32> {
         self.owned_of(&self.live)
