@@ -18,31 +18,17 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from bench import free_port, pct  # same folder
+
 GOALS = {"bronze": 5, "silver": 30, "gold": 60, "central": 90}
 LINE = re.compile(r'^tributary_max_event_time_unix_seconds\{([^}]*)\}\s+([0-9.eE+-]+)')
 LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def pct(values, p):
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, int(round(p / 100.0 * (len(values) - 1))))]
 
 
 def layer_of(labels):

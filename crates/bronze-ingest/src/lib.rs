@@ -472,6 +472,14 @@ impl BronzeIngest {
     }
 }
 
+/// What became of one flow in a pass.
+enum Pass {
+    /// Not started: membership was due to be read again first.
+    Skipped,
+    /// Ran (after reloading from its tables when it had failed before).
+    Ran { reloaded: bool, result: Result<u64> },
+}
+
 /// What the flows of one bronze service share while they run concurrently
 /// (`bronze.parallel_flows`): settings and handles, and the region's quarantine table behind a
 /// lock (its commits go one at a time; each carries its own flow's txn, so they never conflict).
@@ -782,37 +790,31 @@ impl Stage for BronzeIngest {
         let parallel = self.cfg.bronze.parallel_flows.max(1);
         let every = self.cfg.bronze.index_every_batches;
         let start = self.next_flow;
-        let shared = Shared {
-            cfg: &self.cfg,
-            region: &self.region,
-            landing: &self.landing,
-            landing_uri: &self.landing_uri,
-            landing_root: self.landing_root.as_deref(),
-            writer: &self.writer,
-            member: self.members.as_ref().map(|m| m.id.as_str()),
-            quarantine: &self.quarantine,
-        };
+        let order = |k: usize| (k + n - start) % n.max(1);
+        // The flows are lent to the pass (each future borrows its own one mutably beside the
+        // shared parts) and put back when it ends; nothing in between returns early, and the
+        // stage loop always awaits a pass to its end (it is never cancelled midway).
+        let mut flows = std::mem::take(&mut self.flows);
+        let shared = self.shared();
         // With replicas sharing the landing zone, no flow starts once membership is due to be
         // read again: a long pass must not keep running slots that moved to another replica.
         let recheck = self.members.as_ref().map(|m| m.next_check());
         let health = &self.health;
-        let mut due: Vec<(usize, bool, &mut Flow)> = self
-            .flows
+        let mut due: Vec<(usize, bool, &mut Flow)> = flows
             .iter_mut()
             .enumerate()
             .filter(|(i, _)| health.due(*i))
             .map(|(i, f)| (i, health.needs_reload(i), f))
             .collect();
-        due.sort_by_key(|(i, _, _)| (i + n - start) % n.max(1));
+        due.sort_by_key(|(i, _, _)| order(*i));
         let shared = &shared;
-        // (flow, reloaded, skipped, result)
-        type Run<'a> = futures::future::BoxFuture<'a, (usize, bool, bool, Result<u64>)>;
+        type Run<'a> = futures::future::BoxFuture<'a, (usize, Pass)>;
         let runs: Vec<Run<'_>> = due
             .into_iter()
             .map(|(i, reload, flow)| -> Run<'_> {
                 Box::pin(async move {
                     if recheck.is_some_and(|t| Instant::now() >= t) {
-                        return (i, false, true, Ok(0));
+                        return (i, Pass::Skipped);
                     }
                     let mut reloaded = false;
                     let result = async {
@@ -825,27 +827,31 @@ impl Stage for BronzeIngest {
                         shared.run_flow(flow).await
                     }
                     .await;
-                    (i, reloaded, false, result)
+                    (i, Pass::Ran { reloaded, result })
                 })
             })
             .collect();
-        let outcomes: Vec<(usize, bool, bool, Result<u64>)> =
-            futures::stream::iter(runs).buffer_unordered(parallel).collect().await;
+        let outcomes: Vec<(usize, Pass)> = futures::stream::iter(runs).buffer_unordered(parallel).collect().await;
+        self.flows = flows;
         let mut total = 0;
         // The next pass starts at the first flow this one skipped (or one further round-robin).
         let mut first_skipped: Option<usize> = None;
-        for (i, reloaded, skipped, result) in outcomes {
-            if skipped {
-                let order = |k: usize| (k + n - start) % n.max(1);
-                if first_skipped.is_none_or(|f| order(i) < order(f)) {
-                    first_skipped = Some(i);
+        for (i, pass) in outcomes {
+            match pass {
+                Pass::Skipped => {
+                    if first_skipped.is_none_or(|f| order(i) < order(f)) {
+                        first_skipped = Some(i);
+                    }
                 }
-                continue;
+                Pass::Ran { reloaded, result } => {
+                    if reloaded {
+                        self.health.reloaded(i);
+                    }
+                    total += self
+                        .health
+                        .record(i, result, STAGE, &self.region, || format!("bronze/{}", self.flows[i].source));
+                }
             }
-            if reloaded {
-                self.health.reloaded(i);
-            }
-            total += self.health.record(i, result, STAGE, &self.region, || format!("bronze/{}", self.flows[i].source));
         }
         self.next_flow = first_skipped.unwrap_or((self.next_flow + 1) % n.max(1));
         // Skipped flows may have work: this pass is not an idle one.

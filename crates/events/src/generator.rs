@@ -123,6 +123,23 @@ struct Ev {
     dbu_text: Option<String>,
 }
 
+impl Ev {
+    /// A valid event of `source` with its id and time given; the rest drawn from `rng` (a `dbu`
+    /// for billing, with `edge_pct` of them at the column's edges).
+    fn draw(rng: &mut Rng, cfg: &GenConfig, region: &str, source: &str, id: String, time_ms: i64, edge_pct: f64) -> Ev {
+        let billing_dbu = (source == "billing").then(|| dbu(rng, edge_pct));
+        Ev {
+            id,
+            time_ms,
+            workspace: format!("ws-{region}-{}", rng.below(8)),
+            customer: format!("cust-{:03}", rng.below(40)),
+            egress: rng.pct(cfg.egress_pct),
+            billing: billing_dbu.as_ref().map(|(d, _)| ((*rng.pick(SKUS)).to_string(), *d)),
+            dbu_text: billing_dbu.map(|(_, t)| t),
+        }
+    }
+}
+
 /// A billing `dbu`: usually a 6-decimal value written plainly; with `edge_pct` one at the
 /// column's edges (scale 9) in one of the spellings producers use. Returns the value and its
 /// JSON text (exactly equal to the value).
@@ -301,16 +318,8 @@ pub fn generate(
                     if late {
                         time_ms -= cfg.late_minutes * 60_000;
                     }
-                    let billing_dbu = (source == "billing").then(|| dbu(&mut rng, cfg.decimal_edge_pct));
-                    let ev = Ev {
-                        id: format!("{region}-{source}-{}-{i:08}", cfg.file_prefix),
-                        time_ms,
-                        workspace: format!("ws-{region}-{}", rng.below(8)),
-                        customer: format!("cust-{:03}", rng.below(40)),
-                        egress: rng.pct(cfg.egress_pct),
-                        billing: billing_dbu.as_ref().map(|(d, _)| ((*rng.pick(SKUS)).to_string(), *d)),
-                        dbu_text: billing_dbu.map(|(_, t)| t),
-                    };
+                    let id = format!("{region}-{source}-{}-{i:08}", cfg.file_prefix);
+                    let ev = Ev::draw(&mut rng, cfg, region, source, id, time_ms, cfg.decimal_edge_pct);
                     if rng.pct(cfg.malformed_pct) {
                         let good = build_line(
                             &mut rng,
@@ -517,16 +526,8 @@ pub fn generate_live(
                 for _ in 0..n {
                     let i = made[f];
                     made[f] += 1;
-                    let billing_dbu = (source == "billing").then(|| dbu(rng, 0.0));
-                    let ev = Ev {
-                        id: format!("{region}-{source}-{}-live-{i:010}", cfg.file_prefix),
-                        time_ms: now_ms,
-                        workspace: format!("ws-{region}-{}", rng.below(8)),
-                        customer: format!("cust-{:03}", rng.below(40)),
-                        egress: rng.pct(cfg.egress_pct),
-                        billing: billing_dbu.as_ref().map(|(d, _)| ((*rng.pick(SKUS)).to_string(), *d)),
-                        dbu_text: billing_dbu.map(|(_, t)| t),
-                    };
+                    let id = format!("{region}-{source}-{}-live-{i:010}", cfg.file_prefix);
+                    let ev = Ev::draw(rng, cfg, region, source, id, now_ms, 0.0);
                     body.extend_from_slice(
                         build_line(rng, source, region, &ev, IdKind::Real, false, (cfg.size_min, cfg.size_max))
                             .as_bytes(),

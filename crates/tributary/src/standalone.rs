@@ -29,33 +29,33 @@ pub fn generate(cfg: &Config, args: &GenArgs) -> Result<(), String> {
             Duration::from_millis(args.live_interval_ms),
         )
         .map_err(|e| e.to_string())?;
-        let secs = started.elapsed().as_secs_f64();
         println!(
-            "live: {} lines ({} files, {:.1} MB) in {:.1}s = {:.0} events/s; {} ticks started late",
-            out.lines_written,
-            out.files_written,
-            out.bytes_written as f64 / 1e6,
-            secs,
-            out.lines_written as f64 / secs.max(1e-9),
+            "live: {}; {} ticks started late",
+            written(out.lines_written, out.files_written, out.bytes_written, started),
             out.late_ticks
         );
         return Ok(());
     }
     let out =
         tributary_events::generator::generate(&gc, &landing, Some(&truth_path(cfg))).map_err(|e| e.to_string())?;
-    let secs = started.elapsed().as_secs_f64();
     println!(
-        "generated {} lines ({} files, {:.1} MB) for {} regions x {} sources in {:.2}s ({:.0} events/s); truth: {}",
-        out.lines_written,
-        out.files_written,
-        out.bytes_written as f64 / 1e6,
+        "generated for {} regions x {} sources: {}; truth: {}",
         gc.regions.len(),
         gc.sources.len(),
-        secs,
-        out.lines_written as f64 / secs.max(1e-9),
+        written(out.lines_written, out.files_written, out.bytes_written, started),
         truth_path(cfg).display()
     );
     Ok(())
+}
+
+/// "N lines (F files, X MB) in S s (R events/s)" since `started`.
+fn written(lines: u64, files: u64, bytes: u64, started: Instant) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    format!(
+        "{lines} lines ({files} files, {:.1} MB) in {secs:.2}s ({:.0} events/s)",
+        bytes as f64 / 1e6,
+        lines as f64 / secs.max(1e-9)
+    )
 }
 
 /// Produces the generated landing files of every region to the source topics.
