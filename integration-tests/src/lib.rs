@@ -29,7 +29,10 @@ pub fn bin() -> PathBuf {
 /// A pipeline in a temporary directory.
 pub struct Pipeline {
     _dir: tempfile::TempDir,
+    /// Local directory: generator output, truth, and the tables unless `root` says otherwise.
     pub data: PathBuf,
+    /// `data_root` of the services when not `data` (an `s3://` URI).
+    pub root: Option<String>,
     pub regions: Vec<String>,
     pub env: Vec<(String, String)>,
 }
@@ -44,7 +47,7 @@ impl Pipeline {
     pub fn new(regions: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("tributary-it-").tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        Self { _dir: dir, data, regions: regions.iter().map(|s| s.to_string()).collect(), env: vec![] }
+        Self { _dir: dir, data, root: None, regions: regions.iter().map(|s| s.to_string()).collect(), env: vec![] }
     }
 
     pub fn with_env(mut self, k: &str, v: &str) -> Self {
@@ -56,7 +59,7 @@ impl Pipeline {
         let mut c = Command::new(bin());
         c.args(args)
             .arg("--data")
-            .arg(&self.data)
+            .arg(self.root.clone().unwrap_or_else(|| self.data.display().to_string()))
             .arg("--regions")
             .arg(self.regions.join(","))
             .env("RUST_LOG", "warn")
@@ -107,8 +110,29 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// Runs one `central-federator --trigger available-now` per region, all at once (separate
+    /// processes racing for the central tables' versions); fails unless every one succeeds.
+    pub fn federators_at_once(&self, regions: &[&str]) -> Result<()> {
+        let children: Vec<_> = regions
+            .iter()
+            .map(|region| {
+                self.command(&["central-federator", "--region", region, "--trigger", "available-now"])
+                    .env("RUST_LOG", "warn,tributary_core=warn")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<std::io::Result<_>>()?;
+        for (region, child) in regions.iter().zip(children) {
+            let out = child.wait_with_output()?;
+            ensure!(out.status.success(), "federator {region}: {}", tail(&out.stderr, 3000));
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> Config {
-        Config { data_root: self.data.display().to_string(), regions: self.regions.clone(), ..Config::default() }
+        let data_root = self.root.clone().unwrap_or_else(|| self.data.display().to_string());
+        Config { data_root, regions: self.regions.clone(), ..Config::default() }
     }
 
     /// `tributary fingerprint`: table -> fingerprint of its logical content.
@@ -780,4 +804,142 @@ pub fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<(String, S
         }
     }
     out
+}
+
+/// A real S3 API: moto's server on a loopback port, one per test process (it exits with the
+/// process), each test in its own bucket. The test process's own table reads go to it too
+/// (`tributary_delta::store` is configured once, with a credentials file).
+pub struct S3 {
+    pub port: u16,
+    pub endpoint: String,
+    pub credentials_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn s3() -> &'static S3 {
+    static S3_SERVER: std::sync::OnceLock<S3> = std::sync::OnceLock::new();
+    S3_SERVER.get_or_init(|| S3::start().expect("starting the S3 API server (moto)"))
+}
+
+impl S3 {
+    fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("tributary-s3-").tempdir()?;
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/s3_server.py");
+        let log = std::fs::File::create(dir.path().join("moto.log"))?;
+        let mut child = Command::new(python())
+            .arg(&script)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting moto (`make test-deps` installs it into .cache/venv)")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "moto exited ({st}): {}",
+                    std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default()
+                );
+            }
+            ensure!(std::time::Instant::now() < deadline, "moto did not listen on {port} within 60s");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let credentials_file = dir.path().join("credentials");
+        std::fs::write(
+            &credentials_file,
+            "[default]\naws_access_key_id = testing\naws_secret_access_key = not-a-secret-0\n",
+        )?;
+        let me = Self { port, endpoint: format!("http://127.0.0.1:{port}"), credentials_file, _dir: dir };
+        tributary_delta::store::configure(&me.settings(&me.endpoint))?;
+        Ok(me)
+    }
+
+    /// `[storage.s3]` pointing at `endpoint` (this server, or a proxy in front of it).
+    pub fn settings(&self, endpoint: &str) -> tributary_core::config::S3Config {
+        tributary_core::config::S3Config {
+            endpoint: endpoint.to_string(),
+            region: "us-east-1".into(),
+            allow_http: true,
+            credentials_file: self.credentials_file.display().to_string(),
+            retry_timeout_secs: 5,
+            ..Default::default()
+        }
+    }
+
+    /// The environment that points a `tributary` process at `endpoint`.
+    pub fn env(&self, endpoint: &str) -> Vec<(String, String)> {
+        vec![
+            ("TRIBUTARY__STORAGE__S3__ENDPOINT".into(), endpoint.to_string()),
+            ("TRIBUTARY__STORAGE__S3__ALLOW_HTTP".into(), "true".into()),
+            ("TRIBUTARY__STORAGE__S3__REGION".into(), "us-east-1".into()),
+            ("TRIBUTARY__STORAGE__S3__RETRY_TIMEOUT_SECS".into(), "5".into()),
+            ("TRIBUTARY__STORAGE__S3__CREDENTIALS_FILE".into(), self.credentials_file.display().to_string()),
+        ]
+    }
+
+    /// Creates bucket `name` (moto takes an unsigned CreateBucket); returns `s3://name`.
+    pub fn bucket(&self, name: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            c,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut resp = String::new();
+        c.read_to_string(&mut resp)?;
+        ensure!(
+            resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"),
+            "create bucket {name}: {}",
+            resp.lines().next().unwrap_or("")
+        );
+        Ok(format!("s3://{name}"))
+    }
+
+    /// Copies every file under the local `dir` to `uri` (same relative keys).
+    pub async fn upload_dir(&self, dir: &Path, uri: &str) -> Result<usize> {
+        use deltalake::logstore::object_store::ObjectStoreExt as _;
+        let store = tributary_delta::store::root_store(uri)?;
+        let mut stack = vec![dir.to_path_buf()];
+        let mut n = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let p = e?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let key = p.strip_prefix(dir)?.to_string_lossy().to_string();
+                store.put(&deltalake::Path::from(key), std::fs::read(&p)?.into()).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The Python with the test dependencies (`make test-deps`: .cache/venv).
+pub fn python() -> PathBuf {
+    PathBuf::from(std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+/// The independent reader: `python/check_tables.py` (the Python `deltalake` package) reads the
+/// bronze, quarantine and gold tables under `data_root` and must agree with the truth.
+pub fn python_reader_agrees(data_root: &str, truth: &Path, env: &[(String, String)]) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_tables.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(data_root)
+        .arg(truth)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .with_context(|| format!("cannot run {} (`make test` installs the Python reader)", python().display()))?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("agrees"),
+        "python reader check failed (`make test` installs deltalake into .cache/venv):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }

@@ -12,10 +12,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
 
-fn python() -> PathBuf {
-    PathBuf::from(std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into()))
-}
-
 /// Runs a command in the repository; panics with its output unless it succeeds.
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.current_dir(repo()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

@@ -27,21 +27,7 @@ async fn every_layer_matches_ground_truth_exactly() {
     assert_eq!(before, p.fingerprints().unwrap());
 
     // Independent reader: the Python deltalake package reads bronze and gold and agrees.
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_tables.py");
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(&p.data)
-        .arg(p.truth_path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e} (`make test` installs the Python reader)"));
-    assert!(
-        out.status.success(),
-        "python reader check failed (`make test` installs deltalake into .cache/venv):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("agrees"));
+    python_reader_agrees(&p.data.display().to_string(), &p.truth_path(), &[]).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,20 +11,7 @@ async fn concurrent_federators_lose_nothing() {
     // Regional layers first (a region never waits for the centre) ...
     p.run_to_completion(&["--stages", "bronze,silver,gold"]).unwrap();
     // ... then both federators at once, one commit per input version, racing for every version.
-    let spawn = |region: &str| {
-        p.command(&["central-federator", "--region", region, "--trigger", "available-now"])
-            .env("RUST_LOG", "warn,tributary_core=warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let a = spawn("r1");
-    let b = spawn("r2");
-    let oa = a.wait_with_output().unwrap();
-    let ob = b.wait_with_output().unwrap();
-    assert!(oa.status.success(), "federator r1: {}", tail(&oa.stderr, 3000));
-    assert!(ob.status.success(), "federator r2: {}", tail(&ob.stderr, 3000));
+    p.federators_at_once(&["r1", "r2"]).unwrap();
     verify_against_truth(&p.config(), &truth, p.truth_path().parent().unwrap()).await.unwrap();
     // The central log interleaves both regions' commits.
     let log = std::fs::read_dir(p.data.join("central/events/_delta_log")).unwrap().count();

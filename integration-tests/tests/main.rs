@@ -14,4 +14,5 @@ mod scaleout;
 mod security;
 mod semantics;
 mod status_api;
+mod storage;
 mod traces;

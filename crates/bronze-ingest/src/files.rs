@@ -1,4 +1,4 @@
-//! Landing-zone access through `object_store`: local directories now, S3 later by URI.
+//! Landing-zone access through `object_store`: local directories, or S3 by URI.
 
 use deltalake::{ObjectMeta, ObjectStore, Path};
 use futures::TryStreamExt;
@@ -9,17 +9,11 @@ use std::io::Read;
 use std::sync::Arc;
 use tributary_core::{Error, Result};
 
+/// The landing zone at `uri`: a local path, `file://` or `s3://bucket/prefix` (see
+/// `tributary_delta::store`).
 pub fn landing_store(uri: &str) -> Result<Arc<dyn ObjectStore>> {
-    if uri.contains("://") && !uri.starts_with("file://") {
-        return Err(Error::user(format!(
-            "landing zone {uri}: only local paths and file:// URIs are supported by this build"
-        )));
-    }
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
-    std::fs::create_dir_all(path)?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(path)
-        .map_err(|e| Error::user(format!("landing zone {uri}")).with_source(e))?;
-    Ok(Arc::new(store))
+    tributary_delta::store::root_store(uri)
+        .map_err(|e| Error::new(e.kind, format!("landing zone {uri}")).with_source(e))
 }
 
 fn is_data_file(name: &str) -> bool {
@@ -171,7 +165,10 @@ pub async fn list_above(
             // The frontier file itself (the listing offset is exclusive): it may still grow.
             if let Some(f) = frontier {
                 match store.head(&Path::from(f)).await {
-                    Ok(m) => listed.push(m),
+                    // The path we asked for: object_store 0.13's PrefixStore (an `s3://bucket/prefix`
+                    // landing zone) returns the prefixed key from `head`
+                    // (apache/arrow-rs-object-store#664).
+                    Ok(m) => listed.push(ObjectMeta { location: Path::from(f), ..m }),
                     Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(Error::external(format!("stat landing/{f}")).with_source(e)),
                 }

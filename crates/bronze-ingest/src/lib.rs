@@ -612,7 +612,7 @@ impl Shared<'_> {
             .await
             .commit_batch(
                 Commit::new(&q, vec![PositionMove { app_id: app_id.clone(), from, to }], meta, 0),
-                &self.writer,
+                self.writer,
             )
             .await?;
         tracing::warn!(source, from, to, rows, "quarantine caught up with bronze after a restart");
@@ -629,7 +629,7 @@ impl Shared<'_> {
         self.catch_up_quarantine(flow).await?;
         let source = flow.source.clone();
         let listed =
-            files::list_above(&self.landing, self.landing_root, &source, flow.discovery.frontier.as_deref()).await?;
+            files::list_above(self.landing, self.landing_root, &source, flow.discovery.frontier.as_deref()).await?;
         // A shared landing zone: this flow's slot only (its frontier is over its own files).
         let listed = if flow.slots > 1 {
             let (slot, slots) = (flow.slot, flow.slots);
@@ -694,7 +694,7 @@ impl Shared<'_> {
             match schema::prepare(&mut f.table, f.mode, &f.hints, rows)? {
                 schema::Step::Ready(p) => p,
                 schema::Step::Stop(message) => {
-                    tributary_core::event_log::flow_stopped(STAGE, &self.region, &f.table.name, &message);
+                    tributary_core::event_log::flow_stopped(STAGE, self.region, &f.table.name, &message);
                     f.stopped = Some(message);
                     return Ok(0);
                 }
@@ -719,17 +719,17 @@ impl Shared<'_> {
                 Commit::new(&prepared.batches, moves, meta, 0)
                     .evolving(prepared.metadata.clone())
                     .fault("bronze.after_upload_before_commit"),
-                &self.writer,
+                self.writer,
             )
             .await?;
         fault::point("bronze.after_data_commit");
-        tributary_core::metrics::blank_lines(&self.region, &source, blank_lines);
+        tributary_core::metrics::blank_lines(self.region, &source, blank_lines);
         {
             let f = &mut *flow;
-            schema::committed(&self.region, &f.table.name, &prepared, &mut f.drift, lines_in, quarantined);
+            schema::committed(self.region, &f.table.name, &prepared, &mut f.drift, lines_in, quarantined);
         }
         let max_event_ms = tributary_delta::max_event_ms(&prepared.batches);
-        flow.table.notice(STAGE, &self.region, version, written, max_event_ms);
+        flow.table.notice(STAGE, self.region, version, written, max_event_ms);
         {
             let f = &mut *flow;
             f.seq = seq;
@@ -739,7 +739,7 @@ impl Shared<'_> {
         // Quarantine: its own txn for the same sequence, committed even when empty so that a
         // restart knows it has caught up; fenced like the data commit.
         let moves = vec![PositionMove { app_id: app_id.clone(), from: flow.quarantine_seq, to: seq }];
-        self.quarantine.lock().await.commit_batch(Commit::new(&q, moves, quarantine_meta, 0), &self.writer).await?;
+        self.quarantine.lock().await.commit_batch(Commit::new(&q, moves, quarantine_meta, 0), self.writer).await?;
         fault::point("bronze.after_quarantine_commit");
         {
             let f = &mut *flow;
@@ -747,10 +747,10 @@ impl Shared<'_> {
             f.manifests.clear();
         }
         BronzeIngest::maybe_write_index(&*flow, self.cfg.bronze.index_every_batches).await?;
-        tributary_core::metrics::landing_discovery(&self.region, &source, flow.discovery.recent.len() as u64);
+        tributary_core::metrics::landing_discovery(self.region, &source, flow.discovery.recent.len() as u64);
         BatchCommitted {
             stage: STAGE,
-            region: &self.region,
+            region: self.region,
             table: &format!("bronze/{source}"),
             version,
             input_rows: lines_in,

@@ -46,6 +46,52 @@ pub struct Config {
     pub kafka2prom: Kafka2PromConfig,
     pub log_exporter: LogExporterConfig,
     pub retention: RetentionConfig,
+    pub storage: StorageConfig,
+}
+
+/// Object stores: any root (`data_root`, `landing_root`, `central_root`) may be an `s3://bucket/prefix`
+/// URI; local paths stay the default. Credentials are never part of the config: they come from the
+/// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web identity,
+/// instance metadata) or from `s3.credentials_file`, and are never logged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// S3 API endpoint (MinIO, moto, Ceph...); empty = AWS (or `AWS_ENDPOINT_URL`).
+    pub endpoint: String,
+    /// Region; empty = `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
+    pub region: String,
+    /// Permit plain `http://` endpoints (a loopback test store); refused otherwise.
+    pub allow_http: bool,
+    /// `bucket.host/key` requests instead of path style `host/bucket/key`.
+    pub virtual_hosted_style: bool,
+    /// AWS shared-credentials file (INI: `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_session_token`) read at start; empty = environment / instance credentials.
+    pub credentials_file: String,
+    /// Profile (section) of `credentials_file`.
+    pub profile: String,
+    /// How long one store request is retried before it fails (a store that is down fails the
+    /// pass, which is retried by the stage loop; short enough for a failover drill).
+    pub retry_timeout_secs: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: String::new(),
+            allow_http: false,
+            virtual_hosted_style: false,
+            credentials_file: String::new(),
+            profile: "default".into(),
+            retry_timeout_secs: 30,
+        }
+    }
 }
 
 /// Data retention: `event_date` partitions older than `months` are removed from every table
@@ -555,6 +601,7 @@ impl Default for Config {
             kafka2prom: Kafka2PromConfig::default(),
             log_exporter: LogExporterConfig::default(),
             retention: RetentionConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -858,6 +905,33 @@ impl Config {
         }
         if !matches!(self.telemetry.log_format.as_str(), "pretty" | "json") {
             return bad(format!("telemetry.log_format {:?} must be pretty or json", self.telemetry.log_format));
+        }
+        let roots = [
+            ("data_root", Some(&self.data_root)),
+            ("landing_root", self.landing_root.as_ref()),
+            ("central_root", self.central_root.as_ref()),
+        ];
+        for (name, root) in roots {
+            let Some(root) = root else { continue };
+            if let Some((scheme, rest)) = root.split_once("://") {
+                if !matches!(scheme, "file" | "s3" | "s3a") {
+                    return bad(format!(
+                        "{name} {root:?}: scheme {scheme}:// is not supported (local paths, file://, s3://)"
+                    ));
+                }
+                if scheme != "file" && rest.split('/').next().unwrap_or("").is_empty() {
+                    return bad(format!("{name} {root:?} names no bucket"));
+                }
+            }
+        }
+        let ep = &self.storage.s3.endpoint;
+        if ep.starts_with("http://") && !self.storage.s3.allow_http {
+            return bad(format!(
+                "storage.s3.endpoint {ep:?} is plain http: set storage.s3.allow_http = true (test stores only)"
+            ));
+        }
+        if !ep.is_empty() && !ep.starts_with("http://") && !ep.starts_with("https://") {
+            return bad(format!("storage.s3.endpoint {ep:?} must start with http:// or https://"));
         }
         Ok(self)
     }

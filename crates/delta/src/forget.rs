@@ -597,7 +597,13 @@ pub async fn forget(cfg: &Config, customer_id: &str, request_id: Option<&str>, w
 }
 
 async fn run(cfg: &Config, customer_id: &str, request_id: &str, wait: Duration) -> Result<Outcome> {
-    let root = PathBuf::from(&cfg.data_root);
+    if crate::store::is_remote(&cfg.data_root) {
+        return Err(Error::user(format!(
+            "forget finds its tables and proves erasure by reading a local data_root; {} is an object store, where this build does not run it",
+            cfg.data_root
+        )));
+    }
+    let root = PathBuf::from(cfg.data_root.strip_prefix("file://").unwrap_or(&cfg.data_root));
     let mut rels = crate::retention::tables(&root);
     rels.sort_by_key(|r| (rank(r), r.clone()));
     let workspaces = exclusive_workspaces(&root, &rels, customer_id).await?;

@@ -10,6 +10,7 @@ pub mod forget;
 pub mod quarantine;
 pub mod retention;
 pub mod schemas;
+pub mod store;
 mod table;
 
 pub use table::*;

@@ -4,7 +4,7 @@
 //! evidence has its own retention). The files stay until VACUUM deletes them.
 
 use crate::{Table, Writer};
-use tributary_core::{Config, Result};
+use tributary_core::{Config, Error, Result};
 
 /// What one pass removed: (table path under data_root, files).
 pub type Report = Vec<(String, usize)>;
@@ -43,7 +43,13 @@ pub(crate) fn tables(root: &std::path::Path) -> Vec<String> {
 /// One retention pass over every table of `cfg.data_root` (local data roots).
 pub async fn enforce(cfg: &Config, months: u32, today: chrono::NaiveDate) -> Result<Report> {
     let before = cutoff(today, months);
-    let root = std::path::Path::new(&cfg.data_root);
+    if crate::store::is_remote(&cfg.data_root) {
+        return Err(Error::user(format!(
+            "retention finds its tables by walking a local data_root; {} is an object store, where this build does not run it",
+            cfg.data_root
+        )));
+    }
+    let root = std::path::Path::new(cfg.data_root.strip_prefix("file://").unwrap_or(&cfg.data_root));
     let w = Writer { stage: "retention".into(), region: String::new(), threads: 1, attempts: 20 };
     let mut report = Vec::new();
     for rel in tables(root) {

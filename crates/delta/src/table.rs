@@ -29,7 +29,12 @@ fn delta_err(context: impl Into<String>, e: DeltaTableError) -> Error {
 /// Turns a local path or URI into a table URL. Local paths are made absolute and created.
 pub fn location_url(location: &str) -> Result<Url> {
     if location.contains("://") {
-        return Url::parse(location).map_err(|e| Error::user(format!("invalid table URI {location:?}")).with_source(e));
+        let url =
+            Url::parse(location).map_err(|e| Error::user(format!("invalid table URI {location:?}")).with_source(e))?;
+        if crate::store::is_remote(location) {
+            crate::store::register();
+        }
+        return Ok(url);
     }
     let path = std::path::Path::new(location);
     std::fs::create_dir_all(path)?;
@@ -108,12 +113,16 @@ impl Table {
         partition_columns: &[&str],
     ) -> Result<Self> {
         let url = location_url(location)?;
+        crate::store::check_conditional_put(location).await?;
         let partition_columns: Vec<String> = partition_columns.iter().map(|s| s.to_string()).collect();
-        // A local directory without a log is created directly (probing it would log kernel errors).
-        let local_missing =
-            url.scheme() == "file" && url.to_file_path().map(|p| !p.join("_delta_log").exists()).unwrap_or(false);
+        // A table without a log is created directly (probing it would log kernel errors).
+        let missing = if url.scheme() == "file" {
+            url.to_file_path().map(|p| !p.join("_delta_log").exists()).unwrap_or(false)
+        } else {
+            !crate::store::has_log(location).await?
+        };
         for attempt in 0..20 {
-            let opened = if local_missing && attempt == 0 {
+            let opened = if missing && attempt == 0 {
                 Err(DeltaTableError::NotATable(String::new()))
             } else {
                 deltalake::open_table(url.clone()).await
@@ -155,7 +164,12 @@ impl Table {
 
     /// Opens an existing table; `Ok(None)` when there is no table at `location` yet.
     pub async fn open_existing(name: &str, location: &str) -> Result<Option<Self>> {
-        let url = if location.contains("://") {
+        let url = if crate::store::is_remote(location) {
+            if !crate::store::has_log(location).await? {
+                return Ok(None);
+            }
+            location_url(location)?
+        } else if location.contains("://") {
             location_url(location)?
         } else {
             let p = std::path::Path::new(location);

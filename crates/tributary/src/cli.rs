@@ -59,7 +59,9 @@ impl Common {
         if let Some(b) = &self.brokers {
             cfg.kafka.brokers = b.clone();
         }
-        cfg.validate().map_err(|e| e.to_string())
+        let cfg = cfg.validate().map_err(|e| e.to_string())?;
+        tributary_delta::store::configure(&cfg.storage.s3).map_err(|e| e.to_string())?;
+        Ok(cfg)
     }
 }
 
