@@ -149,3 +149,120 @@ async fn a_store_that_ignores_conditional_writes_is_refused_before_any_commit() 
         tributary_delta::Table::open_existing("bronze/audit", &format!("{bucket}/data/regions/r1/bronze/audit")).await;
     assert!(matches!(t, Ok(None)), "a table was created on the unsafe store");
 }
+
+/// A small partitioned table written by the test: `rows` rows per call, one file per region.
+async fn append(t: &mut tributary_delta::Table, from: i64, rows: i64) {
+    use deltalake::arrow::array::{Int64Array, StringArray};
+    let ids: Vec<i64> = (from..from + rows).collect();
+    let regions: Vec<&str> = ids.iter().map(|i| if i % 2 == 0 { "eu" } else { "us" }).collect();
+    let batch = deltalake::arrow::array::RecordBatch::try_new(
+        t.schema(),
+        vec![std::sync::Arc::new(Int64Array::from(ids.clone())), std::sync::Arc::new(StringArray::from(regions))],
+    )
+    .unwrap();
+    let adds = t.write_files(&[batch]).await.unwrap();
+    let actions = adds.into_iter().map(tributary_delta::Action::Add).collect();
+    t.commit(actions, vec![], Default::default(), 10).await.unwrap();
+}
+
+fn fingerprint_of(p: &Pipeline, table: &str) -> String {
+    let out = p.command(&["fingerprint", "--table", table]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    line.trim().rsplit('\t').next().unwrap().to_string()
+}
+
+/// `clone` through the binary; returns its report line.
+fn clone(p: &Pipeline, from: &str, to: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = p.command(&["clone", from, to]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn number_before(s: &str, word: &str) -> usize {
+    let i = s.find(word).unwrap_or_else(|| panic!("{word:?} not in {s}"));
+    s[..i].trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_clone_across_stores_is_incremental_propagates_removals_and_resumes_after_a_crash() {
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    let s3 = s3();
+    let bucket = s3.bucket("it-clone").unwrap();
+    let mut p = Pipeline::new(&["r1"]);
+    for (k, v) in s3.env(&s3.endpoint) {
+        p = p.with_env(&k, &v);
+    }
+    let src_loc = p.data.join("src").display().to_string();
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("region", DataType::Utf8, true),
+    ]));
+    let mut src = tributary_delta::Table::open_or_create("src", &src_loc, schema, &["region"]).await.unwrap();
+    for i in 0..3 {
+        append(&mut src, i * 100, 100).await;
+    }
+    let dst = format!("{bucket}/clone");
+
+    // First run, killed after its 2nd file copy: nothing committed; the next run resumes.
+    let out = clone(&p, &src_loc, &dst, &[("TRIBUTARY_FAULT", "clone.after_file_copy:2")]);
+    assert!(!out.status.success(), "the fault did not fire: {}", String::from_utf8_lossy(&out.stdout));
+    let t = tributary_delta::Table::open_existing("dst", &dst).await.unwrap();
+    assert!(t.is_none_or(|t| t.files().unwrap().is_empty()), "a killed clone committed files");
+    let out = clone(&p, &src_loc, &dst, &[]);
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{:?} {line}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let (copied, resumed) = (number_before(&line, "files copied"), number_before(&line, "resumed"));
+    assert!(resumed >= 2 && copied + resumed == 6, "{line}");
+    assert_eq!(fingerprint_of(&p, &src_loc), fingerprint_of(&p, &dst));
+    assert!(fingerprint_of(&p, &dst).starts_with("300:"));
+
+    // Again at the same source version: nothing to do.
+    let line = String::from_utf8_lossy(&clone(&p, &src_loc, &dst, &[]).stdout).to_string();
+    assert!(line.contains("up to date"), "{line}");
+
+    // Two more commits: only their files are copied.
+    append(&mut src, 300, 100).await;
+    append(&mut src, 400, 100).await;
+    let line = String::from_utf8_lossy(&clone(&p, &src_loc, &dst, &[]).stdout).to_string();
+    assert_eq!((number_before(&line, "files copied"), number_before(&line, "resumed")), (4, 0), "{line}");
+    assert_eq!(fingerprint_of(&p, &src_loc), fingerprint_of(&p, &dst));
+
+    // Compaction removes the 10 small files: the clone removes them too and adds the 2 new ones.
+    let w = tributary_delta::Writer { stage: "test".into(), region: String::new(), threads: 1, attempts: 10 };
+    let c = src.compact(2, &w).await.unwrap();
+    assert_eq!(c.files_removed, 10);
+    let line = String::from_utf8_lossy(&clone(&p, &src_loc, &dst, &[]).stdout).to_string();
+    assert_eq!((number_before(&line, "files copied"), number_before(&line, "removed;")), (2, 10), "{line}");
+    let cloned = tributary_delta::Table::open_existing("dst", &dst).await.unwrap().unwrap();
+    assert_eq!(cloned.files().unwrap().len(), 2);
+    assert_eq!(fingerprint_of(&p, &src_loc), fingerprint_of(&p, &dst));
+    assert_eq!(cloned.partition_columns(), ["region".to_string()]);
+
+    // A location holding another table is refused.
+    let out = clone(&p, &p.data.join("src").display().to_string(), &src_loc, &[]);
+    assert!(!out.status.success());
+    let out = clone(&p, &dst, &src_loc, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a clone"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Back from S3 to local disk, and the Python reader (its own S3 client) reads the clone.
+    let back = p.data.join("back").display().to_string();
+    assert!(clone(&p, &dst, &back, &[]).status.success());
+    assert_eq!(fingerprint_of(&p, &back), fingerprint_of(&p, &src_loc));
+    let py = std::process::Command::new(python())
+        // os._exit: the reader's S3 runtime threads can abort the interpreter's normal shutdown
+        // ("terminate called without an active exception") after the answer is printed.
+        .args([
+            "-c",
+            "import os, sys; from deltalake import DeltaTable; t = DeltaTable(sys.argv[1]).to_pyarrow_table(); \
+                      print(t.num_rows, sum(t.column('id').to_pylist()), flush=True); os._exit(0)",
+            &dst,
+        ])
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("500 {}", (0..500).sum::<i64>()));
+}

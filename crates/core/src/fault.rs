@@ -34,6 +34,7 @@ pub const POINTS: &[&str] = &[
     "kafka.after_upload_before_commit",
     "kafka.after_commit_before_offset_commit",
     "log_exporter.after_ack_before_checkpoint",
+    "clone.after_file_copy",
 ];
 
 struct Plan {

@@ -55,3 +55,11 @@ pub fn fingerprint(batches: &[RecordBatch], columns: &[&str]) -> Result<Fingerpr
     }
     Ok(fp)
 }
+
+/// Fingerprint of a table's logical columns (`tributary fingerprint`, clone checks).
+pub async fn table_fingerprint(t: &crate::Table) -> Result<Fingerprint> {
+    let batches = t.read_all().await?;
+    let cols = crate::schemas::logical_columns(&t.schema());
+    let cols: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
+    fingerprint(&batches, &cols)
+}

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod clone;
 pub mod event_log;
 pub mod fingerprint;
 pub mod forget;

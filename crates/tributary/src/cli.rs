@@ -536,6 +536,20 @@ enum Cmd {
     Fingerprint {
         #[command(flatten)]
         common: Common,
+        /// Only this table (path or URI), one line: `<uri>\t<fingerprint>`.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Deep-clone a Delta table to another location or store (local ↔ s3://), incrementally:
+    /// a second run copies only the files added since and removes the ones removed since;
+    /// resumable after a crash; S3 settings from the config (`[storage.s3]`).
+    Clone {
+        #[command(flatten)]
+        common: Common,
+        /// Source table (path or URI).
+        source: String,
+        /// Target table (path or URI): empty, or an earlier clone of the same source.
+        target: String,
     },
     /// Print the pipeline event log (`<data_root>/_tributary/event_log`), oldest first.
     Events {
@@ -794,7 +808,42 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Cmd::Fingerprint { common } => {
+        Cmd::Clone { common, source, target } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            runtime().block_on(async move {
+                let started = std::time::Instant::now();
+                match tributary_delta::clone::clone_table(&source, &target, cfg.commit_attempts).await {
+                    Ok(r) => {
+                        println!("clone {source} -> {target}: {r} in {:.2}s", started.elapsed().as_secs_f64());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            })
+        }
+        Cmd::Fingerprint { common, table: Some(table) } => {
+            if let Err(e) = common.load() {
+                return fail(e);
+            }
+            runtime().block_on(async move {
+                let fp = match tributary_delta::Table::open_existing(&table, &table).await {
+                    Ok(Some(t)) => tributary_delta::fingerprint::table_fingerprint(&t).await.map(|f| f.to_string()),
+                    Ok(None) => Ok("absent".into()),
+                    Err(e) => Err(e),
+                };
+                match fp {
+                    Ok(fp) => {
+                        println!("{table}\t{fp}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            })
+        }
+        Cmd::Fingerprint { common, table: None } => {
             let cfg = match common.load() {
                 Ok(c) => c,
                 Err(e) => return fail(e),

@@ -6,7 +6,7 @@ use gold_aggregate::window::GoldKind;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tributary_core::{Config, Result};
-use tributary_delta::{Table, schemas};
+use tributary_delta::Table;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Row {
@@ -242,12 +242,7 @@ pub async fn fingerprints(cfg: &Config) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (name, loc) in locations {
         let fp = match Table::open_existing(&name, &loc).await? {
-            Some(t) => {
-                let batches = t.read_all().await?;
-                let cols = schemas::logical_columns(&t.schema());
-                let cols: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
-                tributary_delta::fingerprint::fingerprint(&batches, &cols)?.to_string()
-            }
+            Some(t) => tributary_delta::fingerprint::table_fingerprint(&t).await?.to_string(),
             None => "absent".into(),
         };
         out.push((name, fp));
