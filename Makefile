@@ -114,6 +114,7 @@ bench: test-deps ## Release load harness: files vs polars baseline, per-stage co
 	./target/release/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 	./target/release/tributary bench-discovery --dir .cache/bench-discovery --files $${DISCOVERY_FILES:-1000000}
 	./target/release/tributary bench-bloom --keys $${BLOOM_KEYS:-100000000} --mb 32
+	rm -rf .cache/bench-central && ./target/release/tributary bench-central --data .cache/bench-central --bench-regions $${CENTRAL_REGIONS:-50} --commits 4 --rows $${CENTRAL_ROWS:-2000}
 	@if ! command -v prometheus-pushgateway >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-pushgateway) >/dev/null 2>&1 \
 	    || echo "note: could not install prometheus-pushgateway (the bridge baseline)"; \

@@ -357,3 +357,24 @@ async fn a_commit_carries_its_trace_context_to_its_notice_and_its_readers_commit
     let l = down.commit_metadata(lone, crate::TRACEPARENT_KEY).await.unwrap().unwrap();
     assert_ne!(ids(l.as_str().unwrap()).0, ids(&tp).0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_checkpointed_so_replay_stays_bounded() {
+    // Every commit path goes through `Table::commit`/`commit_batch`, whose post-commit hook writes
+    // a checkpoint every `delta.checkpointInterval` versions (deltalake's default: 100), so
+    // opening a table replays at most that many JSON commits after the last checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let mut t = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    for i in 0..101 {
+        let adds = t.write_files(&[batch(&[i])]).await.unwrap();
+        t.commit(adds.into_iter().map(crate::Action::Add).collect(), vec![], HashMap::new(), 3).await.unwrap();
+    }
+    let log: Vec<String> = std::fs::read_dir(dir.path().join("t/_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(log.iter().any(|f| f == "_last_checkpoint"), "{log:?}");
+    assert!(log.iter().any(|f| f.starts_with("00000000000000000099.checkpoint")), "{log:?}");
+    assert_eq!(rows(&mut t).await, 101);
+}

@@ -459,6 +459,22 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         files: u64,
     },
+    /// Benchmark: `--bench-regions` simulated regions' federators committing to one central table
+    /// at once (the federators' commit protocol) while a reader scans it; prints commit latency
+    /// p50/p99, lost races per commit, rows/s, and fails unless nothing is lost or duplicated.
+    BenchCentral {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 50)]
+        bench_regions: usize,
+        #[arg(long, default_value_t = 20)]
+        commits: usize,
+        #[arg(long, default_value_t = 200)]
+        rows: usize,
+        /// Table location (path or URI); default `<data_root>/_bench/central-<unix ms>`.
+        #[arg(long)]
+        table: Option<String>,
+    },
     /// Benchmark helper: the broker's own ceiling — a plain consumer that only counts the
     /// messages of the source topics of `--regions` (fresh group, from the beginning).
     BenchKafkaCeiling {
@@ -778,6 +794,29 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e.to_string()),
+            }
+        }
+        Cmd::BenchCentral { common, bench_regions, commits, rows, table } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let table = table.unwrap_or_else(|| {
+                tributary_core::config::join(&cfg.data_root, &format!("_bench/central-{}", tributary_core::now_ms()))
+            });
+            let spec = crate::bench_central::Spec {
+                table,
+                regions: bench_regions,
+                commits,
+                rows,
+                attempts: cfg.commit_attempts as u32,
+            };
+            match runtime().block_on(crate::bench_central::run(spec)) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
             }
         }
         Cmd::BenchKafkaCeiling { common, timeout_secs } => {

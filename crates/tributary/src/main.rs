@@ -1,6 +1,7 @@
 //! `tributary`: every service as a subcommand, the embedded standalone pipeline, the traffic
 //! generator and the status client.
 
+mod bench_central;
 mod cli;
 mod events;
 mod report;
