@@ -50,6 +50,10 @@ impl Pipeline {
         Self { _dir: dir, data, root: None, regions: regions.iter().map(|s| s.to_string()).collect(), env: vec![] }
     }
 
+    pub fn clone_env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
     pub fn with_env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self

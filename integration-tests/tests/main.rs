@@ -3,6 +3,7 @@
 mod backfill;
 mod bridge;
 mod deploy;
+mod dr;
 mod e2e;
 mod federation;
 mod inputs;

@@ -27,6 +27,8 @@ use tributary_delta::catalog::{self, GoldKind};
 use tributary_delta::{Commit, PositionMove, Table, Writer, schemas};
 use tributary_proto::v1::{InputPosition, StageStatus};
 
+pub use tributary_delta::dr;
+
 pub const STAGE: &str = "federator";
 
 struct Input {
@@ -53,6 +55,15 @@ struct RegionFeed {
     /// Per gold input: the gold version whose watermarks `central/region_watermarks` holds
     /// (its txn, read on recover; so an idle poll does no I/O for it).
     watermarks_pos: Vec<i64>,
+    /// DR (`dr.role` set): the epoch (raw `txn` value, -1 = no switch recorded) this feed's
+    /// positions are bound to; `None` until the first poll reads it.
+    epoch: Option<i64>,
+    /// DR: the side serving this region when it is not this one (the feed stands by).
+    standby: Option<&'static str>,
+    /// DR, after a switch: the event_ids central already holds for this region (written by the
+    /// other side); rows of this side's silver with those ids are not appended again. An id is
+    /// dropped once matched; the set is gone when empty.
+    seen: Option<HashSet<String>>,
 }
 
 pub struct CentralFederator {
@@ -73,18 +84,7 @@ pub use tributary_delta::catalog::{
     central_watermarks_location as watermarks_location,
 };
 
-pub fn watermarks_schema() -> deltalake::arrow::datatypes::SchemaRef {
-    use deltalake::arrow::datatypes::{DataType, Field, Schema};
-    Arc::new(Schema::new(vec![
-        Field::new("source", DataType::Utf8, false),
-        Field::new("max_event_time", schemas::ts(), false),
-        Field::new("watermark", schemas::ts(), false),
-        Field::new("gold_version", DataType::Int64, false),
-        Field::new("updated_at", schemas::ts(), false),
-        Field::new("region", DataType::Utf8, false),
-        Field::new("gold_table", DataType::Utf8, false),
-    ]))
-}
+pub use tributary_delta::schemas::central_watermarks as watermarks_schema;
 
 impl CentralFederator {
     /// Builds a federator for `regions` (each must be in the config).
@@ -156,6 +156,9 @@ impl CentralFederator {
                     })
                     .collect(),
                 watermarks_pos: vec![-1; GoldKind::ALL.len()],
+                epoch: None,
+                standby: None,
+                seen: None,
             })
             .collect();
         let label = regions.join(",");
@@ -236,16 +239,23 @@ impl CentralFederator {
                 batches.push(c);
             }
         }
+        if let Some(mut seen) = self.feeds[fi].seen.take() {
+            batches = drop_seen(batches, &mut seen)?;
+            if !seen.is_empty() {
+                self.feeds[fi].seen = Some(seen);
+            }
+        }
         let written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let meta = HashMap::from([(
             "tributary.federation".to_string(),
             serde_json::json!({"region": region, "source": source, "from": from + 1, "to": up_to, "rows_in": rows_in, "egress_rows": written}),
         )]);
+        let mut moves = vec![PositionMove { app_id: app_id.clone(), from, to: up_to }];
+        moves.extend(self.fence(fi));
         let version = self
             .events
             .commit_batch(
-                Commit::new(&batches, vec![PositionMove { app_id: app_id.clone(), from, to: up_to }], meta, -1)
-                    .fault("federator.before_commit"),
+                Commit::new(&batches, moves, meta, -1).fault("federator.before_commit"),
                 &Writer::new(STAGE, &region, &self.cfg),
             )
             .await?;
@@ -273,6 +283,7 @@ impl CentralFederator {
 
     async fn federate_gold(&mut self, fi: usize, gi: usize) -> Result<u64> {
         let writer = Writer::new(STAGE, &self.feeds[fi].region, &self.cfg);
+        let fence = self.fence(fi);
         let region = self.feeds[fi].region.clone();
         let (kind, input) = &mut self.feeds[fi].gold[gi];
         let kind = *kind;
@@ -326,13 +337,9 @@ impl CentralFederator {
             "tributary.federation".to_string(),
             serde_json::json!({"region": region, "table": kind.table_name(), "from": from + 1, "to": v, "partitions": dates.len(), "rows": rows}),
         )]);
-        let version = central
-            .commit_batch(
-                Commit::new(&batches, vec![PositionMove { app_id: app_id.clone(), from, to: v }], meta, -1)
-                    .replacing(old),
-                &writer,
-            )
-            .await?;
+        let mut moves = vec![PositionMove { app_id: app_id.clone(), from, to: v }];
+        moves.extend(fence);
+        let version = central.commit_batch(Commit::new(&batches, moves, meta, -1).replacing(old), &writer).await?;
         fault::point("federator.after_gold_commit");
         central.notice(STAGE, &region, version, rows, 0);
         let name = central.name.clone();
@@ -375,15 +382,99 @@ impl CentralFederator {
             input.pos = t.txn_version(&input.app_id).await?.unwrap_or(-1);
         }
         for (gi, (kind, _)) in feed.gold.iter().enumerate() {
-            let app_id = watermarks_app_id(&self.cfg, &feed.region, *kind);
+            let app_id = watermarks_app_id(&self.cfg, &feed.region, *kind, feed.epoch);
             feed.watermarks_pos[gi] = self.watermarks.txn_version(&app_id).await?.unwrap_or(-1);
         }
         Ok(())
     }
 }
 
-fn watermarks_app_id(cfg: &Config, region: &str, kind: GoldKind) -> String {
-    catalog::central_watermarks_app_id(cfg, region, kind)
+fn watermarks_app_id(cfg: &Config, region: &str, kind: GoldKind, epoch: Option<i64>) -> String {
+    catalog::with_epoch(&catalog::central_watermarks_app_id(cfg, region, kind), epoch.unwrap_or(0))
+}
+
+/// Rows whose `event_id` is in `seen` (already in central, written by the other DR side) are
+/// left out; each id matched is removed from `seen`.
+fn drop_seen(batches: Vec<RecordBatch>, seen: &mut HashSet<String>) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let ids = b
+            .column_by_name("event_id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| Error::internal("central rows without a string event_id"))?;
+        let keep: BooleanArray = (0..ids.len()).map(|i| Some(ids.is_null(i) || !seen.remove(ids.value(i)))).collect();
+        let b = deltalake::arrow::compute::filter_record_batch(&b, &keep)
+            .map_err(|e| Error::internal("dropping rows central holds").with_source(e))?;
+        if b.num_rows() > 0 {
+            out.push(b);
+        }
+    }
+    Ok(out)
+}
+
+impl CentralFederator {
+    /// DR: the move that keeps this region's epoch unchanged on every central commit, so a
+    /// commit racing a `failover`/`failback` (or coming from the side switched away from) is
+    /// refused instead of landing next to the other side's rows.
+    fn fence(&self, fi: usize) -> Vec<PositionMove> {
+        match (self.cfg.dr.enabled(), self.feeds[fi].epoch) {
+            (true, Some(e)) => {
+                vec![PositionMove {
+                    app_id: catalog::central_dr_app_id(&self.cfg, &self.feeds[fi].region),
+                    from: e,
+                    to: e,
+                }]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// DR: binds the feed's positions to `epoch` (a new epoch starts every input from scratch:
+    /// gold partitions are rewritten from this side's snapshot, silver rows are appended unless
+    /// central already holds their event_id) and reloads them.
+    async fn bind_epoch(&mut self, fi: usize, epoch: i64) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let feed = &mut self.feeds[fi];
+        let region = feed.region.clone();
+        for (source, input) in &mut feed.silver {
+            input.app_id = catalog::with_epoch(&catalog::central_silver_app_id(&cfg, &region, source), epoch);
+        }
+        for (kind, input) in &mut feed.gold {
+            input.app_id = catalog::with_epoch(&catalog::central_gold_app_id(&cfg, &region, *kind), epoch);
+        }
+        feed.epoch = Some(epoch);
+        self.reload_feed(fi).await?;
+        let fresh = self.feeds[fi].silver.iter().all(|(_, i)| i.pos < 0);
+        self.feeds[fi].seen = None;
+        if epoch > 0 && fresh {
+            let files: Vec<_> = self
+                .events
+                .files()?
+                .into_iter()
+                .filter(|f| f.partition_values.get("region").and_then(|x| x.as_deref()) == Some(region.as_str()))
+                .collect();
+            let mut seen = HashSet::new();
+            for b in self.events.read_columns_of(files, &["event_id"]).await? {
+                let c = deltalake::arrow::compute::cast(
+                    b.column_by_name("event_id").ok_or_else(|| Error::internal("central/events without event_id"))?,
+                    &deltalake::arrow::datatypes::DataType::Utf8,
+                )
+                .map_err(|e| Error::internal("event_id column").with_source(e))?;
+                let ids = c.as_any().downcast_ref::<StringArray>().ok_or_else(|| Error::internal("event_id column"))?;
+                seen.extend((0..ids.len()).filter(|i| ids.is_valid(*i)).map(|i| ids.value(i).to_string()));
+            }
+            tracing::info!(region = %region, epoch, held = seen.len(), "DR switch: this side now serves the region; rows central already holds are skipped");
+            if !seen.is_empty() {
+                self.feeds[fi].seen = Some(seen);
+            }
+        }
+        Ok(())
+    }
+
+    /// DR: this region's epoch in central (raw txn value, -1 = none).
+    async fn dr_epoch(&self, region: &str) -> Result<i64> {
+        Ok(self.events.txn_version(&catalog::central_dr_app_id(&self.cfg, region)).await?.unwrap_or(-1))
+    }
 }
 
 impl CentralFederator {
@@ -401,7 +492,7 @@ impl CentralFederator {
         if mirrored <= at || t.version() != mirrored {
             return Ok(0);
         }
-        let app_id = watermarks_app_id(&self.cfg, &region, kind);
+        let app_id = watermarks_app_id(&self.cfg, &region, kind, self.feeds[fi].epoch);
         self.watermarks.refresh().await?;
         let max = catalog::recorded_max_event_time(t)?;
         let lateness = self.cfg.gold.allowed_lateness_secs * 1_000_000;
@@ -434,13 +525,9 @@ impl CentralFederator {
             .map(|f| f.path)
             .collect();
         let writer = Writer::new(STAGE, &region, &self.cfg);
-        self.watermarks
-            .commit_batch(
-                Commit::new(&[batch], vec![PositionMove { app_id, from: at, to: mirrored }], HashMap::new(), -1)
-                    .replacing(old),
-                &writer,
-            )
-            .await?;
+        let mut moves = vec![PositionMove { app_id, from: at, to: mirrored }];
+        moves.extend(self.fence(fi));
+        self.watermarks.commit_batch(Commit::new(&[batch], moves, HashMap::new(), -1).replacing(old), &writer).await?;
         self.feeds[fi].watermarks_pos[gi] = mirrored;
         Ok(1)
     }
@@ -456,11 +543,36 @@ impl Stage for CentralFederator {
     }
     async fn run_once(&mut self) -> Result<u64> {
         let mut total = 0;
+        if self.cfg.dr.enabled() {
+            // Which side serves each region is recorded in central (failover / failback).
+            self.events.refresh().await?;
+        }
         for fi in 0..self.feeds.len() {
             // One region's failure (its tables unreadable, a partition) holds back only that
             // region: it backs off and is reloaded; the other regions keep federating.
             if !self.health.due(fi) {
                 continue;
+            }
+            if self.cfg.dr.enabled() {
+                let region = self.feeds[fi].region.clone();
+                let epoch = self.dr_epoch(&region).await?;
+                let serving = self.cfg.dr.active_at(epoch);
+                if serving != self.cfg.dr.role {
+                    if self.feeds[fi].standby != Some(serving) {
+                        tracing::info!(region = %region, role = %self.cfg.dr.role, serving, "DR: standing by, the other side serves central");
+                    }
+                    self.feeds[fi].standby = Some(serving);
+                    continue;
+                }
+                self.feeds[fi].standby = None;
+                if self.feeds[fi].epoch != Some(epoch) {
+                    let bound = self.bind_epoch(fi, epoch).await;
+                    if let Err(e) = bound {
+                        self.feeds[fi].epoch = None;
+                        total += self.health.record(fi, Err(e), STAGE, &self.label, || format!("central/{region}"));
+                        continue;
+                    }
+                }
             }
             let result = async {
                 if self.health.needs_reload(fi) {

@@ -47,6 +47,37 @@ pub struct Config {
     pub log_exporter: LogExporterConfig,
     pub retention: RetentionConfig,
     pub storage: StorageConfig,
+    pub dr: DrConfig,
+}
+
+/// Primary and secondary pipelines (disaster recovery): two deployments with the same config
+/// except `role`, each with its own landing zone and tables, sharing `central_root`. Which side
+/// serves central is recorded in the central tables (`tributary failover` / `failback`); `active`
+/// names the side that serves before any switch was recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrConfig {
+    /// `""` (no DR: the federator always serves), `primary` or `secondary`.
+    pub role: String,
+    /// The side that serves central before any failover: `primary` (default) or `secondary`.
+    pub active: String,
+}
+
+impl Default for DrConfig {
+    fn default() -> Self {
+        Self { role: String::new(), active: "primary".into() }
+    }
+}
+
+impl DrConfig {
+    pub fn enabled(&self) -> bool {
+        !self.role.is_empty()
+    }
+    /// The side serving at `epoch` (0 = no switch recorded; each switch adds one).
+    pub fn active_at(&self, epoch: i64) -> &'static str {
+        let initial_primary = self.active != "secondary";
+        if (epoch.max(0) % 2 == 0) == initial_primary { "primary" } else { "secondary" }
+    }
 }
 
 /// Object stores: any root (`data_root`, `landing_root`, `central_root`) may be an `s3://bucket/prefix`
@@ -602,6 +633,7 @@ impl Default for Config {
             log_exporter: LogExporterConfig::default(),
             retention: RetentionConfig::default(),
             storage: StorageConfig::default(),
+            dr: DrConfig::default(),
         }
     }
 }
@@ -717,6 +749,12 @@ impl Config {
         }
         if self.data_root.is_empty() {
             return bad("data_root must not be empty".into());
+        }
+        if !matches!(self.dr.role.as_str(), "" | "primary" | "secondary") {
+            return bad(format!("dr.role {:?} must be \"primary\" or \"secondary\" (or empty: no DR)", self.dr.role));
+        }
+        if !matches!(self.dr.active.as_str(), "primary" | "secondary") {
+            return bad(format!("dr.active {:?} must be \"primary\" or \"secondary\"", self.dr.active));
         }
         if self.regions.is_empty() {
             return bad("regions must list at least one region".into());

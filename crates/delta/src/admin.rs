@@ -16,8 +16,8 @@ use tributary_core::authz::{Caller, Role};
 use tributary_core::{Config, Result};
 use tributary_proto::v1::admin_server::{Admin, AdminServer};
 use tributary_proto::v1::{
-    AdminReply, BackfillProgress, BackfillRequest, CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest,
-    RetentionRequest, TableRef, VacuumRequest,
+    AdminReply, BackfillProgress, BackfillRequest, CompactRequest, DrRequest, FlowRef, ForgetRequest,
+    ForgetStatusRequest, RetentionRequest, TableRef, VacuumRequest,
 };
 
 /// Where a backfill's progress goes (the last item is the outcome).
@@ -135,6 +135,25 @@ pub struct AdminService {
 const STAGES: &[&str] = &["bronze", "silver", "gold", "federator"];
 
 impl AdminService {
+    async fn dr_switch(
+        &self,
+        req: Request<DrRequest>,
+        to: &str,
+        method: &str,
+    ) -> std::result::Result<Response<AdminReply>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let d = req.into_inner();
+        let by = caller.as_ref().map(|c| c.cn.clone()).filter(|c| !c.is_empty()).unwrap_or_else(|| "grpc".into());
+        let r = crate::dr::switch(&self.cfg, &d.region, to, &by)
+            .await
+            .map_err(|e| match e.kind {
+                tributary_core::ErrorKind::User => Status::invalid_argument(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            })
+            .map(|s| AdminReply { message: s.to_string(), version: s.epoch, ..Default::default() });
+        self.audited(caller.as_ref(), method, &serde_json::json!({"region": d.region, "to": to}), r).await
+    }
+
     /// A table path under `data_root`; anything that could leave it is refused.
     fn table_location(&self, table: &str) -> std::result::Result<String, Status> {
         let ok = !table.is_empty()
@@ -309,6 +328,14 @@ impl Admin for AdminService {
             })
         });
         self.audited(caller.as_ref(), "TriggerRun", &FlowArgs { stage: &f.stage, region: &f.region }, r).await
+    }
+
+    async fn failover(&self, req: Request<DrRequest>) -> std::result::Result<Response<AdminReply>, Status> {
+        self.dr_switch(req, "secondary", "Failover").await
+    }
+
+    async fn failback(&self, req: Request<DrRequest>) -> std::result::Result<Response<AdminReply>, Status> {
+        self.dr_switch(req, "primary", "Failback").await
     }
 
     async fn checkpoint(&self, req: Request<TableRef>) -> std::result::Result<Response<AdminReply>, Status> {

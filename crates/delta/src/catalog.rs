@@ -163,6 +163,17 @@ pub fn central_watermarks_location(cfg: &Config) -> String {
 pub fn central_silver_app_id(cfg: &Config, region: &str, source: &str) -> String {
     format!("{}/central/{region}/silver/{source}", cfg.pipeline)
 }
+/// The disaster-recovery epoch of a region, a `txn` on every central table: each `failover` /
+/// `failback` raises it by one; a federator commits with it unchanged, so a commit from the side
+/// that was switched away from is refused (it fences a zombie primary).
+pub fn central_dr_app_id(cfg: &Config, region: &str) -> String {
+    format!("{}/dr/{region}", cfg.pipeline)
+}
+/// An input position of the federator within DR epoch `epoch` (0 = before any switch: the plain
+/// app_id, so enabling DR changes nothing for an existing central table).
+pub fn with_epoch(app_id: &str, epoch: i64) -> String {
+    if epoch <= 0 { app_id.to_string() } else { format!("{app_id}#dr{epoch}") }
+}
 /// The federator mirroring a region's gold table.
 pub fn central_gold_app_id(cfg: &Config, region: &str, kind: GoldKind) -> String {
     format!("{}/central/{region}/gold/{}", cfg.pipeline, kind.table_name())

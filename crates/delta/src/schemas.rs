@@ -146,6 +146,20 @@ pub fn central_events() -> SchemaRef {
     Arc::new(Schema::new(f))
 }
 
+/// `central/region_watermarks`: per region, gold table and source, the max committed event_time
+/// and watermark the region's gold was computed with.
+pub fn central_watermarks() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("max_event_time", ts(), false),
+        Field::new("watermark", ts(), false),
+        Field::new("gold_version", DataType::Int64, false),
+        Field::new("updated_at", ts(), false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("gold_table", DataType::Utf8, false),
+    ]))
+}
+
 /// Central copy of a gold table: same columns, partitioned by (region, event_date).
 pub fn central_gold(gold: SchemaRef) -> SchemaRef {
     gold

@@ -557,10 +557,15 @@ impl Table {
     }
 
     /// Reads only the named (non-partition) columns of every file of the loaded snapshot.
-    #[allow(deprecated)]
     pub async fn read_columns(&self, columns: &[&str]) -> Result<Vec<RecordBatch>> {
+        self.read_columns_of(self.files()?, columns).await
+    }
+
+    /// Some columns of the given files (e.g. one partition's); partition columns are not restored.
+    #[allow(deprecated)]
+    pub async fn read_columns_of(&self, files: Vec<FileRef>, columns: &[&str]) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        for f in self.files()? {
+        for f in files {
             let location = Path::from_url_path(&f.path)
                 .map_err(|e| Error::internal(format!("bad file path {:?} in {}", f.path, self.name)).with_source(e))?;
             let mut reader = ParquetObjectReader::new(self.store(), location);

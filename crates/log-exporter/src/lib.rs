@@ -250,13 +250,10 @@ async fn run_landing(cfg: Arc<Config>, shutdown: Shutdown) -> Result<()> {
         return Err(Error::user("log_exporter.landing_zones needs two zones (the primary's and the secondary's)"));
     }
     let spool = PathBuf::from(&c.landing_spool);
-    let zones: Vec<PathBuf> = c.landing_zones.iter().map(PathBuf::from).collect();
-    tracing::info!(spool = %spool.display(), zones = ?zones, "log-exporter mirroring landing files");
+    let zones: Vec<landing::Zone> = c.landing_zones.iter().map(|z| landing::Zone::open(z)).collect::<Result<_>>()?;
+    tracing::info!(spool = %spool.display(), zones = ?c.landing_zones, "log-exporter mirroring landing files");
     loop {
-        let (s, z) = (spool.clone(), zones.clone());
-        let m = tokio::task::spawn_blocking(move || landing::mirror_once(&s, &z))
-            .await
-            .map_err(|e| Error::internal(format!("landing task: {e}")))??;
+        let m = landing::mirror_once(&spool, &zones).await?;
         tributary_core::metrics::exporter("landing", "mirrored", m.files.len() as u64);
         tributary_core::metrics::exporter("landing", "conflict", m.conflicts.len() as u64);
         if shutdown.sleep(Duration::from_millis(c.poll_interval_ms)).await {

@@ -183,6 +183,16 @@ impl ClientTls {
 
 #[derive(Subcommand)]
 enum AdminOp {
+    /// DR: the secondary pipeline serves REGION in central from now on (admin).
+    Failover {
+        #[arg(long)]
+        region: String,
+    },
+    /// DR: the primary serves REGION in central again (admin).
+    Failback {
+        #[arg(long)]
+        region: String,
+    },
     /// Stop starting passes of a stage of a region (operator).
     Pause {
         #[arg(long)]
@@ -556,6 +566,47 @@ enum Cmd {
         #[arg(long)]
         table: Option<String>,
     },
+    /// Disaster recovery: make the secondary pipeline serve REGION in the central tables (its
+    /// federator takes over; the primary's commits are refused from then on). Idempotent.
+    Failover {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_delimiter = ',', required = true)]
+        region: Vec<String>,
+    },
+    /// Disaster recovery: make the primary serve REGION in the central tables again. Idempotent.
+    Failback {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_delimiter = ',', required = true)]
+        region: Vec<String>,
+    },
+    /// Disaster recovery status of this side: which side serves each region in central, each
+    /// table's max(event_time) against the landing zone's newest event, and with --caught-up-at
+    /// whether every table has processed events up to that instant (exit code 4 if not).
+    DrStatus {
+        #[command(flatten)]
+        common: Common,
+        /// Regions (default: all of the config's).
+        #[arg(long, value_delimiter = ',')]
+        region: Vec<String>,
+        /// RFC 3339 time or epoch milliseconds, e.g. when the outage started.
+        #[arg(long)]
+        caught_up_at: Option<String>,
+    },
+    /// One pass of the dual-landing-zone mirror: every file of the spool is written into every
+    /// zone (local path or s3:// URI) and removed from the spool once all zones hold it; a zone
+    /// that cannot be reached keeps its files in the spool for the next pass. Exit code 3 when
+    /// files are left pending.
+    MirrorLanding {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        spool: String,
+        /// The zones, comma separated (e.g. the primary's and the secondary's landing roots).
+        #[arg(long, value_delimiter = ',', required = true)]
+        zones: Vec<String>,
+    },
     /// Deep-clone a Delta table to another location or store (local ↔ s3://), incrementally:
     /// a second run copies only the files added since and removes the ones removed since;
     /// resumable after a crash; S3 settings from the config (`[storage.s3]`).
@@ -608,6 +659,26 @@ fn traced<F: std::future::Future<Output = ExitCode>>(
     let _in = rt.enter();
     drop(guard);
     code
+}
+
+fn dr_switch(common: Common, region: Vec<String>, to: &'static str) -> ExitCode {
+    let cfg = match common.load() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    runtime().block_on(async move {
+        start_event_log(&cfg, "dr");
+        let by = std::env::var("USER").map(|u| format!("cli:{u}")).unwrap_or_else(|_| "cli".into());
+        let mut code = ExitCode::SUCCESS;
+        for r in &region {
+            match tributary_delta::dr::switch(&cfg, r, to, &by).await {
+                Ok(s) => println!("{s}"),
+                Err(e) => code = fail(e),
+            }
+        }
+        tributary_core::event_log::flush().await;
+        code
+    })
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -847,6 +918,59 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Cmd::Failover { common, region } => dr_switch(common, region, "secondary"),
+        Cmd::Failback { common, region } => dr_switch(common, region, "primary"),
+        Cmd::DrStatus { common, region, caught_up_at } => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let at = match caught_up_at.as_deref().map(crate::dr_status::parse_instant).transpose() {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            let regions = if region.is_empty() { cfg.regions.clone() } else { region };
+            runtime().block_on(async move {
+                match crate::dr_status::report(&cfg, &regions, at).await {
+                    Ok((text, caught_up)) => {
+                        print!("{text}");
+                        if caught_up { ExitCode::SUCCESS } else { ExitCode::from(4) }
+                    }
+                    Err(e) => fail(e),
+                }
+            })
+        }
+        Cmd::MirrorLanding { common, spool, zones } => {
+            if let Err(e) = common.load() {
+                return fail(e);
+            }
+            runtime().block_on(async move {
+                let zones: Vec<_> = match zones.iter().map(|z| log_exporter::landing::Zone::open(z)).collect() {
+                    Ok(z) => z,
+                    Err(e) => return fail(e),
+                };
+                match log_exporter::landing::mirror_once(std::path::Path::new(&spool), &zones).await {
+                    Ok(m) => {
+                        let down: std::collections::BTreeSet<&str> =
+                            m.pending.iter().map(|(_, z, _)| z.as_str()).collect();
+                        println!(
+                            "mirror: {} files into {} zones, {} conflicts kept aside, {} pending{}",
+                            m.files.len(),
+                            zones.len(),
+                            m.conflicts.len(),
+                            m.pending.iter().map(|(f, _, _)| f).collect::<std::collections::BTreeSet<_>>().len(),
+                            if down.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (unreachable: {})", down.into_iter().collect::<Vec<_>>().join(", "))
+                            }
+                        );
+                        if m.pending.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) }
+                    }
+                    Err(e) => fail(e),
+                }
+            })
+        }
         Cmd::Clone { common, source, target } => {
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -996,8 +1120,8 @@ async fn connect_for(
 
 async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
     use tributary_proto::v1::{
-        BackfillRequest, CompactRequest, FlowRef, ForgetRequest, ForgetStatusRequest, RetentionRequest, TableRef,
-        VacuumRequest, admin_client::AdminClient,
+        BackfillRequest, CompactRequest, DrRequest, FlowRef, ForgetRequest, ForgetStatusRequest, RetentionRequest,
+        TableRef, VacuumRequest, admin_client::AdminClient,
     };
     let (mut json, mut overdue_exit) = (false, false);
     let timeout = match &op {
@@ -1011,6 +1135,8 @@ async fn admin(addr: String, tls: ClientTls, op: AdminOp) -> ExitCode {
         Err(e) => return fail(e),
     };
     let r = match op {
+        AdminOp::Failover { region } => c.failover(DrRequest { region }).await,
+        AdminOp::Failback { region } => c.failback(DrRequest { region }).await,
         AdminOp::Pause { stage, region } => c.pause_flow(FlowRef { stage, region }).await,
         AdminOp::Resume { stage, region } => c.resume_flow(FlowRef { stage, region }).await,
         AdminOp::Trigger { stage, region } => c.trigger_run(FlowRef { stage, region }).await,

@@ -3,6 +3,7 @@
 
 mod bench_central;
 mod cli;
+mod dr_status;
 mod events;
 mod report;
 mod standalone;

@@ -241,10 +241,20 @@ pub async fn fingerprints(cfg: &Config) -> Result<Vec<(String, String)>> {
     }
     let mut out = Vec::new();
     for (name, loc) in locations {
-        let fp = match Table::open_existing(&name, &loc).await? {
-            Some(t) => tributary_delta::fingerprint::table_fingerprint(&t).await?.to_string(),
+        let table = Table::open_existing(&name, &loc).await?;
+        let fp = match &table {
+            Some(t) => tributary_delta::fingerprint::table_fingerprint(t).await?.to_string(),
             None => "absent".into(),
         };
+        // Gold tables also by net content (sums per business key): equal across pipelines
+        // that saw the same events in different batches (see `net_fingerprint`).
+        if name.contains("/gold/") || (name.starts_with("central/") && name != "central/events") {
+            let net = match &table {
+                Some(t) => tributary_delta::fingerprint::net_fingerprint(t).await?.to_string(),
+                None => "absent".into(),
+            };
+            out.push((format!("{name}@net"), net));
+        }
         out.push((name, fp));
     }
     Ok(out)
