@@ -231,6 +231,18 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
         assert_eq!(left, 0, "{t} keeps {left} rows older than the retention");
     }
 
+    // DR switches are admin calls: an operator may not fail a region over.
+    let (code, out) = run("otto", &["admin", "failover", "--region", "r1"]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("needs role admin"), "{out}");
+    let (code, out) = run("ada", &["admin", "failover", "--region", "r1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("central now served by secondary"), "{out}");
+    let (code, out) = run("ada", &["admin", "failover", "--region", "r1"]);
+    assert!(code == Some(0) && out.contains("already serves"), "{out}");
+    let (code, out) = run("ada", &["admin", "failback", "--region", "r1"]);
+    assert!(code == Some(0) && out.contains("central now served by primary"), "{out}");
+
     // The audit table: every admin call with who, what and the outcome (refusals are written
     // asynchronously by the authorisation layer: wait for them).
     let want = [
@@ -246,6 +258,10 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
         ("ada.admin", "Vacuum", "ok"),
         ("ada.admin", "Vacuum", "error"),
         ("ada.admin", "Checkpoint", "error"),
+        ("otto.operator", "Failover", "denied"),
+        ("ada.admin", "Failover", "ok"),
+        ("ada.admin", "Failover", "ok"),
+        ("ada.admin", "Failback", "ok"),
     ];
     let audit = p.data.join("_tributary/audit").display().to_string();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
