@@ -266,3 +266,127 @@ async fn deep_clone_across_stores_is_incremental_propagates_removals_and_resumes
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
     assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("500 {}", (0..500).sum::<i64>()));
 }
+
+/// `tributary fork`: a table on local disk moved to S3 while a writer commits every ~25 ms and a
+/// downstream reader follows it version by version: no row lost or duplicated for either, the
+/// writer's position carried over, the writer held back only for the last increment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_moves_a_live_table_to_s3_while_a_writer_and_a_reader_go_on() {
+    use deltalake::arrow::array::{Array, Int64Array};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use std::time::{Duration, Instant};
+    use tributary_delta::{Commit, PositionMove, Table, Writer};
+    const COMMITS: i64 = 120;
+    const ROWS: i64 = 20;
+    let s3 = s3();
+    let bucket = s3.bucket("it-fork").unwrap();
+    let mut p = Pipeline::new(&["r1"]);
+    for (k, v) in s3.env(&s3.endpoint) {
+        p = p.with_env(&k, &v);
+    }
+    let src = p.data.join("src").display().to_string();
+    let dst = format!("{bucket}/forked");
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("seq", DataType::Int64, false),
+    ]));
+    Table::open_or_create("src", &src, schema.clone(), &[]).await.unwrap();
+
+    // The writer commits at least COMMITS times and goes on until it has committed 10 times at
+    // the new location (bounded); `last` tells the reader how many commits there are.
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let writer = {
+        let (src, schema, last) = (src.clone(), schema.clone(), last.clone());
+        tokio::spawn(async move {
+            let mut t = Table::open_existing("src", &src).await.unwrap().unwrap();
+            let w = Writer { stage: "fork-test".into(), region: "r1".into(), threads: 1, attempts: 100 };
+            let (mut lat, mut moved, started) = (Vec::new(), 0, Instant::now());
+            let mut seq = 0;
+            while seq < COMMITS || (moved < 10 && started.elapsed() < Duration::from_secs(150)) {
+                seq += 1;
+                let b = deltalake::arrow::array::RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        std::sync::Arc::new(Int64Array::from((0..ROWS).map(|i| seq * 1000 + i).collect::<Vec<_>>())),
+                        std::sync::Arc::new(Int64Array::from(vec![seq; ROWS as usize])),
+                    ],
+                )
+                .unwrap();
+                let c = Instant::now();
+                let moves = vec![PositionMove { app_id: "writer".into(), from: seq - 1, to: seq }];
+                t.commit_batch(Commit::new(&[b], moves, Default::default(), 0), &w).await.unwrap();
+                lat.push(c.elapsed().as_secs_f64() * 1000.0);
+                if t.url.as_str().starts_with("s3://") {
+                    moved += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            last.store(seq, std::sync::atomic::Ordering::SeqCst);
+            (lat, t.url.to_string(), seq)
+        })
+    };
+    let reader = {
+        let (src, last) = (src.clone(), last.clone());
+        tokio::spawn(async move {
+            let mut t = Table::open_existing("src", &src).await.unwrap().unwrap();
+            let (mut pos, mut ids) = (0i64, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while Instant::now() < deadline {
+                let n = last.load(std::sync::atomic::Ordering::SeqCst);
+                if n > 0 && ids.len() >= (n * ROWS) as usize {
+                    break;
+                }
+                let latest = t.latest_version().await.unwrap();
+                if latest > pos {
+                    for (_, b) in t.read_versions(pos, latest).await.unwrap() {
+                        let c = b.column_by_name("id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                        ids.extend((0..c.len()).map(|i| c.value(i)));
+                    }
+                    pos = latest;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            (ids, t.url.to_string())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let cmd = p.command(&["fork", &src, &dst]);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = cmd;
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    let (mut lat, writer_at, commits) = writer.await.unwrap();
+    let (ids, reader_at) = reader.await.unwrap();
+    assert!(writer_at.starts_with("s3://") && reader_at.starts_with("s3://"), "{writer_at} {reader_at}");
+
+    // The reader saw every row once, across the move.
+    let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
+    assert_eq!((ids.len(), distinct.len()), ((commits * ROWS) as usize, (commits * ROWS) as usize));
+    // The table at its new home: every row once, the writer's position at its last commit.
+    let mut t = Table::open_existing("dst", &dst).await.unwrap().unwrap();
+    t.refresh().await.unwrap();
+    let mut rows = Vec::new();
+    for b in t.read_columns(&["id"]).await.unwrap() {
+        let c = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        rows.extend((0..c.len()).map(|i| c.value(i)));
+    }
+    rows.sort();
+    rows.dedup();
+    assert_eq!(rows.len(), (commits * ROWS) as usize);
+    assert_eq!(t.txn_version("writer").await.unwrap(), Some(commits));
+    // The old location redirects new handles.
+    let again = Table::open_existing("src", &src).await.unwrap().unwrap();
+    assert!(again.url.as_str().starts_with("s3://"), "{}", again.url);
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{} — writer commit latency while forking: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        report.trim(),
+        lat[lat.len() / 2],
+        lat[(lat.len() * 99) / 100],
+        lat[lat.len() - 1]
+    );
+}

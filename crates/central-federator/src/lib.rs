@@ -220,8 +220,8 @@ impl CentralFederator {
         if !input.open().await? {
             return Ok(0);
         }
+        let latest = input.table.as_mut().ok_or_else(|| Error::internal("input not open"))?.latest_version().await?;
         let t = input.table.as_ref().ok_or_else(|| Error::internal("input not open"))?;
-        let latest = t.latest_version().await?;
         if latest <= input.pos {
             return Ok(0);
         }

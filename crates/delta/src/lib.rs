@@ -9,6 +9,7 @@ pub mod dr;
 pub mod event_log;
 pub mod fingerprint;
 pub mod forget;
+pub mod fork;
 pub mod quarantine;
 pub mod retention;
 pub mod schemas;

@@ -9,6 +9,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -91,6 +92,13 @@ pub struct Table {
 /// commitInfo key of a commit's W3C trace context.
 pub const TRACEPARENT_KEY: &str = "tributary.traceparent";
 
+/// Table property set by `tributary fork` while it copies the last increment: writers do not
+/// commit (they back off and retry) until the property is gone or the table has moved.
+pub const FORK_FROZEN_PROPERTY: &str = "tributary.fork.frozen";
+/// Table property set by `tributary fork` once the table lives at another location: every
+/// handle follows it there (on open, refresh, or a commit that lost to it).
+pub const FORK_MOVED_TO_PROPERTY: &str = "tributary.fork.movedTo";
+
 impl Table {
     fn loaded(name: &str, url: Url, table: DeltaTable, schema: SchemaRef, partition_columns: Vec<String>) -> Self {
         Self {
@@ -140,7 +148,9 @@ impl Table {
             };
             match opened {
                 Ok(table) => {
-                    return Ok(Self::loaded(name, url, table, schema, partition_columns));
+                    let mut t = Self::loaded(name, url, table, schema, partition_columns);
+                    Box::pin(t.follow()).await?;
+                    return Ok(t);
                 }
                 Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {}
                 Err(e) if attempt < 19 => {
@@ -194,7 +204,9 @@ impl Table {
                 let snapshot = table.snapshot().map_err(|e| delta_err("snapshot", e))?;
                 let schema = snapshot.snapshot().arrow_schema();
                 let partition_columns = snapshot.metadata().partition_columns().to_vec();
-                Ok(Some(Self::loaded(name, url, table, schema, partition_columns)))
+                let mut t = Self::loaded(name, url, table, schema, partition_columns);
+                Box::pin(t.follow()).await?;
+                Ok(Some(t))
             }
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(delta_err(format!("opening table {name} at {url}"), e)),
@@ -284,7 +296,64 @@ impl Table {
 
     /// Loads every commit made since the snapshot was read.
     pub async fn refresh(&mut self) -> Result<()> {
-        self.table.update_incremental(None).await.map_err(|e| delta_err(format!("refreshing table {}", self.name), e))
+        self.table
+            .update_incremental(None)
+            .await
+            .map_err(|e| delta_err(format!("refreshing table {}", self.name), e))?;
+        Box::pin(self.follow()).await?;
+        Ok(())
+    }
+
+    /// `tributary fork`'s state of the loaded snapshot: (frozen, moved to).
+    pub fn fork_state(&self) -> (bool, Option<String>) {
+        let props = self.properties().unwrap_or_default();
+        let set = |k: &str| props.get(k).filter(|v| !v.is_empty()).cloned();
+        (set(FORK_FROZEN_PROPERTY).is_some(), set(FORK_MOVED_TO_PROPERTY))
+    }
+
+    /// After `tributary fork` moved the table: this handle reopens at the new location (same
+    /// versions, same txns, same files: the fork copied the log as it was). Returns whether it
+    /// moved.
+    pub async fn follow(&mut self) -> Result<bool> {
+        let mut moved = false;
+        for _ in 0..8 {
+            let Some(to) = self.fork_state().1 else { return Ok(moved) };
+            let t = Box::pin(Self::open_existing(&self.name, &to))
+                .await?
+                .ok_or_else(|| Error::external(format!("{}: moved to {to}, but no table is there", self.name)))?;
+            tracing::info!(table = %self.name, from = %self.url, to = %t.url, "table moved by a fork: following it");
+            self.url = t.url;
+            self.table = t.table;
+            self.schema = t.schema;
+            self.partition_columns = t.partition_columns;
+            moved = true;
+        }
+        Err(Error::internal(format!("{}: more than 8 fork redirects in a row", self.name)))
+    }
+
+    /// Copies the data files of `actions` written under `from` (before this handle followed a
+    /// fork) to the table's location, so the commit's relative paths resolve there.
+    async fn relocate(&self, from: &Url, actions: &[Action]) -> Result<()> {
+        let src = crate::store::root_store(from.as_str())?;
+        let dst = crate::store::root_store(self.url.as_str())?;
+        for a in actions {
+            if let Action::Add(add) = a {
+                let path = Path::from_url_path(&add.path)
+                    .map_err(|e| Error::internal(format!("bad file path {:?}", add.path)).with_source(e))?;
+                let bytes = src
+                    .get(&path)
+                    .await
+                    .map_err(|e| Error::external(format!("reading {path} to move it")).with_source(e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::external(format!("reading {path} to move it")).with_source(e))?;
+                dst.put(&path, bytes.into())
+                    .await
+                    .map_err(|e| Error::external(format!("writing {path} at {}", self.url)).with_source(e))?;
+            }
+        }
+        tracing::info!(table = %self.name, to = %self.url, "moved this batch's files to where the table now lives");
+        Ok(())
     }
 
     /// The `txn` version recorded for `app_id` in the loaded snapshot.
@@ -375,6 +444,25 @@ impl Table {
         app_metadata: HashMap<String, Value>,
         max_retries: usize,
     ) -> Result<i64> {
+        let (frozen, moved) = self.fork_state();
+        if frozen || moved.is_some() {
+            return Err(Error::conflict(format!(
+                "{}: a fork is moving this table{}; not committing here",
+                self.name,
+                moved.map(|m| format!(" (to {m})")).unwrap_or_default()
+            )));
+        }
+        self.commit_unfenced(actions, txns, app_metadata, max_retries).await
+    }
+
+    /// `commit` without the fork check (the fork's own freeze and redirect commits).
+    pub(crate) async fn commit_unfenced(
+        &mut self,
+        actions: Vec<Action>,
+        txns: Vec<Transaction>,
+        app_metadata: HashMap<String, Value>,
+        max_retries: usize,
+    ) -> Result<i64> {
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: if self.partition_columns.is_empty() { None } else { Some(self.partition_columns.clone()) },
@@ -396,12 +484,23 @@ impl Table {
     }
 
     /// The latest version in the log (without loading it).
-    pub async fn latest_version(&self) -> Result<i64> {
-        self.table
+    pub async fn latest_version(&mut self) -> Result<i64> {
+        let latest = self
+            .table
             .get_latest_version()
             .await
             .map(|v| v as i64)
-            .map_err(|e| delta_err(format!("latest version of {}", self.name), e))
+            .map_err(|e| delta_err(format!("latest version of {}", self.name), e))?;
+        // New versions may hold a fork's redirect: load them (and follow it) before a reader
+        // reads the versions by number.
+        if latest > self.version() {
+            let at = self.url.clone();
+            self.refresh().await?;
+            if self.url != at {
+                return Box::pin(self.latest_version()).await;
+            }
+        }
+        Ok(latest)
     }
 
     /// The data-changing `add` actions of each version in `(after, up_to]`, in order.
@@ -757,7 +856,11 @@ impl Table {
                     let base = 5u64 << attempt.min(8);
                     let jitter = (uuid::Uuid::new_v4().as_u128() as u64) % base;
                     tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
+                    let written_at = self.url.clone();
                     self.refresh().await?;
+                    if self.url != written_at {
+                        self.relocate(&written_at, &actions).await?;
+                    }
 
                     let mut landed = 0;
                     for m in moves {
@@ -994,7 +1097,11 @@ impl Table {
             tributary_core::fault::check(p)?;
         }
         let expected: Vec<(&str, i64)> = c.moves.iter().map(|m| (m.app_id.as_str(), m.from)).collect();
+        let written_at = self.url.clone();
         self.expect_positions(&expected, c.absent).await?;
+        if self.url != written_at {
+            self.relocate(&written_at, &actions).await?;
+        }
         self.ensure_present(&c.replacing)?;
         if !retry {
             // The metadata action was built on the snapshot the rows were typed with: commit on

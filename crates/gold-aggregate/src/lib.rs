@@ -110,7 +110,7 @@ impl GoldAggregate {
             if input.table.is_none() {
                 input.table = Table::open_existing(&format!("silver/{}", input.source), &input.location).await?;
             }
-            let Some(t) = input.table.as_ref() else {
+            let Some(t) = input.table.as_mut() else {
                 continue;
             };
             let latest = t.latest_version().await?;

@@ -279,8 +279,9 @@ impl EntityFlow {
         if self.input.is_none() {
             self.input = Table::open_existing(&format!("silver/{}", self.spec.source), &self.input_location).await?;
         }
-        let Some(input) = self.input.as_ref() else { return Ok(0) };
+        let Some(input) = self.input.as_mut() else { return Ok(0) };
         let latest = input.latest_version().await?;
+        let Some(input) = self.input.as_ref() else { return Ok(0) };
         let lo = self.current_pos.min(self.history_pos);
         let hi = self.current_pos.max(self.history_pos);
         // A crash between the two commits: the lagging table catches up to exactly the other.

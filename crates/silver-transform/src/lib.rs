@@ -349,7 +349,7 @@ impl SilverTransform {
             return Ok(0);
         }
         self.catch_up_quarantine(i).await?;
-        let latest = match self.flows[i].input.as_ref() {
+        let latest = match self.flows[i].input.as_mut() {
             Some(t) => t.latest_version().await?,
             None => return Ok(0),
         };

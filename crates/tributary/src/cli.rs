@@ -566,6 +566,20 @@ enum Cmd {
         #[arg(long)]
         table: Option<String>,
     },
+    /// Move a live Delta table to another location or store (local ↔ s3://) while its writers
+    /// go on: copy rounds, a short freeze for the last increment, then a redirect every writer
+    /// and reader follows (same versions, positions and history at the new location).
+    Fork {
+        #[command(flatten)]
+        common: Common,
+        /// The table now (path or URI).
+        source: String,
+        /// Where it will live (path or URI): empty, or a fork of it interrupted before.
+        target: String,
+        /// A copy round that finds at most this many new commits is the last before the freeze.
+        #[arg(long, default_value_t = 2)]
+        quiet: usize,
+    },
     /// Disaster recovery: make the secondary pipeline serve REGION in the central tables (its
     /// federator takes over; the primary's commits are refused from then on). Idempotent.
     Failover {
@@ -917,6 +931,20 @@ pub fn main() -> ExitCode {
                 }
                 Err(e) => fail(e),
             }
+        }
+        Cmd::Fork { common, source, target, quiet } => {
+            if let Err(e) = common.load() {
+                return fail(e);
+            }
+            runtime().block_on(async move {
+                match tributary_delta::fork::fork(&source, &target, quiet, |m| eprintln!("{m}")).await {
+                    Ok(r) => {
+                        println!("{r}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            })
         }
         Cmd::Failover { common, region } => dr_switch(common, region, "secondary"),
         Cmd::Failback { common, region } => dr_switch(common, region, "primary"),
