@@ -268,8 +268,9 @@ async fn deep_clone_across_stores_is_incremental_propagates_removals_and_resumes
 }
 
 /// `tributary fork`: a table on local disk moved to S3 while a writer commits every ~25 ms and a
-/// downstream reader follows it version by version: no row lost or duplicated for either, the
-/// writer's position carried over, the writer held back only for the last increment.
+/// downstream reader follows it version by version — the first fork SIGKILLed right after its
+/// freeze, a second one finishing it: no row lost or duplicated for either, the writer's position
+/// carried over, the writer held back only while the table was frozen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_moves_a_live_table_to_s3_while_a_writer_and_a_reader_go_on() {
     use deltalake::arrow::array::{Array, Int64Array};
@@ -350,14 +351,20 @@ async fn fork_moves_a_live_table_to_s3_while_a_writer_and_a_reader_go_on() {
         })
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let cmd = p.command(&["fork", &src, &dst]);
-    let out = tokio::task::spawn_blocking(move || {
-        let mut cmd = cmd;
-        cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+    // The first fork is killed right after it froze the table (its writer now waits); the
+    // second finishes it.
+    let mut crashing = p.command(&["fork", &src, &dst]);
+    crashing.env("TRIBUTARY_FAULT", "fork.after_freeze");
+    let out = tokio::task::spawn_blocking(move || crashing.output().unwrap()).await.unwrap();
+    assert!(!out.status.success(), "the fault point did not fire: {}", String::from_utf8_lossy(&out.stdout));
+    let mut cmd = p.command(&["fork", &src, &dst]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("interrupted fork"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
     let (mut lat, writer_at, commits) = writer.await.unwrap();
     let (ids, reader_at) = reader.await.unwrap();

@@ -35,6 +35,7 @@ pub const POINTS: &[&str] = &[
     "kafka.after_commit_before_offset_commit",
     "log_exporter.after_ack_before_checkpoint",
     "clone.after_file_copy",
+    "fork.after_freeze",
 ];
 
 struct Plan {

@@ -171,36 +171,42 @@ pub async fn fork(src: &str, dst: &str, quiet: usize, mut progress: impl FnMut(&
     }
     let (s, d) = (crate::store::root_store(src)?, crate::store::root_store(dst)?);
     let mut report = ForkReport::default();
-    // 1. Copy rounds while the writers go on.
-    loop {
-        let (files, bytes, commits) = sync(&s, &d, (src, dst), None).await?;
-        report.rounds += 1;
-        report.files_copied += files;
-        report.bytes_copied += bytes;
-        progress(&format!("round {}: {files} files ({commits} commits)", report.rounds));
-        if (commits <= quiet && report.rounds > 1) || report.rounds >= 20 {
-            break;
-        }
-    }
-    // 2. Freeze.
-    let fork_id = uuid::Uuid::new_v4().to_string();
-    let mut frozen_at = None;
-    for _ in 0..50 {
-        source.refresh().await?;
-        let action = set_property(&source, crate::table::FORK_FROZEN_PROPERTY, &fork_id)?;
-        match source.commit_unfenced(vec![action], vec![], HashMap::new(), 0).await {
-            Ok(v) => {
-                frozen_at = Some(v);
+    // A fork killed after its freeze left the source frozen (its writers waiting): carry on
+    // from there — the frozen version is the last (no writer commits on a frozen table).
+    let f = if source.fork_state().0 {
+        let f = source.version();
+        progress(&format!("{src} is frozen by an interrupted fork at version {f}: finishing it"));
+        f
+    } else {
+        // 1. Copy rounds while the writers go on.
+        loop {
+            let (files, bytes, commits) = sync(&s, &d, (src, dst), None).await?;
+            report.rounds += 1;
+            report.files_copied += files;
+            report.bytes_copied += bytes;
+            progress(&format!("round {}: {files} files ({commits} commits)", report.rounds));
+            if (commits <= quiet && report.rounds > 1) || report.rounds >= 20 {
                 break;
             }
-            Err(e) if e.kind == tributary_core::ErrorKind::Conflict || e.to_string().contains("ommit") => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(e),
         }
-    }
-    let f =
-        frozen_at.ok_or_else(|| Error::conflict(format!("{src}: could not freeze it between its writers' commits")))?;
+        // 2. Freeze.
+        let fork_id = uuid::Uuid::new_v4().to_string();
+        let mut frozen_at = None;
+        for _ in 0..50 {
+            source.refresh().await?;
+            let action = set_property(&source, crate::table::FORK_FROZEN_PROPERTY, &fork_id)?;
+            match source.commit_unfenced(vec![action], vec![], HashMap::new(), 0).await {
+                Ok(v) => {
+                    frozen_at = Some(v);
+                    break;
+                }
+                // A writer's commit took the version first: look again.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        frozen_at.ok_or_else(|| Error::conflict(format!("{src}: could not freeze it between its writers' commits")))?
+    };
+    tributary_core::fault::point("fork.after_freeze");
     let frozen = Instant::now();
     progress(&format!("frozen at version {f}"));
     // 3. The last increment, up to and including the freeze.
@@ -212,13 +218,17 @@ pub async fn fork(src: &str, dst: &str, quiet: usize, mut progress: impl FnMut(&
     let mut target = Table::open_existing("fork target", dst)
         .await?
         .ok_or_else(|| Error::internal(format!("{dst}: copy has no log")))?;
-    if target.version() != f {
-        return Err(Error::internal(format!("{dst}: copy at version {} after copying up to {f}", target.version())));
-    }
-    let unfreeze = set_property(&target, crate::table::FORK_FROZEN_PROPERTY, "")?;
-    let v = target.commit_unfenced(vec![unfreeze], vec![], HashMap::new(), 0).await?;
-    if v != f + 1 {
-        return Err(Error::internal(format!("{dst}: unfreeze landed at {v}, expected {}", f + 1)));
+    if target.version() == f {
+        let unfreeze = set_property(&target, crate::table::FORK_FROZEN_PROPERTY, "")?;
+        let v = target.commit_unfenced(vec![unfreeze], vec![], HashMap::new(), 0).await?;
+        if v != f + 1 {
+            return Err(Error::internal(format!("{dst}: unfreeze landed at {v}, expected {}", f + 1)));
+        }
+    } else if target.version() != f + 1 || target.fork_state().0 {
+        return Err(Error::internal(format!(
+            "{dst}: the copy is at version {} after copying up to {f}; not a fork of this table's state",
+            target.version()
+        )));
     }
     source.refresh().await?;
     let redirect = set_property(&source, crate::table::FORK_MOVED_TO_PROPERTY, dst)?;
