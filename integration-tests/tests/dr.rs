@@ -293,6 +293,18 @@ async fn dr_drill_failover_failback_loses_nothing_and_both_sides_end_equal() {
     assert_eq!(code, 0, "the primary did not catch up:\n{out}");
     let (code, out) = cli(&primary, &["failback", "--region", "r1"]);
     assert!(code == 0 && out.contains("central now served by primary"), "{out}");
+    // The primary's federator takes over and is SIGKILLed after its first commit of one silver
+    // version: restarted, it must still skip every row the secondary federated meanwhile.
+    let out = primary
+        .standalone(
+            &["--stages", "federator"],
+            &[
+                ("TRIBUTARY_FAULT", "federator.after_events_commit:1"),
+                ("TRIBUTARY__FEDERATOR__MAX_VERSIONS_PER_BATCH", "1"),
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success(), "the fault point did not fire");
 
     // The last round, both sides to completion.
     deliver(&staging, &spool, 9);

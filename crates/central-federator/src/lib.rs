@@ -444,9 +444,11 @@ impl CentralFederator {
         }
         feed.epoch = Some(epoch);
         self.reload_feed(fi).await?;
-        let fresh = self.feeds[fi].silver.iter().all(|(_, i)| i.pos < 0);
         self.feeds[fi].seen = None;
-        if epoch > 0 && fresh {
+        // Also after a restart within a switched epoch: this side may still be behind what the
+        // other side had federated before the switch. (The set then also holds this epoch's own
+        // rows, which are never read again: memory, not correctness; see README.)
+        if epoch > 0 {
             let files: Vec<_> = self
                 .events
                 .files()?
