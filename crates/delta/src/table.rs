@@ -149,7 +149,7 @@ impl Table {
             match opened {
                 Ok(table) => {
                     let mut t = Self::loaded(name, url, table, schema, partition_columns);
-                    Box::pin(t.follow()).await?;
+                    t.follow().await?;
                     return Ok(t);
                 }
                 Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {}
@@ -183,8 +183,16 @@ impl Table {
         Err(Error::external(format!("could not open or create table {name} at {url}")))
     }
 
-    /// Opens an existing table; `Ok(None)` when there is no table at `location` yet.
+    /// Opens an existing table; `Ok(None)` when there is no table at `location` yet. A table
+    /// a fork moved away is opened where it lives now.
     pub async fn open_existing(name: &str, location: &str) -> Result<Option<Self>> {
+        let Some(mut t) = Self::open_here(name, location).await? else { return Ok(None) };
+        t.follow().await?;
+        Ok(Some(t))
+    }
+
+    /// `open_existing` without following a fork's redirect.
+    async fn open_here(name: &str, location: &str) -> Result<Option<Self>> {
         let url = if crate::store::is_remote(location) {
             if !crate::store::has_log(location).await? {
                 return Ok(None);
@@ -204,9 +212,7 @@ impl Table {
                 let snapshot = table.snapshot().map_err(|e| delta_err("snapshot", e))?;
                 let schema = snapshot.snapshot().arrow_schema();
                 let partition_columns = snapshot.metadata().partition_columns().to_vec();
-                let mut t = Self::loaded(name, url, table, schema, partition_columns);
-                Box::pin(t.follow()).await?;
-                Ok(Some(t))
+                Ok(Some(Self::loaded(name, url, table, schema, partition_columns)))
             }
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(delta_err(format!("opening table {name} at {url}"), e)),
@@ -300,15 +306,17 @@ impl Table {
             .update_incremental(None)
             .await
             .map_err(|e| delta_err(format!("refreshing table {}", self.name), e))?;
-        Box::pin(self.follow()).await?;
+        self.follow().await?;
         Ok(())
     }
 
-    /// `tributary fork`'s state of the loaded snapshot: (frozen, moved to).
+    /// `tributary fork`'s state of the loaded snapshot: (frozen, moved to). Called on every
+    /// refresh and commit: looks the two keys up without copying the table's properties.
     pub fn fork_state(&self) -> (bool, Option<String>) {
-        let props = self.properties().unwrap_or_default();
-        let set = |k: &str| props.get(k).filter(|v| !v.is_empty()).cloned();
-        (set(FORK_FROZEN_PROPERTY).is_some(), set(FORK_MOVED_TO_PROPERTY))
+        let Ok(snapshot) = self.table.snapshot() else { return (false, None) };
+        let props = snapshot.metadata().configuration();
+        let set = |k: &str| props.get(k).filter(|v| !v.is_empty());
+        (set(FORK_FROZEN_PROPERTY).is_some(), set(FORK_MOVED_TO_PROPERTY).cloned())
     }
 
     /// After `tributary fork` moved the table: this handle reopens at the new location (same
@@ -318,7 +326,7 @@ impl Table {
         let mut moved = false;
         for _ in 0..8 {
             let Some(to) = self.fork_state().1 else { return Ok(moved) };
-            let t = Box::pin(Self::open_existing(&self.name, &to))
+            let t = Self::open_here(&self.name, &to)
                 .await?
                 .ok_or_else(|| Error::external(format!("{}: moved to {to}, but no table is there", self.name)))?;
             tracing::info!(table = %self.name, from = %self.url, to = %t.url, "table moved by a fork: following it");
@@ -485,22 +493,25 @@ impl Table {
 
     /// The latest version in the log (without loading it).
     pub async fn latest_version(&mut self) -> Result<i64> {
-        let latest = self
-            .table
-            .get_latest_version()
-            .await
-            .map(|v| v as i64)
-            .map_err(|e| delta_err(format!("latest version of {}", self.name), e))?;
+        let latest = self.log_head().await?;
         // New versions may hold a fork's redirect: load them (and follow it) before a reader
         // reads the versions by number.
         if latest > self.version() {
             let at = self.url.clone();
             self.refresh().await?;
             if self.url != at {
-                return Box::pin(self.latest_version()).await;
+                return self.log_head().await;
             }
         }
         Ok(latest)
+    }
+
+    async fn log_head(&self) -> Result<i64> {
+        self.table
+            .get_latest_version()
+            .await
+            .map(|v| v as i64)
+            .map_err(|e| delta_err(format!("latest version of {}", self.name), e))
     }
 
     /// The data-changing `add` actions of each version in `(after, up_to]`, in order.
