@@ -129,11 +129,17 @@ impl GoldAggregate {
         for (ii, up_to) in &plan {
             let input = &flow.inputs[*ii];
             let t = input.table.as_ref().ok_or_else(|| Error::internal("input not open"))?;
-            let wm = old_wm.get(&input.source).copied();
+            // Read the run's batches of this source first (only the columns gold uses): each
+            // landing file's watermark depends on the files before it (see `window`).
+            let mut got = Vec::new();
             for (_, adds) in t.changes(input.pos, *up_to).await? {
                 for b in t.read_adds(&adds).await? {
-                    input_rows += state.add_silver(&input.source, &b, wm)?;
+                    got.push(window::project(flow.kind, &b)?);
                 }
+            }
+            let wms = window::file_watermarks(&got, flow.max_event_time.get(&input.source).copied(), lateness_us)?;
+            for b in &got {
+                input_rows += state.add_silver(&input.source, b, &wms)?;
             }
         }
         let mut new_max = flow.max_event_time.clone();
@@ -190,8 +196,7 @@ impl GoldAggregate {
         let sources: Vec<String> = flow.inputs.iter().map(|i| i.source.clone()).collect();
         let batches: Vec<RecordBatch> = if flow.kind.is_billing() {
             let src = sources.first().cloned().unwrap_or_default();
-            let (fin, prov) =
-                state.merge_billing(&current, &dates, new_wm.get(&src).copied(), old_wm.get(&src).copied(), now_us)?;
+            let (fin, prov) = state.merge_billing(&current, &dates, new_wm.get(&src).copied(), now_us)?;
             [fin, prov].into_iter().flatten().collect()
         } else {
             state.merge_counts(&current, &dates, &new_wm, &sources, now_us)?
@@ -239,7 +244,7 @@ impl GoldAggregate {
         flow.max_event_time = new_max;
         for s in &sources {
             let late_s: i64 =
-                state.late.iter().filter(|(k, _)| flow.kind.is_billing() || k.1 == *s).map(|(_, a)| a.late).sum();
+                state.late.iter().filter(|((k, _), _)| flow.kind.is_billing() || k.1 == *s).map(|(_, a)| a.late).sum();
             tributary_core::metrics::late_and_watermark(&region, &name, s, late_s as u64, new_wm.get(s).copied());
         }
         if late > 0 {
@@ -247,9 +252,10 @@ impl GoldAggregate {
                 .late
                 .iter()
                 .take(50)
-                .map(|(k, a)| {
-                    serde_json::json!({"window_start_us": k.0, "key": [k.1, k.2], "events": a.count,
-                                       "dbu_scale9": a.dbu.to_string()})
+                .map(|((k, file), a)| {
+                    serde_json::json!({"window_start_us": k.0, "key": [k.1, k.2], "file": file, "events": a.count,
+                                       "dbu_scale9": a.dbu.to_string(),
+                                       "watermark_us": state.file_watermarks.get(file).copied().flatten()})
                 })
                 .collect();
             event_log::emit(

@@ -1,8 +1,13 @@
 //! Pure window logic: silver rows → additive deltas → gold rows.
 //!
-//! Watermarks are per source (the region is the process): `max committed event_time −
-//! allowed lateness`. An event is *late* when its window had already ended at or before its
-//! source's watermark as of the previous commit (the window was final when it arrived).
+//! Watermarks are per source (the region is the process): `max event_time − allowed lateness`.
+//! An event is *late* when its window had already ended at or before its source's watermark as
+//! it stood when the event's landing file arrived: the max event_time of every file of that
+//! source gold processed before, plus the files of the same batch that sort before it (landing
+//! files arrive in name order). The unit is the landing file, not gold's batch, so which events
+//! are late — and so every gold row — does not depend on how the input was batched: a primary
+//! that streamed the files one by one and a secondary that processed them all at once write the
+//! same rows. Rows without a landing file (Kafka) form one unit per batch.
 
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Decimal128Array, Decimal128Builder, Float64Array, Int32Array, Int64Array,
@@ -41,8 +46,62 @@ pub struct WindowState {
     kind: GoldKind,
     region: String,
     pub on_time: BTreeMap<Key, Agg>,
-    pub late: BTreeMap<Key, Agg>,
+    /// Late events per window key and landing file (billing writes one adjustment row per file:
+    /// the same rows however the files were batched).
+    pub late: BTreeMap<(Key, String), Agg>,
+    /// The watermark each landing file's events were judged against.
+    pub file_watermarks: BTreeMap<String, Option<i64>>,
     pub max_event_time: BTreeMap<String, i64>,
+}
+
+/// Gold's unit of arrival: a row's landing file ("" for rows without one: Kafka).
+const NO_FILE: &str = "";
+
+/// The columns gold reads from a silver batch (keeps the batches of one run small in memory).
+pub fn project(kind: GoldKind, b: &RecordBatch) -> Result<RecordBatch> {
+    let names: &[&str] = if kind.is_billing() {
+        &["event_time", "_source_file", "customer_id", "sku", "dbu"]
+    } else {
+        &["event_time", "_source_file", "workspace_id"]
+    };
+    let idx = names
+        .iter()
+        .map(|n| b.schema().index_of(n).map_err(|e| Error::internal(format!("silver batch lacks {n}")).with_source(e)))
+        .collect::<Result<Vec<_>>>()?;
+    b.project(&idx).map_err(|e| Error::internal("projecting a silver batch").with_source(e))
+}
+
+/// Per landing file of one source's batches: the watermark its events are judged against —
+/// `prior_max` (max event_time of everything processed before) raised by the files of these
+/// batches that sort before it, minus `lateness_us`.
+pub fn file_watermarks(
+    batches: &[RecordBatch],
+    prior_max: Option<i64>,
+    lateness_us: i64,
+) -> Result<BTreeMap<String, Option<i64>>> {
+    let mut max_per_file: BTreeMap<String, i64> = BTreeMap::new();
+    for b in batches {
+        let times: &TimestampMicrosecondArray = col(b, "event_time")?;
+        let files: &StringArray = col(b, "_source_file")?;
+        for i in 0..b.num_rows() {
+            let f = if files.is_valid(i) { files.value(i) } else { NO_FILE };
+            let t = times.value(i);
+            match max_per_file.get_mut(f) {
+                Some(m) => *m = (*m).max(t),
+                None => {
+                    max_per_file.insert(f.to_string(), t);
+                }
+            }
+        }
+    }
+    let mut running = prior_max;
+    let mut out = BTreeMap::new();
+    // BTreeMap order = name order; "" (no file) sorts first and is judged by `prior_max`.
+    for (f, m) in max_per_file {
+        out.insert(f, running.map(|r| r - lateness_us));
+        running = Some(running.map_or(m, |r| r.max(m)));
+    }
+    Ok(out)
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
@@ -58,14 +117,21 @@ impl WindowState {
             region: region.into(),
             on_time: BTreeMap::new(),
             late: BTreeMap::new(),
+            file_watermarks: BTreeMap::new(),
             max_event_time: BTreeMap::new(),
         }
     }
 
-    /// Adds a silver batch of `source`, whose watermark before this batch was `watermark`;
-    /// returns rows consumed.
-    pub fn add_silver(&mut self, source: &str, b: &RecordBatch, watermark: Option<i64>) -> Result<u64> {
+    /// Adds a silver batch of `source`; `watermarks`: per landing file (`file_watermarks` over
+    /// all of this run's batches of the source). Returns rows consumed.
+    pub fn add_silver(
+        &mut self,
+        source: &str,
+        b: &RecordBatch,
+        watermarks: &BTreeMap<String, Option<i64>>,
+    ) -> Result<u64> {
         let times: &TimestampMicrosecondArray = col(b, "event_time")?;
+        let files: &StringArray = col(b, "_source_file")?;
         let w = self.kind.window_us();
         let (a, c): (Option<&StringArray>, &StringArray) = if self.kind.is_billing() {
             (Some(col(b, "customer_id")?), col(b, "sku")?)
@@ -85,21 +151,37 @@ impl WindowState {
         fn name(a: &StringArray, i: usize) -> &str {
             if a.is_valid(i) { a.value(i) } else { "unknown" }
         }
-        let mut groups: std::collections::HashMap<(i64, &str, &str, bool), Agg> = std::collections::HashMap::new();
+        // Late rows are grouped by file too; on-time ones under NO_FILE.
+        let mut groups: std::collections::HashMap<(i64, &str, &str, &str), Agg> = std::collections::HashMap::new();
+        let (mut file, mut watermark): (Option<&str>, Option<i64>) = (None, None);
         for i in 0..b.num_rows() {
+            let f = if files.is_valid(i) { files.value(i) } else { NO_FILE };
+            if file != Some(f) {
+                file = Some(f);
+                watermark = *watermarks.get(f).ok_or_else(|| {
+                    Error::internal(format!("no watermark computed for landing file {f:?} of {source}"))
+                })?;
+            }
             let t = times.value(i);
             let start = t.div_euclid(w) * w;
             let late = watermark.is_some_and(|wm| start + w <= wm);
-            let e = groups.entry((start, a.map_or(source, |a| name(a, i)), name(c, i), late)).or_default();
+            let e = groups
+                .entry((start, a.map_or(source, |a| name(a, i)), name(c, i), if late { f } else { NO_FILE }))
+                .or_default();
             e.count += 1;
             e.late += late as i64;
             if let Some(d) = dbu {
                 e.dbu += d.value(i);
             }
         }
-        for ((start, k1, k2, late), g) in groups {
+        for ((start, k1, k2, f), g) in groups {
             let key = (start, k1.to_string(), k2.to_string());
-            let e = if late { self.late.entry(key).or_default() } else { self.on_time.entry(key).or_default() };
+            let e = if g.late > 0 {
+                self.file_watermarks.insert(f.to_string(), watermarks.get(f).copied().flatten());
+                self.late.entry((key, f.to_string())).or_default()
+            } else {
+                self.on_time.entry(key).or_default()
+            };
             e.count += g.count;
             e.late += g.late;
             e.dbu += g.dbu;
@@ -117,7 +199,11 @@ impl WindowState {
 
     /// Partitions (`event_date` of the window start) touched by the deltas.
     pub fn dates(&self) -> BTreeSet<String> {
-        self.on_time.keys().chain(self.late.keys()).map(|k| tributary_events::date_of_micros(k.0)).collect()
+        self.on_time
+            .keys()
+            .chain(self.late.keys().map(|(k, _)| k))
+            .map(|k| tributary_events::date_of_micros(k.0))
+            .collect()
     }
 
     /// Event counts: the new content of `dates` from their current rows and the deltas (late
@@ -131,7 +217,7 @@ impl WindowState {
         now_us: i64,
     ) -> Result<Vec<RecordBatch>> {
         // Monitoring: late deltas update their windows too.
-        let all = self.merged(current, self.on_time.iter().chain(self.late.iter()), dates)?;
+        let all = self.merged(current, self.on_time.iter().chain(self.late.iter().map(|((k, _), a)| (k, a))), dates)?;
         let w = self.kind.window_us();
         let rows: Vec<Row> = all
             .into_iter()
@@ -162,7 +248,6 @@ impl WindowState {
         provisional: &[RecordBatch],
         dates: &BTreeSet<String>,
         watermark: Option<i64>,
-        old_watermark: Option<i64>,
         now_us: i64,
     ) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
         // Billing: late deltas become adjustment rows below, never part of a window row.
@@ -184,8 +269,9 @@ impl WindowState {
             };
             if fin { finals.push(row) } else { rest.push(row) }
         }
-        for (k, a) in &self.late {
-            let wm = old_watermark.unwrap_or_default();
+        for ((k, file), a) in &self.late {
+            let wm = self.file_watermarks.get(file).copied().flatten().unwrap_or_default();
+            let arrived = if file.is_empty() { "arrived".to_string() } else { format!("arrived in {file}") };
             finals.push(Row {
                 key: k.clone(),
                 agg: *a,
@@ -193,7 +279,7 @@ impl WindowState {
                 watermark,
                 record_type: "adjustment",
                 reason: Some(format!(
-                    "late_event: {} event(s) with event_time in [{}, {}) arrived after the window was final \
+                    "late_event: {} event(s) with event_time in [{}, {}) {arrived} after the window was final \
                      (billing watermark {} >= window end)",
                     a.count,
                     rfc3339(k.0),
@@ -374,20 +460,120 @@ mod tests {
         let _ = schema;
         let mut s = WindowState::new(GoldKind::Billing, "r");
         s.on_time.insert((2 * HOUR_US, "c".into(), "SKU".into()), Agg { count: 1, dbu: 5, late: 0 });
-        s.late.insert((0, "c".into(), "SKU".into()), Agg { count: 2, dbu: 7, late: 2 });
+        s.late.insert(((0, "c".into(), "SKU".into()), "f2.ndjson".into()), Agg { count: 2, dbu: 7, late: 2 });
+        s.file_watermarks.insert("f2.ndjson".into(), Some(2 * HOUR_US));
         let dates = s.dates();
-        let (fin, prov) = s.merge_billing(&[], &dates, Some(2 * HOUR_US + 1), Some(2 * HOUR_US), 0).unwrap();
+        let (fin, prov) = s.merge_billing(&[], &dates, Some(2 * HOUR_US + 1), 0).unwrap();
         let fin = fin.unwrap();
         assert_eq!(fin.num_rows(), 1);
         let t = fin.column_by_name("record_type").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(t.value(0), "adjustment");
         let r = fin.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert!(
-            r.value(0).starts_with("late_event: 2 event(s) with event_time in [1970-01-01T00:00:00Z"),
+            r.value(0).starts_with(
+                "late_event: 2 event(s) with event_time in [1970-01-01T00:00:00Z, 1970-01-01T01:00:00Z) arrived in \
+                 f2.ndjson after the window was final (billing watermark 1970-01-01T02:00:00Z"
+            ),
             "{}",
             r.value(0)
         );
         assert_eq!(prov.unwrap().num_rows(), 1);
         assert_eq!(billing_sums(&[fin]).unwrap()[&("c".into(), "SKU".into(), 0)], (7, 2));
+    }
+
+    /// Silver-like billing rows: (event_time µs, landing file, dbu at scale 9).
+    fn billing_batch(rows: &[(i64, &str, i128)]) -> RecordBatch {
+        use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("_source_file", DataType::Utf8, true),
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("sku", DataType::Utf8, true),
+            Field::new("dbu", DataType::Decimal128(DECIMAL_PRECISION, DECIMAL_SCALE as i8), true),
+        ]));
+        let n = rows.len();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.0)).with_timezone("UTC")),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(StringArray::from(vec!["c"; n])),
+                Arc::new(StringArray::from(vec!["SKU"; n])),
+                Arc::new(
+                    Decimal128Array::from_iter_values(rows.iter().map(|r| r.2))
+                        .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE as i8)
+                        .unwrap(),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Billing rows a gold run writes: (record_type, window_start, dbu, count, is_final, reason),
+    /// sorted — the content a fingerprint sees.
+    fn rows_of(batches: &[RecordBatch]) -> Vec<(String, i64, i128, i64, bool, String)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let t = b.column_by_name("record_type").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+            let s =
+                b.column_by_name("window_start").unwrap().as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+            let d = b.column_by_name("dbu").unwrap().as_any().downcast_ref::<Decimal128Array>().unwrap();
+            let n = b.column_by_name("event_count").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+            let f = b.column_by_name("is_final").unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
+            let r = b.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..b.num_rows() {
+                let reason = if r.is_valid(i) { r.value(i).to_string() } else { String::new() };
+                out.push((t.value(i).to_string(), s.value(i), d.value(i), n.value(i), f.value(i), reason));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Three landing files; file 2 pushes the watermark past hour 0, file 3 brings an event of
+    /// hour 0 (late) and one of hour 2. Processed as one batch or one file per batch (final rows
+    /// kept, provisional ones carried to the next run like gold's partition rewrite), the rows
+    /// are the same: lateness is judged per landing file, not per batch.
+    #[test]
+    fn lateness_is_judged_per_landing_file_so_batching_does_not_change_the_rows() {
+        let lateness = 10 * MINUTE_US;
+        let files = [
+            billing_batch(&[(10 * MINUTE_US, "part-1", 1_000), (20 * MINUTE_US, "part-1", 2_000)]),
+            billing_batch(&[(HOUR_US + 30 * MINUTE_US, "part-2", 4_000)]),
+            billing_batch(&[(50 * MINUTE_US, "part-3", 8_000), (2 * HOUR_US + MINUTE_US, "part-3", 16_000)]),
+        ];
+        // Runs gold's billing merge over `groups` of files in turn; returns every row written
+        // (final rows as written, plus the provisional rows left at the end).
+        let run = |groups: &[&[RecordBatch]]| {
+            let (mut kept, mut provisional, mut max) = (Vec::new(), Vec::new(), None::<i64>);
+            for g in groups {
+                let mut s = WindowState::new(GoldKind::Billing, "r");
+                let wms = file_watermarks(g, max, lateness).unwrap();
+                for b in *g {
+                    s.add_silver("billing", b, &wms).unwrap();
+                }
+                max = s.max_event_time.get("billing").copied().max(max);
+                let mut dates = s.dates();
+                dates.insert(tributary_events::date_of_micros(0));
+                let (fin, prov) = s.merge_billing(&provisional, &dates, max.map(|m| m - lateness), 0).unwrap();
+                kept.extend(fin);
+                provisional = prov.into_iter().collect();
+            }
+            kept.extend(provisional);
+            rows_of(&kept)
+        };
+        let all_at_once = run(&[&files[..]]);
+        let one_by_one = run(&[&files[0..1], &files[1..2], &files[2..3]]);
+        assert_eq!(all_at_once, one_by_one);
+        let adjustments: Vec<_> = all_at_once.iter().filter(|r| r.0 == "adjustment").collect();
+        assert_eq!(adjustments.len(), 1, "{all_at_once:?}");
+        assert_eq!((adjustments[0].1, adjustments[0].2, adjustments[0].3), (0, 8_000, 1));
+        assert!(adjustments[0].5.contains("arrived in part-3"), "{}", adjustments[0].5);
+        let hour0 = all_at_once.iter().find(|r| r.0 == "window" && r.1 == 0).unwrap();
+        assert_eq!((hour0.2, hour0.3, hour0.4), (3_000, 2, true), "hour 0 final without the late event");
+        // The same rows in one batch, judged per batch as before, would count nothing late:
+        let wms = file_watermarks(&files[..], None, lateness).unwrap();
+        assert_eq!(wms["part-1"], None);
+        assert_eq!(wms["part-3"], Some(HOUR_US + 20 * MINUTE_US));
     }
 }
