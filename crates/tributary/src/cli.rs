@@ -356,6 +356,14 @@ enum Cmd {
         /// Give up (exit code 2) after this many seconds.
         #[arg(long)]
         timeout_secs: Option<u64>,
+        /// A scheduled standby (DR secondary): one available-now pass every interval (`90`, `30s`,
+        /// `5m`, `1h`) until SIGTERM/SIGINT; a pass that overruns skips the ticks it missed, a
+        /// failed pass is reported and the next tick retries. Implies `--trigger available-now`.
+        #[arg(long, value_parser = parse_interval)]
+        every: Option<std::time::Duration>,
+        /// With --every: stop after this many passes (exit code 1 if any failed).
+        #[arg(long, requires = "every")]
+        max_passes: Option<u64>,
     },
     /// bronze-ingest for one region: landing files → bronze tables.
     BronzeIngest {
@@ -700,6 +708,23 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// `90` (seconds), `30s`, `5m`, `1h`.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number of seconds or e.g. 30s, 5m, 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m or h)")),
+    };
+    if secs == 0 {
+        return Err("the interval must be at least one second".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -721,8 +746,8 @@ pub fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Cmd::Standalone { common, generate, gen_args, exit_when_idle, stages, timeout_secs } => {
-            let exit_when_idle = exit_when_idle || common.trigger == "available-now";
+        Cmd::Standalone { common, generate, gen_args, exit_when_idle, stages, timeout_secs, every, max_passes } => {
+            let exit_when_idle = exit_when_idle || common.trigger == "available-now" || every.is_some();
             let cfg = match common.load() {
                 Ok(c) => c,
                 Err(e) => return fail(e),
@@ -736,6 +761,9 @@ pub fn main() -> ExitCode {
                 let started_us = tributary_core::now_ms() * 1000;
                 start_event_log(&cfg, "standalone");
                 let cfg = Arc::new(cfg);
+                if let Some(every) = every {
+                    return crate::standalone::every(cfg, &stages, every, max_passes, timeout_secs).await;
+                }
                 let code = crate::standalone::run(cfg.clone(), &stages, exit_when_idle, timeout_secs).await;
                 tributary_core::event_log::flush().await;
                 if exit_when_idle && cfg.event_log.enabled {

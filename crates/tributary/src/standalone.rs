@@ -112,6 +112,56 @@ async fn build_stages(cfg: &Arc<Config>, which: &[String]) -> tributary_core::Re
     Ok(stages)
 }
 
+/// `standalone --every`: the scheduled standby. One available-now pass per tick (fixed rate from
+/// the start; a pass longer than the interval skips the ticks it missed, never overlaps), until
+/// SIGTERM/SIGINT (a signal stops the running pass cleanly: every stage is exactly once across a
+/// stop) or `max_passes`. A failed pass is reported and recorded; the next tick retries.
+pub async fn every(
+    cfg: Arc<Config>,
+    which: &[String],
+    interval: Duration,
+    max_passes: Option<u64>,
+    timeout_secs: Option<u64>,
+) -> ExitCode {
+    let outer = Shutdown::new();
+    outer.install_signal_handlers();
+    let start = Instant::now();
+    let (mut pass, mut failed) = (0u64, 0u64);
+    loop {
+        pass += 1;
+        let began = Instant::now();
+        let code = run(cfg.clone(), which, true, timeout_secs).await;
+        let ok = code == ExitCode::SUCCESS;
+        if !ok {
+            failed += 1;
+            tributary_core::event_log::emit(
+                tributary_core::event_log::Level::Error,
+                "standalone",
+                "",
+                "",
+                "error",
+                serde_json::json!({"message": format!("scheduled pass {pass} failed"), "fatal": false}),
+            );
+        }
+        // The next tick after now, on the fixed-rate grid from the start.
+        let ticks = (start.elapsed().as_secs_f64() / interval.as_secs_f64()).floor() as u32 + 1;
+        let next = start + interval * ticks;
+        let wait = next.saturating_duration_since(Instant::now());
+        let done = outer.is_triggered() || max_passes.is_some_and(|m| pass >= m);
+        println!(
+            "scheduled pass {pass} {} in {:.2}s{}",
+            if ok { "finished" } else { "FAILED" },
+            began.elapsed().as_secs_f64(),
+            if done { String::new() } else { format!("; next pass in {:.1}s", wait.as_secs_f64()) }
+        );
+        if done || outer.sleep(wait).await {
+            break;
+        }
+    }
+    println!("scheduled standby stopped after {pass} pass(es), {failed} failed");
+    if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
 pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeout_secs: Option<u64>) -> ExitCode {
     let shutdown = Shutdown::new();
     shutdown.install_signal_handlers();
