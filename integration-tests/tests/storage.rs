@@ -397,3 +397,66 @@ async fn fork_moves_a_live_table_to_s3_while_a_writer_and_a_reader_go_on() {
         lat[lat.len() - 1]
     );
 }
+
+/// Retention on an `s3://` data root: every table found by listing the bucket (a pipeline's
+/// layout: region tables, central, the event log and the audit table) loses its partitions older
+/// than the retention in one commit each; the audit table is kept; a second pass is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_an_s3_data_root_drops_old_partitions_from_every_table_but_the_audit() {
+    use deltalake::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    let s3 = s3();
+    let root = format!("{}/data", s3.bucket("it-retention").unwrap());
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Int64, false),
+        Field::new("event_date", DataType::Utf8, false),
+    ]));
+    let w = tributary_delta::Writer { stage: "test".into(), region: "r1".into(), threads: 1, attempts: 10 };
+    let rels =
+        ["regions/r1/silver/billing", "regions/r1/gold/billing_usage_daily", "central/events", "_tributary/audit"];
+    for rel in rels {
+        let loc = tributary_delta::store::join(&root, rel);
+        let mut t = tributary_delta::Table::open_or_create(rel, &loc, schema.clone(), &["event_date"]).await.unwrap();
+        for (x, d) in [(1, "2024-01-15"), (2, "2025-10-22"), (3, "2025-10-23"), (4, "2026-11-23")] {
+            let b = RecordBatch::try_new(
+                schema.clone(),
+                vec![std::sync::Arc::new(Int64Array::from(vec![x])), std::sync::Arc::new(StringArray::from(vec![d]))],
+            )
+            .unwrap();
+            t.commit_batch(tributary_delta::Commit::new(&[b], vec![], Default::default(), -1), &w).await.unwrap();
+        }
+    }
+    let mut found = tributary_delta::store::list_tables(&root).await.unwrap();
+    found.sort();
+    let mut want: Vec<String> = rels.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(found, want, "tables found by listing the bucket");
+    let cfg = tributary_core::Config { data_root: root.clone(), ..Default::default() };
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let report = tributary_delta::retention::enforce(&cfg, 13, today).await.unwrap();
+    assert_eq!(
+        report,
+        vec![
+            ("central/events".to_string(), 2),
+            ("regions/r1/gold/billing_usage_daily".to_string(), 2),
+            ("regions/r1/silver/billing".to_string(), 2)
+        ]
+    );
+    for rel in rels {
+        let t = tributary_delta::Table::open_existing(rel, &tributary_delta::store::join(&root, rel))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut xs: Vec<i64> = t
+            .read_columns(&["x"])
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+            .collect();
+        xs.sort();
+        let expect = if rel == "_tributary/audit" { vec![1, 2, 3, 4] } else { vec![3, 4] };
+        assert_eq!(xs, expect, "{rel}");
+    }
+    assert!(tributary_delta::retention::enforce(&cfg, 13, today).await.unwrap().is_empty());
+}

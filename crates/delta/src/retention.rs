@@ -40,23 +40,16 @@ pub(crate) fn tables(root: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// One retention pass over every table of `cfg.data_root` (local data roots).
+/// One retention pass over every table of `cfg.data_root` (a local path or `s3://`).
 pub async fn enforce(cfg: &Config, months: u32, today: chrono::NaiveDate) -> Result<Report> {
     let before = cutoff(today, months);
-    if crate::store::is_remote(&cfg.data_root) {
-        return Err(Error::user(format!(
-            "retention finds its tables by walking a local data_root; {} is an object store, where this build does not run it",
-            cfg.data_root
-        )));
-    }
-    let root = std::path::Path::new(cfg.data_root.strip_prefix("file://").unwrap_or(&cfg.data_root));
     let w = Writer { stage: "retention".into(), region: String::new(), threads: 1, attempts: 20 };
     let mut report = Vec::new();
-    for rel in tables(root) {
+    for rel in crate::store::list_tables(&cfg.data_root).await? {
         if rel == "_tributary/audit" {
             continue;
         }
-        let loc = root.join(&rel).display().to_string();
+        let loc = crate::store::join(&cfg.data_root, &rel);
         let Some(mut t) = Table::open_existing(&rel, &loc).await? else { continue };
         let n = match t.drop_partitions_before("event_date", &before, &w).await {
             Ok(n) => n,
@@ -86,7 +79,7 @@ pub async fn enforce(cfg: &Config, months: u32, today: chrono::NaiveDate) -> Res
 /// Runs [`enforce`] every `retention.interval_secs` (when > 0) until `shutdown`.
 pub fn spawn(cfg: &Config, shutdown: tributary_core::Shutdown) {
     let every = cfg.retention.interval_secs;
-    if every == 0 || cfg.retention.months == 0 || cfg.data_root.contains("://") {
+    if every == 0 || cfg.retention.months == 0 {
         return;
     }
     let cfg = cfg.clone();

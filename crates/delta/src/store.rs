@@ -178,6 +178,36 @@ pub fn root_store(uri: &str) -> Result<Arc<dyn ObjectStore>> {
     Ok(Arc::new(store))
 }
 
+/// Every Delta table under `root` (local path, `file://` or `s3://`): the relative paths of the
+/// folders holding a `_delta_log`, sorted. Walks folder by folder (one delimited listing each)
+/// and never descends into a table, so the cost is the number of folders above the tables, not
+/// the number of data files.
+pub async fn list_tables(root: &str) -> Result<Vec<String>> {
+    let store = root_store(root)?;
+    let mut out = Vec::new();
+    let mut stack: Vec<Option<Path>> = vec![None];
+    while let Some(dir) = stack.pop() {
+        let listing = store.list_with_delimiter(dir.as_ref()).await.map_err(|e| {
+            Error::external(format!("{root}: listing {}", dir.as_ref().map_or("", |p| p.as_ref()))).with_source(e)
+        })?;
+        let is_table = listing.common_prefixes.iter().any(|p| p.filename() == Some("_delta_log"));
+        if is_table {
+            if let Some(d) = dir {
+                out.push(d.to_string());
+            }
+            continue; // a table's own folders are partitions, not tables
+        }
+        stack.extend(listing.common_prefixes.into_iter().map(Some));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `root` joined with a relative table path, for a local path or a URI.
+pub fn join(root: &str, rel: &str) -> String {
+    format!("{}/{}", root.trim_end_matches('/'), rel.trim_start_matches('/'))
+}
+
 /// Whether the table at `uri` (on an object store) has a Delta log: one listing request.
 pub async fn has_log(uri: &str) -> Result<bool> {
     use futures::StreamExt as _;
