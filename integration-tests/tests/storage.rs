@@ -460,3 +460,82 @@ async fn retention_on_an_s3_data_root_drops_old_partitions_from_every_table_but_
     }
     assert!(tributary_delta::retention::enforce(&cfg, 13, today).await.unwrap().is_empty());
 }
+
+/// Rows of the table at `loc` (total, with `customer_id` = `cust`).
+async fn rows_of_customer(loc: &str, cust: &str) -> (usize, usize) {
+    use deltalake::arrow::array::Array as _;
+    let Some(t) = tributary_delta::Table::open_existing("t", loc).await.unwrap() else { return (0, 0) };
+    let mut n = (0, 0);
+    for b in t.read_columns(&["customer_id"]).await.unwrap() {
+        let c = deltalake::arrow::compute::cast(b.column(0), &deltalake::arrow::datatypes::DataType::Utf8).unwrap();
+        let c = c.as_any().downcast_ref::<deltalake::arrow::array::StringArray>().unwrap();
+        n.0 += c.len();
+        n.1 += (0..c.len()).filter(|i| c.is_valid(*i) && c.value(*i) == cust).count();
+    }
+    n
+}
+
+/// Forget on an `s3://` data root: tables found by listing the bucket, every row of the customer
+/// deleted from the row tables, invoices kept under the tag, dead files holding the customer
+/// deleted from the bucket, and the proof (every Parquet and log object in the bucket read back)
+/// finds nothing. A second run of the same request is idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_on_an_s3_data_root_erases_every_layer_and_proves_it() {
+    let s3 = s3();
+    let bucket = s3.bucket("it-forget").unwrap();
+    let local = Pipeline::new(&["r1"]);
+    local.generate(&GenSpec { events_per_source: 300, files_per_source: 2, seed: 9 }).unwrap();
+    let remote = on_s3(&local, &bucket, &s3.endpoint).await;
+    remote.run_to_completion(&[]).unwrap();
+    let cfg = remote.config();
+    let cust = "cust-007";
+    let loc = |rel: &str| tributary_delta::store::join(&cfg.data_root, rel);
+    let mut row_tables = vec!["central/events".to_string()];
+    for s in &cfg.bronze.sources {
+        row_tables.push(format!("regions/r1/bronze/{s}"));
+        row_tables.push(format!("regions/r1/silver/{s}"));
+    }
+    let mut before = std::collections::BTreeMap::new();
+    for t in &row_tables {
+        before.insert(t.clone(), rows_of_customer(&loc(t), cust).await);
+    }
+    assert!(before["regions/r1/silver/billing"].1 > 0, "the customer has billing rows: {before:?}");
+    let invoice = |loc: String| async move {
+        let t = tributary_delta::Table::open_existing("b", &loc).await.unwrap().unwrap();
+        let sums = gold_aggregate::billing_sums(&t.read_all().await.unwrap()).unwrap();
+        let mut per_window: std::collections::BTreeMap<(String, i64), (i128, i64)> = Default::default();
+        for ((_, sku, w), (d, n)) in sums {
+            let e = per_window.entry((sku, w)).or_default();
+            e.0 += d;
+            e.1 += n;
+        }
+        per_window
+    };
+    let billing_before = invoice(loc("regions/r1/gold/billing_usage_hourly")).await;
+
+    let o = tributary_delta::forget::forget(&cfg, cust, None, std::time::Duration::from_secs(30)).await.unwrap();
+    eprintln!(
+        "forget on S3: {} rows deleted, {} redacted, {} files deleted, proof over {} Parquet + {} log objects in {:.1}s",
+        o.rows_deleted(),
+        o.rows_redacted(),
+        o.files_deleted,
+        o.proof.parquet_files,
+        o.proof.log_files,
+        o.seconds
+    );
+    assert!(o.proof.hits.is_empty(), "{:?}", o.proof.hits);
+    assert!(o.proof.parquet_files > 20 && o.proof.log_files > 20, "{:?}", o.proof);
+    assert!(o.files_deleted > 0);
+    for t in &row_tables {
+        let (all, theirs) = before[t];
+        assert_eq!(rows_of_customer(&loc(t), cust).await, (all - theirs, 0), "{t} after the erasure");
+    }
+    assert_eq!(invoice(loc("regions/r1/gold/billing_usage_hourly")).await, billing_before, "invoice totals changed");
+    assert!(!remote.data.exists(), "forget on S3 wrote local files");
+    // Repeating the request changes nothing and proves again.
+    let again = tributary_delta::forget::forget(&cfg, cust, Some(&o.request_id), std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((again.rows_deleted(), again.files_deleted), (0, 0));
+    assert!(again.proof.hits.is_empty());
+}

@@ -25,8 +25,8 @@
 use crate::{Commit, PositionMove, Table, Writer, catalog};
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder};
 use deltalake::arrow::datatypes::DataType;
+use object_store::{ObjectStore, ObjectStoreExt as _, path::Path as ObjectPath};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tributary_core::{Config, Error, ErrorKind, Result};
 
@@ -327,10 +327,10 @@ pub fn validate(cfg: &Config, customer_id: &str) -> Result<()> {
 }
 
 /// Workspaces seen with the customer and with no other customer (from the row tables).
-async fn exclusive_workspaces(root: &Path, rels: &[String], customer_id: &str) -> Result<BTreeSet<String>> {
+async fn exclusive_workspaces(root: &str, rels: &[String], customer_id: &str) -> Result<BTreeSet<String>> {
     let (mut mine, mut shared) = (BTreeSet::new(), BTreeSet::new());
     for rel in rels {
-        let loc = root.join(rel).display().to_string();
+        let loc = crate::store::join(root, rel);
         let Some(t) = Table::open_existing(rel, &loc).await? else { continue };
         let s = t.schema();
         if s.field_with_name("customer_id").is_err() || s.field_with_name("workspace_id").is_err() {
@@ -360,10 +360,10 @@ async fn exclusive_workspaces(root: &Path, rels: &[String], customer_id: &str) -
 }
 
 /// Who reads each table incrementally: table (relative to data_root) -> (reader table, app_id).
-fn readers(cfg: &Config, root: &Path) -> HashMap<PathBuf, Vec<(PathBuf, String)>> {
+fn readers(cfg: &Config, root: &str) -> HashMap<String, Vec<(String, String)>> {
     use catalog::*;
-    let rel = |loc: String| -> PathBuf { normalize(Path::new(&loc).strip_prefix(root).unwrap_or(Path::new(&loc))) };
-    let mut m: HashMap<PathBuf, Vec<(PathBuf, String)>> = HashMap::new();
+    let rel = |loc: String| -> String { relative(root, &loc) };
+    let mut m: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for r in &cfg.regions {
         for s in &cfg.bronze.sources {
             m.entry(rel(bronze_location(cfg, r, s)))
@@ -384,8 +384,25 @@ fn readers(cfg: &Config, root: &Path) -> HashMap<PathBuf, Vec<(PathBuf, String)>
     m
 }
 
-fn normalize(p: &Path) -> PathBuf {
-    p.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+/// `loc` relative to `root` ("./" segments and repeated slashes ignored), or `loc` itself (a
+/// table outside data_root, e.g. a separate central_root: never matched, never waited for).
+fn relative(root: &str, loc: &str) -> String {
+    let norm = |s: &str| -> String {
+        let (scheme, rest) = match s.split_once("://") {
+            Some((a, b)) => (format!("{a}://"), b.to_string()),
+            None => (String::new(), s.to_string()),
+        };
+        let lead = if rest.starts_with('/') { "/" } else { "" };
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        format!("{scheme}{lead}{}", parts.join("/"))
+    };
+    let (root, loc) =
+        (norm(root.strip_prefix("file://").unwrap_or(root)), norm(loc.strip_prefix("file://").unwrap_or(loc)));
+    match loc.strip_prefix(&root) {
+        Some(r) if root.is_empty() => r.to_string(),
+        Some(r) if r.starts_with('/') => r.trim_start_matches('/').to_string(),
+        _ => loc,
+    }
 }
 
 fn rank(rel: &str) -> u8 {
@@ -404,16 +421,16 @@ fn rank(rel: &str) -> u8 {
 
 /// Waits until the reader `app_id` of `reader` has read version `at_least` of its input.
 async fn wait_reader(
-    root: &Path,
-    reader: &Path,
+    root: &str,
+    reader: &str,
     app_id: &str,
     at_least: i64,
-    upstream: &Path,
+    upstream: &str,
     deadline: Instant,
 ) -> Result<()> {
-    let loc = root.join(reader).display().to_string();
+    let loc = crate::store::join(root, reader);
     loop {
-        let Some(t) = Table::open_existing(&reader.display().to_string(), &loc).await? else { return Ok(()) };
+        let Some(t) = Table::open_existing(reader, &loc).await? else { return Ok(()) };
         // A reader that never read its input starts from the beginning later, after the rewrite.
         let Some(pos) = t.txn_version(app_id).await? else { return Ok(()) };
         if pos >= at_least {
@@ -423,8 +440,8 @@ async fn wait_reader(
             return Err(Error::user(format!(
                 "{} has read {} up to version {pos}, not yet past the erasure commit {}: run (or resume) \
                  the pipeline so it catches up, then repeat the request with the same request_id",
-                reader.display(),
-                upstream.display(),
+                reader,
+                upstream,
                 at_least + 1
             )));
         }
@@ -432,28 +449,37 @@ async fn wait_reader(
     }
 }
 
-// ---- files on disk and the proof -----------------------------------------------------------
+// ---- files in the store and the proof -----------------------------------------------------
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let p = e.path();
-        match e.file_type() {
-            Ok(t) if t.is_dir() => walk(&p, out),
-            Ok(t) if t.is_file() => out.push(p),
-            _ => {}
-        }
-    }
+/// Every object under `prefix` of `store` (None = all), as paths relative to the store's root.
+async fn list_all(store: &dyn ObjectStore, prefix: Option<&str>) -> Result<Vec<String>> {
+    use futures::TryStreamExt as _;
+    let p = prefix.map(ObjectPath::from);
+    let mut out: Vec<String> = store
+        .list(p.as_ref())
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .map_err(|e| Error::external(format!("listing {}", prefix.unwrap_or("data_root"))).with_source(e))?;
+    out.sort();
+    Ok(out)
 }
 
-fn parquet_has_token(path: &Path, needles: &[&[u8]]) -> Result<bool> {
+async fn get(store: &dyn ObjectStore, path: &str) -> Result<bytes::Bytes> {
+    let r = store
+        .get(&ObjectPath::from(path))
+        .await
+        .map_err(|e| Error::external(format!("reading {path}")).with_source(e))?;
+    r.bytes().await.map_err(|e| Error::external(format!("reading {path}")).with_source(e))
+}
+
+fn parquet_has_token(path: &str, data: bytes::Bytes, needles: &[&[u8]]) -> Result<bool> {
     use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = std::fs::File::open(path)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
         .and_then(|b| b.build())
-        .map_err(|e| Error::external(format!("reading {}", path.display())).with_source(e))?;
+        .map_err(|e| Error::external(format!("reading {path}")).with_source(e))?;
     for b in reader {
-        let b = b.map_err(|e| Error::external(format!("reading {}", path.display())).with_source(e))?;
+        let b = b.map_err(|e| Error::external(format!("reading {path}")).with_source(e))?;
         if b.columns().iter().any(|c| array_has_token(c.as_ref(), needles)) {
             return Ok(true);
         }
@@ -475,50 +501,56 @@ pub struct Proof {
     pub landing_hits: usize,
 }
 
-/// Scans every Parquet file (all text, nested included) and every Delta log file under `root`.
-pub fn prove(root: &Path, needles: &[&[u8]]) -> Result<Proof> {
-    let mut files = Vec::new();
-    walk(root, &mut files);
-    files.sort();
+/// Scans every Parquet file (all text, nested included) and every Delta log file under `root`
+/// (a local path or an object store URI).
+pub async fn prove(root: &str, needles: &[&[u8]]) -> Result<Proof> {
+    let store = crate::store::root_store(root)?;
     let mut p = Proof::default();
-    for f in files {
-        let rel = f.strip_prefix(root).unwrap_or(&f).to_path_buf();
-        let in_landing = rel.components().any(|c| c.as_os_str() == "landing");
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let in_log = rel.components().any(|c| c.as_os_str() == "_delta_log");
+    for rel in list_all(store.as_ref(), None).await? {
+        let segs: Vec<&str> = rel.split('/').collect();
+        let in_landing = segs.contains(&"landing");
+        let in_log = segs.contains(&"_delta_log");
         let hit = if in_landing {
-            if std::fs::read(&f).map(|b| has_token(&b, needles)).unwrap_or(false) {
+            if get(store.as_ref(), &rel).await.map(|b| has_token(&b, needles)).unwrap_or(false) {
                 p.landing_hits += 1;
             }
             continue;
-        } else if name.ends_with(".parquet") {
+        } else if rel.ends_with(".parquet") {
             p.parquet_files += 1;
-            parquet_has_token(&f, needles)?
+            parquet_has_token(&rel, get(store.as_ref(), &rel).await?, needles)?
         } else if in_log {
             p.log_files += 1;
-            has_token(&std::fs::read(&f)?, needles)
+            has_token(&get(store.as_ref(), &rel).await?, needles)
         } else {
             false
         };
         if hit {
-            p.hits.push(rel.display().to_string());
+            p.hits.push(rel);
         }
     }
     Ok(p)
 }
 
-/// Deletes every Parquet data file of the table at `dir` that is not live and holds a token.
-fn delete_dead_files(dir: &Path, live: &HashSet<PathBuf>, needles: &[&[u8]]) -> Result<usize> {
-    let mut files = Vec::new();
-    walk(dir, &mut files);
+/// Deletes every Parquet data file of the table `rel` (under the store's root) that is not
+/// `live` (paths relative to the table) and holds a token.
+async fn delete_dead_files(
+    store: &dyn ObjectStore,
+    rel: &str,
+    live: &HashSet<String>,
+    needles: &[&[u8]],
+) -> Result<usize> {
     let mut n = 0;
-    for f in files {
-        let rel = f.strip_prefix(dir).unwrap_or(&f).to_path_buf();
-        if rel.starts_with("_delta_log") || f.extension().is_none_or(|e| e != "parquet") || live.contains(&rel) {
+    let prefix = format!("{}/", rel.trim_end_matches('/'));
+    for f in list_all(store, Some(rel)).await? {
+        let Some(in_table) = f.strip_prefix(&prefix) else { continue };
+        if in_table.starts_with("_delta_log/") || !in_table.ends_with(".parquet") || live.contains(in_table) {
             continue;
         }
-        if parquet_has_token(&f, needles)? {
-            std::fs::remove_file(&f)?;
+        if parquet_has_token(&f, get(store, &f).await?, needles)? {
+            store
+                .delete(&ObjectPath::from(f.as_str()))
+                .await
+                .map_err(|e| Error::external(format!("deleting {f}")).with_source(e))?;
             n += 1;
         }
     }
@@ -554,9 +586,6 @@ impl Outcome {
 /// request to repeat (idempotent); None opens a new one. Readers get `wait` to catch up.
 pub async fn forget(cfg: &Config, customer_id: &str, request_id: Option<&str>, wait: Duration) -> Result<Outcome> {
     validate(cfg, customer_id)?;
-    if cfg.data_root.contains("://") {
-        return Err(Error::user("forget runs on local data roots (object stores: not yet)"));
-    }
     let request_id = match request_id.filter(|r| !r.is_empty()) {
         Some(r) if r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => r.to_string(),
         Some(_) => return Err(Error::user("request_id: up to 64 letters, digits and '-'")),
@@ -597,14 +626,8 @@ pub async fn forget(cfg: &Config, customer_id: &str, request_id: Option<&str>, w
 }
 
 async fn run(cfg: &Config, customer_id: &str, request_id: &str, wait: Duration) -> Result<Outcome> {
-    if crate::store::is_remote(&cfg.data_root) {
-        return Err(Error::user(format!(
-            "forget finds its tables and proves erasure by reading a local data_root; {} is an object store, where this build does not run it",
-            cfg.data_root
-        )));
-    }
-    let root = PathBuf::from(cfg.data_root.strip_prefix("file://").unwrap_or(&cfg.data_root));
-    let mut rels = crate::retention::tables(&root);
+    let root = cfg.data_root.clone();
+    let mut rels = crate::store::list_tables(&root).await?;
     rels.sort_by_key(|r| (rank(r), r.clone()));
     let workspaces = exclusive_workspaces(&root, &rels, customer_id).await?;
     let mut ids: Vec<&[u8]> = vec![customer_id.as_bytes()];
@@ -613,52 +636,49 @@ async fn run(cfg: &Config, customer_id: &str, request_id: &str, wait: Duration) 
     let readers = readers(cfg, &root);
     let deadline = Instant::now() + wait;
     // reader table -> (app_id, version it must have read, upstream)
-    let mut pending: BTreeMap<PathBuf, Vec<(String, i64, PathBuf)>> = BTreeMap::new();
+    let mut pending: BTreeMap<String, Vec<(String, i64, String)>> = BTreeMap::new();
     let mut outcome = Outcome {
         request_id: request_id.to_string(),
         tag: tag.clone(),
         workspaces: workspaces.len(),
         ..Default::default()
     };
-    let mut live: Vec<(PathBuf, HashSet<PathBuf>)> = Vec::new();
+    let mut live: Vec<(String, HashSet<String>)> = Vec::new();
     for rel in &rels {
-        let relp = normalize(Path::new(rel));
-        for (app_id, at_least, upstream) in pending.remove(&relp).unwrap_or_default() {
-            wait_reader(&root, &relp, &app_id, at_least, &upstream, deadline).await?;
+        for (app_id, at_least, upstream) in pending.remove(rel).unwrap_or_default() {
+            wait_reader(&root, rel, &app_id, at_least, &upstream, deadline).await?;
         }
-        let loc = root.join(rel).display().to_string();
+        let loc = crate::store::join(&root, rel);
         let Some(mut t) = Table::open_existing(rel, &loc).await? else { continue };
         let p = policy(rel, &t.schema());
         let o = erase_table(&mut t, p, &ids, &tag, request_id).await?;
         if o.version >= 0 {
             tracing::info!(table = %rel, deleted = o.rows_deleted, redacted = o.rows_redacted, version = o.version, "erased");
-            for (reader, app_id) in readers.get(&relp).into_iter().flatten() {
-                pending.entry(reader.clone()).or_default().push((app_id.clone(), o.version - 1, relp.clone()));
+            for (reader, app_id) in readers.get(rel).into_iter().flatten() {
+                pending.entry(reader.clone()).or_default().push((app_id.clone(), o.version - 1, rel.clone()));
             }
             outcome.tables.push(o);
         }
-        let files: HashSet<PathBuf> = t
+        let files: HashSet<String> = t
             .files()?
             .into_iter()
-            .filter_map(|f| deltalake::Path::from_url_path(&f.path).ok().map(|p| PathBuf::from(p.as_ref())))
+            .filter_map(|f| deltalake::Path::from_url_path(&f.path).ok().map(|p| p.to_string()))
             .collect();
-        live.push((root.join(rel), files));
+        live.push((rel.clone(), files));
     }
     // Readers of rewritten tables that are not themselves tables under data_root: none to wait
     // for (they would have been visited); the removed files are no longer anyone's input.
-    for (dir, files) in &live {
-        outcome.files_deleted += delete_dead_files(dir, files, &ids)?;
+    let store = crate::store::root_store(&root)?;
+    for (rel, files) in &live {
+        outcome.files_deleted += delete_dead_files(store.as_ref(), rel, files, &ids).await?;
     }
-    outcome.proof = prove(&root, &ids)?;
+    outcome.proof = prove(&root, &ids).await?;
     Ok(outcome)
 }
 
 /// Exports the open and overdue requests as `tributary_erasure_requests{state}` every
 /// `every` until `shutdown` (the overdue alert's input).
 pub fn spawn_deadline_gauge(cfg: &Config, every: Duration, shutdown: tributary_core::Shutdown) {
-    if cfg.data_root.contains("://") {
-        return;
-    }
     let cfg = cfg.clone();
     tokio::spawn(async move {
         loop {
@@ -916,6 +936,19 @@ mod tests {
         // Re-opening keeps the first deadline; another customer's id is refused.
         assert_eq!(requests::open(&cfg, "old", "h1").await.unwrap(), requests::rfc3339(now - day));
         assert!(requests::open(&cfg, "old", "h9").await.is_err());
+    }
+
+    #[test]
+    fn reader_tables_are_named_relative_to_the_data_root() {
+        assert_eq!(relative("./data", "data/regions/r1/silver/job"), "regions/r1/silver/job");
+        assert_eq!(relative("data/", "./data/./central/events"), "central/events");
+        assert_eq!(relative("/d", "/d/central/events"), "central/events");
+        assert_eq!(relative("file:///d", "/d/central/events"), "central/events");
+        assert_eq!(relative("s3://b/data", "s3://b/data/regions/r1/gold/x"), "regions/r1/gold/x");
+        // Outside the root (a separate central_root, a sibling with the same prefix): unchanged.
+        assert_eq!(relative("/d", "/central/events"), "/central/events");
+        assert_eq!(relative("/d", "/data2/central/events"), "/data2/central/events");
+        assert_eq!(relative("s3://b/data", "s3://b/central/events"), "s3://b/central/events");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! evidence has its own retention). The files stay until VACUUM deletes them.
 
 use crate::{Table, Writer};
-use tributary_core::{Config, Error, Result};
+use tributary_core::{Config, Result};
 
 /// What one pass removed: (table path under data_root, files).
 pub type Report = Vec<(String, usize)>;
@@ -16,28 +16,6 @@ pub fn cutoff(today: chrono::NaiveDate, months: u32) -> String {
         .unwrap_or(chrono::NaiveDate::MIN)
         .format("%Y-%m-%d")
         .to_string()
-}
-
-/// Every Delta table under `root` (a folder with a `_delta_log`), relative paths, sorted.
-pub(crate) fn tables(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        if dir.join("_delta_log").is_dir() {
-            if let Ok(rel) = dir.strip_prefix(root) {
-                out.push(rel.to_string_lossy().to_string());
-            }
-            continue; // a table's own folders are partitions, not tables
-        }
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// One retention pass over every table of `cfg.data_root` (a local path or `s3://`).
