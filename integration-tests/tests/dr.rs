@@ -158,7 +158,11 @@ async fn dr_drill_failover_failback_loses_nothing_and_both_sides_end_equal() {
     let mut primary = Pipeline::new(&["r1"])
         .with_env("TRIBUTARY__LANDING_ROOT", &format!("{primary_zone}/{{region}}"))
         .with_env("TRIBUTARY__CENTRAL_ROOT", &central_s)
-        .with_env("TRIBUTARY__DR__ROLE", "primary");
+        .with_env("TRIBUTARY__DR__ROLE", "primary")
+        // A 1 KiB filter of central's ids after a switch (~10% false positives here) and one
+        // cached partition: the exact check against central decides for many rows.
+        .with_env("TRIBUTARY__DR__OVERLAP_FILTER_KB", "1")
+        .with_env("TRIBUTARY__DR__OVERLAP_CACHE_DATES", "1");
     for (k, v) in s3.env(&via_proxy) {
         primary = primary.with_env(&k, &v);
     }
@@ -167,7 +171,9 @@ async fn dr_drill_failover_failback_loses_nothing_and_both_sides_end_equal() {
     let secondary = Pipeline::new(&["r1"])
         .with_env("TRIBUTARY__LANDING_ROOT", &format!("{}/{{region}}", sec_landing.display()))
         .with_env("TRIBUTARY__CENTRAL_ROOT", &central_s)
-        .with_env("TRIBUTARY__DR__ROLE", "secondary");
+        .with_env("TRIBUTARY__DR__ROLE", "secondary")
+        .with_env("TRIBUTARY__DR__OVERLAP_FILTER_KB", "1")
+        .with_env("TRIBUTARY__DR__OVERLAP_CACHE_DATES", "1");
     let mut mirror_env = source.clone_env();
     for (k, v) in s3.env(&via_proxy) {
         mirror_env.push((k, v));

@@ -14,6 +14,8 @@
 //! centre: the federator only reads regional tables, and after a partition it catches up from
 //! the recorded positions.
 
+pub mod overlap;
+
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
@@ -60,10 +62,10 @@ struct RegionFeed {
     epoch: Option<i64>,
     /// DR: the side serving this region when it is not this one (the feed stands by).
     standby: Option<&'static str>,
-    /// DR, after a switch: the event_ids central already holds for this region (written by the
-    /// other side); rows of this side's silver with those ids are not appended again. An id is
-    /// dropped once matched; the set is gone when empty.
-    seen: Option<HashSet<String>>,
+    /// DR, after a switch: which event_ids central already holds for this region (written by
+    /// the other side), in bounded memory; rows of this side's silver with those ids are not
+    /// appended again.
+    overlap: Option<overlap::Overlap>,
 }
 
 pub struct CentralFederator {
@@ -158,7 +160,7 @@ impl CentralFederator {
                 watermarks_pos: vec![-1; GoldKind::ALL.len()],
                 epoch: None,
                 standby: None,
-                seen: None,
+                overlap: None,
             })
             .collect();
         let label = regions.join(",");
@@ -239,11 +241,16 @@ impl CentralFederator {
                 batches.push(c);
             }
         }
-        if let Some(mut seen) = self.feeds[fi].seen.take() {
-            batches = drop_seen(batches, &mut seen)?;
-            if !seen.is_empty() {
-                self.feeds[fi].seen = Some(seen);
+        if let Some(mut o) = self.feeds[fi].overlap.take() {
+            let before = o.stats;
+            let result = o.drop_held(&self.events, batches).await;
+            if o.stats.dropped > before.dropped {
+                tracing::info!(region = %region, source = %source, dropped = o.stats.dropped - before.dropped,
+                               maybe = o.stats.maybe - before.maybe, loads = o.stats.partition_loads - before.partition_loads,
+                               "DR: rows central already holds left out");
             }
+            self.feeds[fi].overlap = Some(o);
+            batches = result?;
         }
         let written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let meta = HashMap::from([(
@@ -393,25 +400,6 @@ fn watermarks_app_id(cfg: &Config, region: &str, kind: GoldKind, epoch: Option<i
     catalog::with_epoch(&catalog::central_watermarks_app_id(cfg, region, kind), epoch.unwrap_or(0))
 }
 
-/// Rows whose `event_id` is in `seen` (already in central, written by the other DR side) are
-/// left out; each id matched is removed from `seen`.
-fn drop_seen(batches: Vec<RecordBatch>, seen: &mut HashSet<String>) -> Result<Vec<RecordBatch>> {
-    let mut out = Vec::with_capacity(batches.len());
-    for b in batches {
-        let ids = b
-            .column_by_name("event_id")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| Error::internal("central rows without a string event_id"))?;
-        let keep: BooleanArray = (0..ids.len()).map(|i| Some(ids.is_null(i) || !seen.remove(ids.value(i)))).collect();
-        let b = deltalake::arrow::compute::filter_record_batch(&b, &keep)
-            .map_err(|e| Error::internal("dropping rows central holds").with_source(e))?;
-        if b.num_rows() > 0 {
-            out.push(b);
-        }
-    }
-    Ok(out)
-}
-
 impl CentralFederator {
     /// DR: the move that keeps this region's epoch unchanged on every central commit, so a
     /// commit racing a `failover`/`failback` (or coming from the side switched away from) is
@@ -444,31 +432,18 @@ impl CentralFederator {
         }
         feed.epoch = Some(epoch);
         self.reload_feed(fi).await?;
-        self.feeds[fi].seen = None;
+        self.feeds[fi].overlap = None;
         // Also after a restart within a switched epoch: this side may still be behind what the
-        // other side had federated before the switch. (The set then also holds this epoch's own
-        // rows, which are never read again: memory, not correctness; see README.)
+        // other side had federated before the switch. (The filter then also holds this epoch's
+        // own rows: more exact checks, never a wrong answer.)
         if epoch > 0 {
-            let files: Vec<_> = self
-                .events
-                .files()?
-                .into_iter()
-                .filter(|f| f.partition_values.get("region").and_then(|x| x.as_deref()) == Some(region.as_str()))
-                .collect();
-            let mut seen = HashSet::new();
-            for b in self.events.read_columns_of(files, &["event_id"]).await? {
-                let c = deltalake::arrow::compute::cast(
-                    b.column_by_name("event_id").ok_or_else(|| Error::internal("central/events without event_id"))?,
-                    &deltalake::arrow::datatypes::DataType::Utf8,
-                )
-                .map_err(|e| Error::internal("event_id column").with_source(e))?;
-                let ids = c.as_any().downcast_ref::<StringArray>().ok_or_else(|| Error::internal("event_id column"))?;
-                seen.extend((0..ids.len()).filter(|i| ids.is_valid(*i)).map(|i| ids.value(i).to_string()));
+            let kb = cfg.dr.overlap_filter_kb.clamp(1, 4 << 20) as usize;
+            let o = overlap::Overlap::build(&self.events, &region, kb << 10, cfg.dr.overlap_cache_dates).await?;
+            if let Some(o) = &o {
+                tracing::info!(region = %region, epoch, held = o.stats.held, filter_kb = kb,
+                               "DR switch: this side now serves the region; rows central already holds are skipped");
             }
-            tracing::info!(region = %region, epoch, held = seen.len(), "DR switch: this side now serves the region; rows central already holds are skipped");
-            if !seen.is_empty() {
-                self.feeds[fi].seen = Some(seen);
-            }
+            self.feeds[fi].overlap = o;
         }
         Ok(())
     }

@@ -61,11 +61,18 @@ pub struct DrConfig {
     pub role: String,
     /// The side that serves central before any failover: `primary` (default) or `secondary`.
     pub active: String,
+    /// After a switch, per region: the Bloom filter of the event_ids central already holds
+    /// (KiB, default 65536 = 64 MiB). Fixed memory; more ids only mean more exact checks
+    /// against central.
+    pub overlap_filter_kb: u64,
+    /// After a switch, per region: how many `(region, event_date)` partitions of central's ids
+    /// the exact check keeps loaded.
+    pub overlap_cache_dates: usize,
 }
 
 impl Default for DrConfig {
     fn default() -> Self {
-        Self { role: String::new(), active: "primary".into() }
+        Self { role: String::new(), active: "primary".into(), overlap_filter_kb: 65536, overlap_cache_dates: 4 }
     }
 }
 
