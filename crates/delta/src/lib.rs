@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod clone;
+mod datafile;
 pub mod dr;
 pub mod event_log;
 pub mod fingerprint;

@@ -408,6 +408,111 @@ impl Table {
                 in_group += take;
             }
         }
+        if batches.iter().all(|b| crate::datafile::plain_partitions(b, &self.partition_columns)) {
+            return self.write_own(groups).await;
+        }
+        self.write_with_deltalake(groups, evolved).await
+    }
+
+    /// Writes each group of rows with our own writer (`datafile.rs`), one task per group, one
+    /// file per partition value and group.
+    async fn write_own(&self, groups: Vec<Vec<RecordBatch>>) -> Result<Vec<Add>> {
+        use crate::datafile::{DataFile, Sink};
+        let local = if self.url.scheme() == "file" {
+            Some(self.url.to_file_path().map_err(|_| Error::internal(format!("{}: not a file path", self.url)))?)
+        } else {
+            None
+        };
+        let num_indexed = self
+            .table
+            .snapshot()
+            .ok()
+            .and_then(|s| s.metadata().configuration().get("delta.dataSkippingNumIndexedCols").cloned())
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(32, |n| if n < 0 { usize::MAX } else { n as usize });
+        let mut tasks = Vec::with_capacity(groups.len());
+        for group in groups {
+            let (schema, partitions, name, local) =
+                (self.schema.clone(), self.partition_columns.clone(), self.name.clone(), local.clone());
+            tasks.push(tokio::task::spawn_blocking(move || -> Result<Vec<(Sink, Add)>> {
+                let props = writer_properties(&schema);
+                let mut files: Vec<(Vec<String>, DataFile)> = Vec::new();
+                for b in &group {
+                    let parts = crate::datafile::split(b, &partitions)?
+                        .ok_or_else(|| Error::internal(format!("{name}: partition values changed under the writer")))?;
+                    for (values, rows) in parts {
+                        let at = match files.iter().position(|(v, _)| *v == values) {
+                            Some(at) => at,
+                            None => {
+                                let pv: Vec<(String, String)> =
+                                    partitions.iter().cloned().zip(values.iter().cloned()).collect();
+                                let path = DataFile::path_for(&pv);
+                                let sink = match &local {
+                                    Some(root) => {
+                                        let full = root.join(&path);
+                                        if let Some(dir) = full.parent() {
+                                            std::fs::create_dir_all(dir).map_err(|e| {
+                                                Error::external(format!("creating {}", dir.display())).with_source(e)
+                                            })?;
+                                        }
+                                        Sink::File(std::fs::File::create(&full).map_err(|e| {
+                                            Error::external(format!("creating {}", full.display())).with_source(e)
+                                        })?)
+                                    }
+                                    None => {
+                                        // Sized from the group's bytes: one allocation, no growth copies.
+                                        let est: usize = group
+                                            .iter()
+                                            .flat_map(|b| b.columns())
+                                            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+                                            .sum();
+                                        Sink::Mem(Vec::with_capacity(est + (1 << 20)))
+                                    }
+                                };
+                                let file_schema = crate::datafile::without(schema.clone(), &partitions);
+                                files.push((
+                                    values,
+                                    DataFile::new(
+                                        sink,
+                                        path,
+                                        pv,
+                                        file_schema,
+                                        props.clone(),
+                                        &parquet_stats_enabled,
+                                        num_indexed,
+                                    )?,
+                                ));
+                                files.len() - 1
+                            }
+                        };
+                        files[at].1.write(&rows)?;
+                    }
+                }
+                files.into_iter().map(|(_, f)| f.finish()).collect()
+            }));
+        }
+        let store = if local.is_none() { Some(crate::store::root_store(self.url.as_str())?) } else { None };
+        let mut adds = Vec::new();
+        for t in tasks {
+            let written =
+                t.await.map_err(|e| Error::internal(format!("writer task of {}", self.name)).with_source(e))??;
+            for (sink, add) in written {
+                if let (Sink::Mem(bytes), Some(store)) = (sink, &store) {
+                    let path = Path::from(add.path.as_str());
+                    store
+                        .put(&path, bytes::Bytes::from(bytes).into())
+                        .await
+                        .map_err(|e| Error::external(format!("writing {path} at {}", self.url)).with_source(e))?;
+                }
+                adds.push(add);
+            }
+        }
+        Ok(adds)
+    }
+
+    /// deltalake's `RecordBatchWriter`, one per group: for partition values our writer leaves to
+    /// it (nulls, characters a path must escape).
+    pub(crate) async fn write_with_deltalake(&self, groups: Vec<Vec<RecordBatch>>, evolved: bool) -> Result<Vec<Add>> {
         let mut tasks = Vec::with_capacity(groups.len());
         for group in groups {
             let (table, url, schema, partitions, name) = (
@@ -930,7 +1035,6 @@ impl Table {
 /// text columns (the raw payload, rescued data, quarantined raw bytes) no dictionary (it never
 /// pays off and is rebuilt then abandoned per page) and statistics per chunk only.
 fn writer_properties(schema: &SchemaRef) -> deltalake::parquet::file::properties::WriterProperties {
-    use deltalake::arrow::datatypes::DataType;
     use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
     use deltalake::parquet::schema::types::ColumnPath;
     let mut b = WriterProperties::builder().set_compression(deltalake::parquet::basic::Compression::SNAPPY);
@@ -943,17 +1047,24 @@ fn writer_properties(schema: &SchemaRef) -> deltalake::parquet::file::properties
     // min/max values into the log, and the log is history that cannot be rewritten — a
     // customer id or a payload there would survive an erasure ("forget a customer"). Numbers,
     // timestamps and booleans (event_time, is_final: what the stages prune on) keep theirs.
-    const TEXT_WITH_STATS: &[&str] = &["source", "region", "event_date", "sku", "record_type", "level", "stage"];
     for f in schema.fields() {
-        let text = matches!(
-            f.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::LargeBinary
-        );
-        if text && !TEXT_WITH_STATS.contains(&f.name().as_str()) {
+        if !parquet_stats_enabled(f) {
             b = b.set_column_statistics_enabled(ColumnPath::from(f.name().as_str()), EnabledStatistics::None);
         }
     }
     b.build()
+}
+
+/// Whether a column's Parquet (and so Delta) statistics are written: not for text columns but a
+/// few closed vocabularies (see `writer_properties`).
+fn parquet_stats_enabled(f: &deltalake::arrow::datatypes::Field) -> bool {
+    use deltalake::arrow::datatypes::DataType;
+    const TEXT_WITH_STATS: &[&str] = &["source", "region", "event_date", "sku", "record_type", "level", "stage"];
+    let text = matches!(
+        f.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::LargeBinary
+    );
+    !text || TEXT_WITH_STATS.contains(&f.name().as_str())
 }
 
 /// Who commits, how wide and how persistently: one per service, from its config.

@@ -378,3 +378,117 @@ async fn the_log_is_checkpointed_so_replay_stays_bounded() {
     assert!(log.iter().any(|f| f.starts_with("00000000000000000099.checkpoint")), "{log:?}");
     assert_eq!(rows(&mut t).await, 101);
 }
+
+/// Every type our tables use, a partition column with two values in one batch, nulls, NaN,
+/// sub-millisecond and whole-second timestamps, a text column without statistics.
+fn mixed_batch() -> RecordBatch {
+    use deltalake::arrow::array::{
+        BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray,
+    };
+    use deltalake::arrow::datatypes::TimeUnit;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, true),
+        Field::new("source", DataType::Utf8, true),
+        Field::new("event_time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new("egress_approved", DataType::Boolean, true),
+        Field::new("n", DataType::Int32, true),
+        Field::new("x", DataType::Int64, false),
+        Field::new("f", DataType::Float64, true),
+        Field::new("dbu", DataType::Decimal128(38, 6), true),
+        Field::new("d", DataType::Date32, true),
+        Field::new("never", DataType::Int64, true),
+        Field::new("event_date", DataType::Utf8, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![Some("e1"), None, Some("e3"), Some("e4"), Some("e5")])),
+            Arc::new(StringArray::from(vec![Some("job"), Some("audit"), None, Some("billing"), Some("job")])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![
+                    Some(1_761_955_200_000_000),
+                    Some(1_761_955_200_123_456),
+                    None,
+                    Some(1_762_041_599_999_999),
+                    Some(1_762_000_000_000_500),
+                ])
+                .with_timezone("UTC"),
+            ),
+            Arc::new(BooleanArray::from(vec![Some(true), None, Some(false), Some(true), Some(true)])),
+            Arc::new(Int32Array::from(vec![Some(-4), Some(7), None, Some(i32::MAX), Some(0)])),
+            Arc::new(Int64Array::from(vec![1, -9, 3, i64::MAX, 5])),
+            Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(-1.5), Some(2.25), None, Some(1e300)])),
+            Arc::new(
+                Decimal128Array::from(vec![Some(1_234_567), Some(-5), None, Some(99_999_999_999_999_999), Some(0)])
+                    .with_precision_and_scale(38, 6)
+                    .unwrap(),
+            ),
+            Arc::new(Date32Array::from(vec![Some(20_000), None, Some(-3), Some(20_400), Some(1)])),
+            Arc::new(Int64Array::from(vec![None::<i64>; 5])),
+            Arc::new(StringArray::from(vec!["2025-11-01", "2025-11-01", "2025-11-02", "2025-11-02", "2025-11-01"])),
+        ],
+    )
+    .unwrap()
+}
+
+fn by_partition(adds: &[deltalake::kernel::Add]) -> Vec<(String, serde_json::Value)> {
+    let mut v: Vec<(String, serde_json::Value)> = adds
+        .iter()
+        .map(|a| {
+            let p = a.partition_values.get("event_date").cloned().flatten().unwrap_or_default();
+            (p, serde_json::from_str(a.stats.as_deref().unwrap()).unwrap())
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_data_files_carry_the_same_add_actions_as_deltalakes_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let b = mixed_batch();
+    let mut t = Table::open_or_create("t", &loc, b.schema(), &["event_date"]).await.unwrap();
+    let ours = t.write_files(std::slice::from_ref(&b)).await.unwrap();
+    let theirs = t.write_with_deltalake(vec![vec![b.clone()]], false).await.unwrap();
+    assert_eq!(ours.len(), 2, "one file per partition value: {ours:?}");
+    assert_eq!(by_partition(&ours), by_partition(&theirs), "statistics differ from deltalake's");
+    for a in &ours {
+        let dir_part = format!("event_date={}/", a.partition_values["event_date"].as_deref().unwrap());
+        assert!(a.path.starts_with(&dir_part) && a.path.ends_with("-c000.snappy.parquet"), "{}", a.path);
+        assert_eq!(a.size as u64, std::fs::metadata(dir.path().join("t").join(&a.path)).unwrap().len());
+    }
+    // Readable through deltalake, every row once with its partition value.
+    t.commit(ours.into_iter().map(crate::Action::Add).collect(), vec![], HashMap::new(), 0).await.unwrap();
+    let back = t.read_all().await.unwrap();
+    let back = deltalake::arrow::compute::concat_batches(&back[0].schema(), &back).unwrap();
+    assert_eq!(back.num_rows(), 5);
+    let days = back.column_by_name("event_date").unwrap();
+    let days = deltalake::arrow::array::AsArray::as_string::<i32>(days.as_ref());
+    assert_eq!(days.iter().filter(|d| *d == Some("2025-11-02")).count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_partition_value_goes_through_deltalakes_writer() {
+    use deltalake::arrow::array::StringArray;
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, true),
+    ]));
+    let b = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(StringArray::from(vec![Some("eu"), None, Some("us")])),
+        ],
+    )
+    .unwrap();
+    let mut t = Table::open_or_create("t", &loc, schema, &["region"]).await.unwrap();
+    let adds = t.write_files(&[b]).await.unwrap();
+    assert_eq!(adds.len(), 3);
+    assert!(adds.iter().any(|a| a.path.starts_with("region=__HIVE_DEFAULT_PARTITION__/")), "{adds:?}");
+    t.commit(adds.into_iter().map(crate::Action::Add).collect(), vec![], HashMap::new(), 0).await.unwrap();
+    assert_eq!(rows(&mut t).await, 3);
+}
