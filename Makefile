@@ -13,6 +13,9 @@ PYTHON := $(VENV)/bin/python
 TANSU_VERSION ?= 0.6.0
 TANSU_ROOT ?= $(HOME)/.cache/tributary/tansu-$(TANSU_VERSION)
 TANSU := $(TANSU_ROOT)/bin/tansu
+# tansu with its object-store engine too (`memory://` storage): the bench's faster broker setup
+TANSU_MEM_ROOT ?= $(HOME)/.cache/tributary/tansu-$(TANSU_VERSION)-dyn
+TANSU_MEM := $(TANSU_MEM_ROOT)/bin/tansu
 DEMO_DATA ?= data/demo
 DEMO_REGIONS ?= us-east-1,eu-west-1,ap-south-1
 DEMO_EVENTS ?= 2000
@@ -66,6 +69,14 @@ tansu: ## Install the tansu Kafka-compatible broker once (cached in ~/.cache/tri
 	    $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features libsql --root $(TANSU_ROOT); \
 	fi
 
+.PHONY: tansu-memory
+tansu-memory: ## Install tansu with its dynostore engine (memory:// storage) for the Kafka bench (one-off, ~15 min)
+	@if [ ! -x $(TANSU_MEM) ]; then \
+	  echo "installing tansu $(TANSU_VERSION) with dynostore into $(TANSU_MEM_ROOT) (one-off, ~15 min)"; \
+	  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_LTO=false \
+	    $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features libsql,dynostore --root $(TANSU_MEM_ROOT); \
+	fi
+
 .PHONY: build
 build: ## Build every crate (dev profile)
 	$(CARGO) build --workspace --bins
@@ -106,10 +117,11 @@ fuzz: ## Fuzz the event decoder, the exact-decimal parser, the line splitter, th
 	done
 
 .PHONY: bench
-bench: test-deps ## Release load harness: files vs polars baseline, per-stage cost, e2e, Kafka vs broker ceiling, dedup, kafka2prom vs pushgateway
+bench: test-deps tansu-memory ## Release load harness: files vs polars baseline, per-stage cost, e2e, Kafka vs broker ceiling (sqlite and memory storage), dedup, kafka2prom vs pushgateway
 	$(CARGO) build --release -p tributary
 	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --python $(PYTHON) --events $${BENCH_EVENTS:-25000}
 	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU)
+	$(PYTHON) scripts/bench.py --bin ./target/release/tributary --kafka --events $${BENCH_EVENTS:-25000} --tansu $(TANSU_MEM) --storage memory://tansu/
 	$(PYTHON) scripts/freshness.py --bin ./target/release/tributary --rate $${FRESHNESS_RATE:-10000} --secs $${FRESHNESS_SECS:-120}
 	./target/release/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 	./target/release/tributary bench-discovery --dir .cache/bench-discovery --files $${DISCOVERY_FILES:-1000000}
