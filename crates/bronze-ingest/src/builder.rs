@@ -7,6 +7,7 @@ use deltalake::arrow::array::{
     ArrayRef, BooleanArray, BooleanBuilder, Decimal128Array, Float64Array, Int32Builder, Int64Array, Int64Builder,
     RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder, new_null_array,
 };
+use deltalake::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use deltalake::arrow::datatypes::{Field, Schema};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,7 +92,11 @@ pub struct BronzeRows {
     workspace: StringBuilder,
     customer: StringBuilder,
     egress: BooleanBuilder,
-    payloads: Vec<String>,
+    /// Every row's payload back to back (row `i` is `payload[offsets[i]..offsets[i + 1]]`): the
+    /// `payload` column's buffer as it will be committed, so finishing moves it instead of
+    /// copying it, and a row costs no allocation of its own.
+    payload: String,
+    payload_offsets: Vec<usize>,
     rescued: Vec<Option<String>>,
     file: StringBuilder,
     line: Int64Builder,
@@ -107,6 +112,14 @@ pub struct BronzeRows {
 
 impl BronzeRows {
     pub fn new(source: &str, now_us: i64) -> Self {
+        Self::with_capacity(source, now_us, 0, 0)
+    }
+
+    /// With room for `rows` rows of up to `payload_bytes` payload bytes in all (the lines' total
+    /// length bounds it): one allocation for the payload column instead of doubling copies.
+    pub fn with_capacity(source: &str, now_us: i64, rows: usize, payload_bytes: usize) -> Self {
+        let mut payload_offsets = Vec::with_capacity(rows + 1);
+        payload_offsets.push(0);
         Self {
             source: source.into(),
             now_us,
@@ -117,8 +130,9 @@ impl BronzeRows {
             workspace: StringBuilder::new(),
             customer: StringBuilder::new(),
             egress: BooleanBuilder::new(),
-            payloads: Vec::new(),
-            rescued: Vec::new(),
+            payload: String::with_capacity(payload_bytes),
+            payload_offsets,
+            rescued: Vec::with_capacity(rows),
             file: StringBuilder::new(),
             line: Int64Builder::new(),
             k_topic: StringBuilder::new(),
@@ -142,6 +156,11 @@ impl BronzeRows {
     /// The payload fields seen so far, by name.
     pub fn observed(&self) -> &BTreeMap<String, FieldCells> {
         &self.fields
+    }
+
+    /// Row `row`'s payload.
+    fn payload_of(&self, row: usize) -> &str {
+        &self.payload[self.payload_offsets[row]..self.payload_offsets[row + 1]]
     }
 
     pub fn push(&mut self, d: Decoded, lineage: &Lineage<'_>) {
@@ -189,7 +208,8 @@ impl BronzeRows {
         }
         self.ingested.append_value(self.now_us);
         self.date.append_option(d.event_time.map(tributary_events::date_of_micros));
-        self.payloads.push(d.payload);
+        self.payload.push_str(&d.payload);
+        self.payload_offsets.push(self.payload.len());
         self.len += 1;
     }
 
@@ -214,7 +234,7 @@ impl BronzeRows {
             let mut first_bad: Option<u32> = None;
             let mut values: Vec<Option<&str>> = vec![None; n];
             for &(row, a, b) in &cells.cells {
-                let raw = &self.payloads[row as usize][a as usize..b as usize];
+                let raw = &self.payload_of(row as usize)[a as usize..b as usize];
                 if fits(*t, raw) {
                     if raw != "null" {
                         values[row as usize] = Some(raw);
@@ -227,6 +247,7 @@ impl BronzeRows {
                 }
             }
             typed.push(typed_array(*t, &values)?);
+            drop(values);
             if mismatched > 0 {
                 built.type_changes.push(Finding {
                     kind: "type_change",
@@ -272,17 +293,31 @@ impl BronzeRows {
                 }
                 obj.push_str(&serde_json::to_string(k).unwrap_or_else(|_| "\"?\"".into()));
                 obj.push(':');
-                obj.push_str(&self.payloads[row][*a as usize..*b as usize]);
+                obj.push_str(&self.payload_of(row)[*a as usize..*b as usize]);
             }
             obj.push('}');
             self.rescued[row] = Some(obj);
         }
-        // Sized up front: one allocation for the column instead of repeated doubling copies.
-        let mut pb = StringBuilder::with_capacity(n, self.payloads.iter().map(|p| p.len()).sum());
-        for p in &self.payloads {
-            pb.append_value(p);
-        }
-        let payload: ArrayRef = Arc::new(pb.finish());
+        // The buffer becomes the column as it is (no copy); Arrow's `Utf8` offsets are 32-bit.
+        let offsets = self
+            .payload_offsets
+            .iter()
+            .map(|&o| i32::try_from(o))
+            .collect::<std::result::Result<Vec<i32>, _>>()
+            .map_err(|_| {
+                Error::user(format!(
+                    "a bronze batch of {} payload bytes exceeds the 2 GiB of one Arrow string column: lower bronze.max_bytes_per_batch",
+                    self.payload.len()
+                ))
+            })?;
+        let payload: ArrayRef = Arc::new(
+            StringArray::try_new(
+                OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                Buffer::from_vec(std::mem::take(&mut self.payload).into_bytes()),
+                None,
+            )
+            .map_err(|e| Error::internal("building the payload column").with_source(e))?,
+        );
         let rescued: ArrayRef = Arc::new(StringArray::from_iter(self.rescued.iter().map(|r| r.as_deref())));
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
@@ -315,13 +350,33 @@ impl BronzeRows {
     }
 }
 
+/// The raw values' bytes: a string column's capacity (escapes only shrink a value).
+fn text_bytes(values: &[Option<&str>]) -> usize {
+    values.iter().flatten().map(|v| v.len()).sum()
+}
+
 /// One typed column from raw values that already passed `fits`.
 fn typed_array(t: FieldType, values: &[Option<&str>]) -> Result<ArrayRef> {
     Ok(match t {
-        FieldType::String => Arc::new(StringArray::from_iter(
-            values.iter().map(|v| v.and_then(|r| serde_json::from_str::<String>(r).ok())),
-        )),
-        FieldType::Json => Arc::new(StringArray::from_iter(values.iter().copied())),
+        FieldType::String => {
+            let mut b = StringBuilder::with_capacity(values.len(), text_bytes(values));
+            for v in values {
+                match v {
+                    // Without escapes a JSON string's text between its quotes is its value.
+                    Some(r) if r.len() >= 2 && !r.contains('\\') => b.append_value(&r[1..r.len() - 1]),
+                    Some(r) => b.append_option(serde_json::from_str::<String>(r).ok()),
+                    None => b.append_null(),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        FieldType::Json => {
+            let mut b = StringBuilder::with_capacity(values.len(), text_bytes(values));
+            for v in values {
+                b.append_option(*v);
+            }
+            Arc::new(b.finish())
+        }
         FieldType::Long => Arc::new(Int64Array::from_iter(values.iter().map(|v| v.and_then(|r| r.parse().ok())))),
         FieldType::Double => Arc::new(Float64Array::from_iter(values.iter().map(|v| v.and_then(|r| r.parse().ok())))),
         FieldType::Boolean => Arc::new(BooleanArray::from_iter(values.iter().map(|v| v.map(|r| r == "true")))),
@@ -335,4 +390,64 @@ fn typed_array(t: FieldType, values: &[Option<&str>]) -> Result<ArrayRef> {
                 .map_err(|e| Error::internal("decimal column").with_source(e))?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::Array;
+
+    /// The payload column is the rows' payloads back to back, exactly as decoded; string
+    /// columns unescape only what needs it; values that do not fit go to `_rescued_data`.
+    #[test]
+    fn payloads_and_typed_columns_come_out_of_the_shared_buffer_exactly() {
+        let lines: [&[u8]; 4] = [
+            br#"{"event_id":"a","event_time":1,"s":"plain","j":{"k":[1,2]},"n":5}"#,
+            br#"{"event_id":"b","event_time":2,"s":"tab\there \"quoted\" \u00e9","n":"not a number"}"#,
+            br#"{"event_id":"c","event_time":3,"s":null,"j":"x","n":-7}"#,
+            br#"{"event_id":"d","event_time":4,"s":"","x_new":true}"#,
+        ];
+        let mut rows = BronzeRows::with_capacity("job", 0, 1, 8);
+        let mut payloads = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let d = tributary_events::decode_event(l, "job", 1 << 16).unwrap();
+            payloads.push(d.payload.clone());
+            rows.push(d, &Lineage::File { path: "job/f.ndjson", line: i as i64 + 1 });
+        }
+        let schema = SourceSchema {
+            version: 1,
+            columns: vec![
+                ("j".into(), FieldType::Json),
+                ("n".into(), FieldType::Long),
+                ("s".into(), FieldType::String),
+            ],
+        };
+        let built = rows.finish(&schema, Mode::Rescue).unwrap();
+        let b = &built.batches[0];
+        let col = |name: &str| b.column_by_name(name).unwrap().clone();
+        let payload = col("payload");
+        let payload = payload.as_any().downcast_ref::<StringArray>().unwrap();
+        let got: Vec<&str> = payload.iter().map(|p| p.unwrap()).collect();
+        assert_eq!(got, payloads);
+        let s = col("s");
+        let s = s.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(s.value(0), "plain");
+        assert_eq!(s.value(1), "tab\there \"quoted\" é");
+        assert!(s.is_null(2));
+        assert_eq!(s.value(3), "");
+        let j = col("j");
+        let j = j.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(j.value(0), r#"{"k":[1,2]}"#);
+        assert_eq!(j.value(2), r#""x""#, "any JSON value fits a JSON column, as its text");
+        assert!(j.is_null(1) && j.is_null(3));
+        let n = col("n");
+        let n = n.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!((n.value(0), n.is_null(1), n.value(2), n.is_null(3)), (5, true, -7, true));
+        let rescued = col("_rescued_data");
+        let rescued = rescued.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(rescued.value(1), r#"{"n":"not a number"}"#);
+        assert_eq!(rescued.value(3), r#"{"x_new":true}"#, "rescue mode: a field without a column");
+        assert!(rescued.is_null(0) && rescued.is_null(2));
+        assert_eq!(built.rescued_values, 2);
+    }
 }

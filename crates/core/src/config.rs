@@ -366,6 +366,10 @@ impl BronzeConfig {
 pub struct SilverConfig {
     /// Bronze versions read per silver commit at most.
     pub max_versions_per_batch: usize,
+    /// Bytes of bronze data files (Parquet, as committed) read per silver commit at most — at
+    /// least one version, whatever its size. Bounds silver's memory when it catches up a backlog
+    /// of large bronze versions; also bounds each batch of the entity tables over silver.
+    pub max_bytes_per_batch: u64,
     /// An event whose event_time is more than this after it landed in bronze (`_ingested_at`) is
     /// quarantined as `event_time_in_future` (a producer's wrong clock): it would otherwise move
     /// the dedup horizon and every gold watermark ahead of all real events.
@@ -667,6 +671,7 @@ impl Default for SilverConfig {
     fn default() -> Self {
         Self {
             max_versions_per_batch: 64,
+            max_bytes_per_batch: 64 << 20,
             max_future_secs: 3600,
             expectations: Vec::new(),
             dedup: DedupConfig::default(),
@@ -903,6 +908,9 @@ impl Config {
             || self.federator.max_versions_per_batch == 0
         {
             return bad("max_versions_per_batch must be > 0".into());
+        }
+        if self.silver.max_bytes_per_batch == 0 {
+            return bad("silver.max_bytes_per_batch must be > 0".into());
         }
         if self.gold.allowed_lateness_secs < 0 {
             return bad("gold.allowed_lateness_secs must be >= 0".into());

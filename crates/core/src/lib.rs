@@ -50,33 +50,55 @@ pub fn process_usage() -> (f64, f64) {
     (secs(ru.ru_utime) + secs(ru.ru_stime), ru.ru_maxrss as f64 / 1024.0)
 }
 
-/// `f` over `items` on up to `threads` scoped threads, each taking one contiguous chunk of at
-/// least `min_per_thread` items; the results come back in input order. Small inputs stay on the
+/// `f` over `items` on up to `threads` threads, each taking one contiguous chunk of at least
+/// `min_per_thread` items; the results come back in input order. Small inputs stay on the
 /// calling thread.
+///
+/// The threads are the process's one pool of long-lived decode workers (`rayon`, as many as
+/// there are cores), not threads spawned per call: memory a worker allocated for one batch is
+/// reused by the same worker for the next. With a thread per call every batch's decoded
+/// events came from a fresh allocator heap, so a stage's peak RSS held several batches' worth
+/// of freed-but-unreusable pages (README, Speed).
 pub fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
     min_per_thread: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
+    use rayon::prelude::*;
     let threads = threads.clamp(1, items.len().div_ceil(min_per_thread.max(1)).max(1));
     if threads == 1 {
         return items.iter().map(&f).collect();
     }
+    let Some(pool) = decode_pool() else {
+        // No pool (its threads could not be started): the work is done, on this thread.
+        return items.iter().map(&f).collect();
+    };
     let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            items.chunks(chunk).map(|c| scope.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
-        let mut out = Vec::with_capacity(items.len());
-        for h in handles {
-            match h.join() {
-                Ok(part) => out.extend(part),
-                // A panic in `f` is a bug; surface it where it happened.
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        out
+    let parts: Vec<Vec<R>> =
+        pool.install(|| items.par_chunks(chunk).map(|c| c.iter().map(&f).collect::<Vec<R>>()).collect());
+    let mut out = Vec::with_capacity(items.len());
+    for part in parts {
+        out.extend(part);
+    }
+    out
+}
+
+/// The pool behind `parallel_map`: one thread per core, started on first use (`None`, logged
+/// once, if the OS refuses the threads). A panic in a task is re-raised in the caller (rayon's
+/// behaviour), as with scoped threads before.
+fn decode_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("tributary-cpu-{i}"))
+            .build()
+            .inspect_err(|e| tracing::error!(error = %e, "cannot start the CPU worker pool: decoding on one thread"))
+            .ok()
     })
+    .as_ref()
 }
 
 /// Runs CPU-bound `f` from async code: on a multi-threaded tokio runtime the worker hands its

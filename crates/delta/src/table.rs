@@ -621,8 +621,17 @@ impl Table {
 
     /// The data-changing `add` actions of each version in `(after, up_to]`, in order.
     pub async fn changes(&self, after: i64, up_to: i64) -> Result<Vec<(i64, Vec<Add>)>> {
+        self.changes_within(after, up_to, u64::MAX).await
+    }
+
+    /// Like `changes`, but only as many versions from `after + 1` on as add at most `max_bytes`
+    /// of data files in all (at least the first, whatever its size): a reader's batch bounded
+    /// by the bytes it will decode, not only by a count of versions (a backlog of large
+    /// versions — a catch-up after an outage — would otherwise be read in one go).
+    pub async fn changes_within(&self, after: i64, up_to: i64, max_bytes: u64) -> Result<Vec<(i64, Vec<Add>)>> {
         let log_store = self.table.log_store();
         let mut out = Vec::new();
+        let mut bytes_so_far = 0u64;
         for v in (after + 1)..=up_to {
             let bytes = log_store
                 .read_commit_entry(v as u64)
@@ -650,6 +659,11 @@ impl Table {
                     _ => None,
                 })
                 .collect();
+            let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
+            if !out.is_empty() && bytes_so_far.saturating_add(bytes) > max_bytes {
+                break;
+            }
+            bytes_so_far = bytes_so_far.saturating_add(bytes);
             out.push((v, adds));
         }
         Ok(out)
@@ -1319,12 +1333,25 @@ impl Table {
     /// Every row added by the versions in `(after, up_to]`, with the version that added it, in
     /// commit order: how a stage reads its input incrementally.
     pub async fn read_versions(&self, after: i64, up_to: i64) -> Result<Vec<(i64, RecordBatch)>> {
+        Ok(self.read_versions_within(after, up_to, u64::MAX).await?.1)
+    }
+
+    /// `read_versions` of as many versions from `after + 1` on as `changes_within` admits under
+    /// `max_bytes`; returns the last version read (`up_to` or less) with the rows.
+    pub async fn read_versions_within(
+        &self,
+        after: i64,
+        up_to: i64,
+        max_bytes: u64,
+    ) -> Result<(i64, Vec<(i64, RecordBatch)>)> {
+        let changes = self.changes_within(after, up_to, max_bytes).await?;
+        let last = changes.last().map_or(up_to.min(after), |(v, _)| *v);
         let mut out = Vec::new();
-        for (v, adds) in self.changes(after, up_to).await? {
+        for (v, adds) in changes {
             for b in self.read_adds(&adds).await? {
                 out.push((v, b));
             }
         }
-        Ok(out)
+        Ok((last, out))
     }
 }

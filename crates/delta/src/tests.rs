@@ -492,3 +492,38 @@ async fn a_null_partition_value_goes_through_deltalakes_writer() {
     t.commit(adds.into_iter().map(crate::Action::Add).collect(), vec![], HashMap::new(), 0).await.unwrap();
     assert_eq!(rows(&mut t).await, 3);
 }
+
+/// A reader's batch is bounded by the bytes of the data files it will decode: as many versions
+/// as fit under the bound, at least one whatever its size, and the rest on the next read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_read_within_a_byte_bound_at_least_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let mut t = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    // Versions 1..=4 of 10, 1000, 10 and 10 rows.
+    for (k, n) in [10i64, 1000, 10, 10].into_iter().enumerate() {
+        let rows: Vec<i64> = (0..n).collect();
+        let mv = vec![PositionMove { app_id: "p/in".into(), from: k as i64 - 1, to: k as i64 }];
+        t.commit_batch(Commit::new(&[batch(&rows)], mv, HashMap::new(), -1), &writer()).await.unwrap();
+    }
+    let sizes: Vec<u64> =
+        t.changes(0, 4).await.unwrap().iter().map(|(_, adds)| adds.iter().map(|a| a.size as u64).sum()).collect();
+    assert!(sizes[1] > sizes[0] + sizes[2], "the 1000-row version is the large one: {sizes:?}");
+    let read = |after, bound| {
+        let t = &t;
+        async move {
+            let (last, b) = t.read_versions_within(after, 4, bound).await.unwrap();
+            (last, b.iter().map(|(_, b)| b.num_rows()).sum::<usize>())
+        }
+    };
+    // A bound below the first version still reads it; one that the second would cross stops
+    // before it.
+    assert_eq!(read(0, 1).await, (1, 10));
+    assert_eq!(read(0, sizes[0] + sizes[1] - 1).await, (1, 10));
+    // The large version alone is over the bound but read; the small ones after it then fit.
+    assert_eq!(read(1, 1).await, (2, 1000));
+    assert_eq!(read(2, sizes[2] + sizes[3]).await, (4, 20));
+    assert_eq!(read(0, u64::MAX).await, (4, 1030));
+    // Nothing after the last version.
+    assert_eq!(read(4, u64::MAX).await, (4, 0));
+}

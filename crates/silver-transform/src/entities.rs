@@ -275,7 +275,7 @@ impl EntityFlow {
     }
 
     /// One batch: silver versions after the lagging output's position, applied to both tables.
-    pub async fn run(&mut self, max_versions: i64) -> Result<u64> {
+    pub async fn run(&mut self, max_versions: i64, max_bytes: u64) -> Result<u64> {
         if self.input.is_none() {
             self.input = Table::open_existing(&format!("silver/{}", self.spec.source), &self.input_location).await?;
         }
@@ -285,10 +285,11 @@ impl EntityFlow {
         let lo = self.current_pos.min(self.history_pos);
         let hi = self.current_pos.max(self.history_pos);
         // A crash between the two commits: the lagging table catches up to exactly the other.
-        let up_to = if lo != hi { hi } else { latest.min(lo + max_versions) };
+        let (up_to, max_bytes) = if lo != hi { (hi, u64::MAX) } else { (latest.min(lo + max_versions), max_bytes) };
         if up_to <= lo {
             return Ok(0);
         }
+        let (up_to, read) = input.read_versions_within(lo, up_to, max_bytes).await?;
         let started = Instant::now();
         self.history.expect_positions(&[(&self.app_history, self.history_pos)], -1).await?;
         self.current.expect_positions(&[(&self.app_current, self.current_pos)], -1).await?;
@@ -296,7 +297,7 @@ impl EntityFlow {
         let mut new_changes: Vec<Change> = Vec::new();
         let mut skipped = 0u64;
         let mut input_rows = 0u64;
-        for (_, b) in input.read_versions(lo, up_to).await? {
+        for (_, b) in read {
             {
                 input_rows += b.num_rows() as u64;
                 let keys = keys_of(&b, &self.spec.keys)?;

@@ -363,7 +363,11 @@ impl SilverTransform {
             let f = &mut self.flows[i];
             f.output.expect_positions(&[(&f.app_id, f.pos)], -1).await?;
         }
-        let input = self.read_input(i, pos, up_to).await?;
+        // Bounded by bytes too: a backlog of large bronze versions is read a few at a time.
+        let (up_to, input) = {
+            let t = self.flows[i].input.as_ref().ok_or_else(|| Error::internal("input not open"))?;
+            t.read_versions_within(pos, up_to, self.cfg.silver.max_bytes_per_batch).await?
+        };
         let source = self.flows[i].source.clone();
         let now_us = tributary_core::now_ms() * 1000;
         let mut q = QuarantineRows::new(now_us);
@@ -485,7 +489,8 @@ impl Stage for SilverTransform {
             .await;
             total += self.health.record(i, result, STAGE, &self.region, || format!("silver/{}", self.flows[i].source));
         }
-        let max_versions = self.cfg.silver.max_versions_per_batch as i64;
+        let (max_versions, max_bytes) =
+            (self.cfg.silver.max_versions_per_batch as i64, self.cfg.silver.max_bytes_per_batch);
         for (k, e) in self.entities.iter_mut().enumerate() {
             let h = nf + k;
             if !self.health.due(h) {
@@ -496,7 +501,7 @@ impl Stage for SilverTransform {
                     e.recover().await?;
                     self.health.reloaded(h);
                 }
-                e.run(max_versions).await
+                e.run(max_versions, max_bytes).await
             }
             .await;
             total += self.health.record(h, result, STAGE, &self.region, || format!("silver/{}", e.spec.name));
