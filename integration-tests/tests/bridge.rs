@@ -17,6 +17,14 @@ struct Member {
     port: u16,
     /// The admin HTTP port: the member's own `/metrics` (its counters).
     admin: u16,
+    /// Its stderr (shown when it does not leave cleanly).
+    log: std::path::PathBuf,
+}
+
+impl Member {
+    fn stop(&mut self) {
+        stop_logged(&mut self.child, Some(&self.log));
+    }
 }
 
 fn member(p: &Pipeline, broker: &str, name: &str, log: &std::path::Path, port: u16) -> Member {
@@ -32,7 +40,8 @@ fn member_with(
     env: &[(&str, &str)],
 ) -> Member {
     let admin = free_port();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log.join(format!("{name}.log"))).unwrap();
+    let log_path = log.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
     let child = p
         .command(&[
             "kafka2prom",
@@ -49,7 +58,7 @@ fn member_with(
         .stderr(log)
         .spawn()
         .unwrap();
-    Member { child, port, admin }
+    Member { child, port, admin, log: log_path }
 }
 
 fn dump(instance: &str, seq: u64, ts_ms: i64) -> String {
@@ -63,12 +72,22 @@ fn dump(instance: &str, seq: u64, ts_ms: i64) -> String {
 }
 
 fn stop(child: &mut Child) {
+    stop_logged(child, None);
+}
+
+/// SIGTERM, then a clean exit within 60 s; otherwise fails with the end of `log`.
+fn stop_logged(child: &mut Child, log: Option<&std::path::Path>) {
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let st = wait_with_deadline(child, 60).unwrap();
-    assert!(st.success(), "member did not leave cleanly: {st:?}");
+    let tail = || {
+        let text = log.and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    assert!(st.success(), "member did not leave cleanly: {st:?}\n{}", tail());
 }
 
 /// A broker on loopback with the dumps topic (4 partitions), a pipeline for the commands.
@@ -138,7 +157,7 @@ async fn kafka2prom_members_never_regress_or_double_expose_a_series() {
             c = Some(member(&p, &broker.addr(), "c", dir.path(), c_member_port));
         }
         if !a_left && t > Duration::from_secs(16) {
-            stop(&mut a.child); // a member leaves under load
+            a.stop(); // a member leaves under load
             a_left = true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -187,9 +206,9 @@ async fn kafka2prom_members_never_regress_or_double_expose_a_series() {
     assert!(handovers > 0, "the join and the leave moved at least one partition");
 
     if let Some(mut c) = c {
-        stop(&mut c.child);
+        c.stop();
     }
-    stop(&mut b.child);
+    b.stop();
     let _ = prom.kill();
     let _ = prom.wait();
 }
@@ -260,7 +279,7 @@ async fn a_services_metric_dumps_reach_kafka2prom_through_the_log_exporter() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop(&mut again);
     assert_eq!(count("count-2").await, before, "a restarted exporter resent nothing");
-    stop(&mut k2p.child);
+    k2p.stop();
 }
 
 fn log_exporter_state(path: &std::path::Path) -> BTreeMap<String, i64> {
@@ -433,7 +452,7 @@ async fn a_slow_partition_neither_delays_the_others_nor_falls_behind_forever() {
 
     // Restart: the member leaves (committing what it exposed); a new one starts from there and
     // re-reads nothing.
-    stop(&mut m.child);
+    m.stop();
     let ends: Vec<(String, i32)> = (0..4).map(|p| (TOPIC.to_string(), p)).collect();
     let committed = group_offsets(&broker.addr(), "tributary-kafka2prom", &ends).unwrap();
     let mut n = member(&p, &broker.addr(), "n", dir.path(), free_port());
@@ -450,7 +469,7 @@ async fn a_slow_partition_neither_delays_the_others_nor_falls_behind_forever() {
     assert_eq!(outcome(&n, "updated"), 5 * quiet.len() as u64, "exactly the new dumps' samples");
     let (_, page) = http_get(n.port, "/metrics").unwrap();
     promtool_check(&page);
-    stop(&mut n.child);
+    n.stop();
 }
 
 /// A counter of the log-exporter's own `/metrics`:

@@ -247,7 +247,6 @@ impl BronzeRows {
                 }
             }
             typed.push(typed_array(*t, &values)?);
-            drop(values);
             if mismatched > 0 {
                 built.type_changes.push(Finding {
                     kind: "type_change",

@@ -441,51 +441,53 @@ impl KafkaIngest {
             let mut last: BTreeMap<i32, i64> = BTreeMap::new();
             let mut max_event_time = 0i64;
             let threads = self.cfg.server.threads();
-            // Decoded a chunk at a time (as the files path does): a batch's decoded events never
-            // all exist beside the columns they become.
-            for chunk in msgs.chunks(crate::DECODE_CHUNK_LINES) {
-                let decoded = tributary_core::cpu_section(|| {
-                    tributary_core::parallel_map(chunk, threads, 512, |m| {
-                        tributary_events::decode_event(&m.payload, &source, max_event_bytes)
-                    })
-                });
-                for (m, decoded) in chunk.iter().zip(decoded) {
-                    let st = self
-                        .assigned
-                        .get(&(topic.clone(), m.partition))
-                        .ok_or_else(|| Error::internal("message of an unassigned partition"))?;
-                    let lineage = Lineage::Kafka {
-                        topic: &topic,
-                        partition: m.partition,
-                        offset: m.offset,
-                        timestamp_us: m.timestamp_us,
-                    };
-                    match decoded {
-                        Ok(d) => {
-                            if m.offset > st.data_pos {
-                                max_event_time = max_event_time.max(d.event_time.unwrap_or(0) / 1000);
-                                rows.push(d, &lineage);
+            // Pushing rows is CPU work too: the whole loop hands the worker's other tasks off.
+            tributary_core::cpu_section(|| {
+                crate::decode_in_chunks(
+                    &msgs,
+                    threads,
+                    &source,
+                    max_event_bytes,
+                    |m| &m.payload,
+                    |m, decoded| {
+                        let st = self
+                            .assigned
+                            .get(&(topic.clone(), m.partition))
+                            .ok_or_else(|| Error::internal("message of an unassigned partition"))?;
+                        let lineage = Lineage::Kafka {
+                            topic: &topic,
+                            partition: m.partition,
+                            offset: m.offset,
+                            timestamp_us: m.timestamp_us,
+                        };
+                        match decoded {
+                            Ok(d) => {
+                                if m.offset > st.data_pos {
+                                    max_event_time = max_event_time.max(d.event_time.unwrap_or(0) / 1000);
+                                    rows.push(d, &lineage);
+                                }
+                            }
+                            Err(r) => {
+                                if m.offset > st.q_pos {
+                                    q.push(
+                                        &source,
+                                        r.code(),
+                                        None,
+                                        &r.detail(),
+                                        &m.payload,
+                                        None,
+                                        None,
+                                        None,
+                                        Some(&lineage.json()),
+                                    );
+                                }
                             }
                         }
-                        Err(r) => {
-                            if m.offset > st.q_pos {
-                                q.push(
-                                    &source,
-                                    r.code(),
-                                    None,
-                                    &r.detail(),
-                                    &m.payload,
-                                    None,
-                                    None,
-                                    None,
-                                    Some(&lineage.json()),
-                                );
-                            }
-                        }
-                    }
-                    last.insert(m.partition, m.offset);
-                }
-            }
+                        last.insert(m.partition, m.offset);
+                        Ok(())
+                    },
+                )
+            })?;
             let written = rows.len() as u64;
             let quarantined = q.len() as u64;
             total_in += msgs.len() as u64;

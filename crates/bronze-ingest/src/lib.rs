@@ -39,7 +39,29 @@ pub const STAGE: &str = "bronze";
 
 /// Lines decoded at once (across the worker threads) before they are moved into the batch's
 /// columns: ~4–16 MiB of decoded events at 1–4 KB, reused chunk after chunk.
-pub(crate) const DECODE_CHUNK_LINES: usize = 4096;
+const DECODE_CHUNK_LINES: usize = 4096;
+
+/// Decodes `items` (landing lines, Kafka messages) `DECODE_CHUNK_LINES` at a time on the CPU
+/// pool and hands each item with its result to `each`, in order: a batch's decoded events never
+/// all exist beside the columns `each` moves them into. The first error of `each` stops it.
+pub(crate) fn decode_in_chunks<T: Sync>(
+    items: &[T],
+    threads: usize,
+    source: &str,
+    max_bytes: usize,
+    bytes_of: impl Fn(&T) -> &[u8] + Sync,
+    mut each: impl FnMut(&T, std::result::Result<tributary_events::Decoded, tributary_events::Reject>) -> Result<()>,
+) -> Result<()> {
+    for chunk in items.chunks(DECODE_CHUNK_LINES) {
+        let decoded = tributary_core::parallel_map(chunk, threads, 512, |x| {
+            tributary_events::decode_event(bytes_of(x), source, max_bytes)
+        });
+        for (x, d) in chunk.iter().zip(decoded) {
+            each(x, d)?;
+        }
+    }
+    Ok(())
+}
 
 /// The per-batch file list earlier versions wrote beside the table (read for their batches only).
 #[derive(Debug, Serialize, Deserialize)]
@@ -563,17 +585,17 @@ impl Shared<'_> {
             let mut bronze = BronzeRows::with_capacity(&source_owned, now, lines.len(), line_bytes);
             let mut quarantine = QuarantineRows::new(now);
             let mut lines_in = 0u64;
-            // Decoded a chunk at a time and moved into the columns at once: the decoded events of
-            // a whole batch never exist side by side with the columns they become.
-            for chunk in lines.chunks(DECODE_CHUNK_LINES) {
-                let decoded = tributary_core::parallel_map(chunk, threads, 512, |&(_, _, l)| {
-                    tributary_events::decode_event(l, &source_owned, max_bytes)
-                });
-                for ((fi, idx, line), d) in chunk.iter().zip(decoded) {
+            decode_in_chunks(
+                &lines,
+                threads,
+                &source_owned,
+                max_bytes,
+                |&(_, _, l)| l,
+                |&(fi, idx, line), d| {
                     lines_in += 1;
-                    let file_uri = bodies[*fi].0.as_str();
+                    let file_uri = bodies[fi].0.as_str();
                     match d {
-                        Ok(d) => bronze.push(d, &Lineage::File { path: file_uri, line: *idx as i64 }),
+                        Ok(d) => bronze.push(d, &Lineage::File { path: file_uri, line: idx as i64 }),
                         Err(r) => quarantine.push(
                             &source_owned,
                             r.code(),
@@ -582,12 +604,13 @@ impl Shared<'_> {
                             line,
                             None,
                             Some(file_uri),
-                            Some(*idx as i64),
+                            Some(idx as i64),
                             None,
                         ),
                     }
-                }
-            }
+                    Ok(())
+                },
+            )?;
             for (file_uri, b, _) in &bodies {
                 if let Err((code, e, raw)) = b {
                     lines_in += 1;

@@ -201,10 +201,18 @@ impl SilverTransform {
             .map_err(|e| Error::internal(format!("concatenating silver/{source}")).with_source(e))
     }
 
-    /// Reads bronze versions `(after, up_to]` of one flow.
-    async fn read_input(&mut self, i: usize, after: i64, up_to: i64) -> Result<Vec<(i64, RecordBatch)>> {
+    /// Reads bronze versions of one flow from `after + 1` up to `up_to`, as many as add at most
+    /// `max_bytes` of data files (at least one; `u64::MAX` reads them all); returns the last
+    /// version read with the rows.
+    async fn read_input(
+        &mut self,
+        i: usize,
+        after: i64,
+        up_to: i64,
+        max_bytes: u64,
+    ) -> Result<(i64, Vec<(i64, RecordBatch)>)> {
         let input = self.flows[i].input.as_ref().ok_or_else(|| Error::internal("input not open"))?;
-        input.read_versions(after, up_to).await
+        input.read_versions_within(after, up_to, max_bytes).await
     }
 
     async fn ensure_input(&mut self, i: usize) -> Result<bool> {
@@ -222,7 +230,8 @@ impl SilverTransform {
         if from >= to || !self.ensure_input(i).await? {
             return Ok(());
         }
-        let input = self.read_input(i, from, to).await?;
+        // Exactly the versions the silver batches committed (unbounded).
+        let (_, input) = self.read_input(i, from, to, u64::MAX).await?;
         let mut q = QuarantineRows::new(tributary_core::now_ms() * 1000);
         // Validation rejects, then the expectation quarantines: the rows that were new to silver
         // (not in it now: the rows the batch wrote are) and failed a quarantine rule.
@@ -364,10 +373,7 @@ impl SilverTransform {
             f.output.expect_positions(&[(&f.app_id, f.pos)], -1).await?;
         }
         // Bounded by bytes too: a backlog of large bronze versions is read a few at a time.
-        let (up_to, input) = {
-            let t = self.flows[i].input.as_ref().ok_or_else(|| Error::internal("input not open"))?;
-            t.read_versions_within(pos, up_to, self.cfg.silver.max_bytes_per_batch).await?
-        };
+        let (up_to, input) = self.read_input(i, pos, up_to, self.cfg.silver.max_bytes_per_batch).await?;
         let source = self.flows[i].source.clone();
         let now_us = tributary_core::now_ms() * 1000;
         let mut q = QuarantineRows::new(now_us);
