@@ -511,6 +511,17 @@ impl Broker {
         self.kill();
         self.spawn()
     }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker: requests sent meanwhile wait in its
+    /// sockets and are applied when it thaws, in an order no client controls.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(c.id() as i32, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
+            }
+        }
+    }
 }
 
 impl Drop for Broker {

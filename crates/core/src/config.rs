@@ -173,6 +173,10 @@ pub struct LogExporterConfig {
     pub logs: Vec<LogStreamConfig>,
     /// Where the log streams' checkpoints live (`<name>.json` per stream).
     pub logs_state_dir: String,
+    /// After a restart with a round in flight, wait this long once the broker answers before
+    /// counting what of the round is in Kafka: a request the killed process had already written
+    /// to its socket can still be applied by the broker meanwhile (see the README).
+    pub recovery_settle_ms: u64,
     /// Landing files put here (renamed into place) are copied into every `landing_zones` entry,
     /// then removed: the dual landing zones of a primary/secondary pair.
     pub landing_spool: String,
@@ -217,6 +221,7 @@ impl Default for LogExporterConfig {
             metrics_buffer_kbytes: 65536,
             logs: Vec::new(),
             logs_state_dir: String::new(),
+            recovery_settle_ms: 5000,
             landing_spool: String::new(),
             landing_zones: Vec::new(),
         }

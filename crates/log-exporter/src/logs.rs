@@ -109,12 +109,17 @@ impl Stream {
         format!("{}:{}", self.instance, self.tailer.state.files[fid].key).into_bytes()
     }
 
-    /// Settles the in-flight runs with what the broker holds (after a crash or a failed delivery).
-    async fn recover(&mut self) -> Result<()> {
-        let inflight = std::mem::take(&mut self.tailer.state.inflight);
-        if inflight.is_empty() {
+    /// Settles the in-flight runs with what the broker holds (after a crash, `after_restart`, or
+    /// a failed delivery in this process).
+    async fn recover(&mut self, after_restart: bool) -> Result<()> {
+        if self.tailer.state.inflight.is_empty() {
             return Ok(());
         }
+        let settle = self.cfg.log_exporter.recovery_settle_ms;
+        if after_restart && settle > 0 {
+            self.settle(settle).await?;
+        }
+        let inflight = std::mem::take(&mut self.tailer.state.inflight);
         let mut parts: Vec<i32> =
             inflight.iter().filter_map(|r| self.tailer.state.files.get(&r.id).map(|t| t.partition)).collect();
         parts.sort();
@@ -148,9 +153,82 @@ impl Stream {
                     "lines sent before a restart or a failure were already in Kafka: not sent again");
                 tributary_core::metrics::exporter(&self.s.name, "recovered", n as u64);
             }
+            // More records of an in-flight key than the round sent: a request of an earlier
+            // process landed after an earlier recovery counted (duplicates already in Kafka).
+            for r in inflight.iter().filter(|r| self.tailer.state.files.get(&r.id).is_some_and(|t| t.partition == p)) {
+                let key = self.kafka_key(&r.id);
+                if let Some(extra) = counts.remove(&key).filter(|n| *n > 0) {
+                    tracing::warn!(stream = %self.s.name, file = %self.tailer.state.files[&r.id].path, records = extra,
+                        "more records of this file in Kafka than its in-flight round sent: duplicates from an earlier process");
+                    tributary_core::metrics::exporter(&self.s.name, "duplicates_seen", extra);
+                }
+            }
             self.tailer.state.partitions.insert(p, high);
         }
         self.save()
+    }
+
+    /// The killed process may have written a produce request to its socket that the broker has
+    /// not applied yet; counted before it lands, its lines would be sent twice (out of order).
+    /// Waits until the broker answers, then `settle_ms` longer — following the files meanwhile,
+    /// so a rotation during the wait is not missed.
+    async fn settle(&mut self, settle_ms: u64) -> Result<()> {
+        let mut parts: Vec<i32> = self
+            .tailer
+            .state
+            .inflight
+            .iter()
+            .filter_map(|r| self.tailer.state.files.get(&r.id).map(|t| t.partition))
+            .collect();
+        parts.sort();
+        parts.dedup();
+        for p in parts {
+            let (producer, topic) = (self.producer.clone(), self.s.topic.clone());
+            retry(&self.s.name, &self.shutdown, "reaching the broker before recovery", move || {
+                producer
+                    .client()
+                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                    .map_err(|e| Error::external(format!("reading the end of {topic}/{p}")).with_source(e))
+            })
+            .await?;
+        }
+        tracing::info!(stream = %self.s.name, runs = self.tailer.state.inflight.len(), settle_ms,
+            "a round was in flight when the previous process stopped; letting the broker settle before counting it");
+        let until = std::time::Instant::now() + Duration::from_millis(settle_ms);
+        let step = Duration::from_millis(self.cfg.log_exporter.poll_interval_ms.clamp(10, 1000));
+        while std::time::Instant::now() < until {
+            self.scan()?;
+            if self.shutdown.sleep(step.min(until.saturating_duration_since(std::time::Instant::now()))).await {
+                return Err(Error::external("stopped while settling the in-flight round"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the tracked files up to date, reports what changed, and keeps it in the checkpoint.
+    fn scan(&mut self) -> Result<()> {
+        let n = self.partitions;
+        let noticed = self.tailer.scan(tributary_core::now_ms(), &|k| partition_for(k, n))?;
+        let name = &self.s.name;
+        for (from, to) in &noticed.renamed {
+            tracing::info!(stream = %name, %from, %to, "log file rotated (renamed); following its inode");
+        }
+        for (copy, of) in &noticed.copies {
+            tracing::info!(stream = %name, %copy, %of, "log file copy-truncated; reading the rest from the copy");
+        }
+        if noticed.lost_truncated_bytes > 0 {
+            tracing::warn!(stream = %name, files = ?noticed.truncated, bytes = noticed.lost_truncated_bytes,
+                "a log file was truncated before it was read to its end and no copy was found");
+            tributary_core::metrics::exporter(name, "lost_truncated_bytes", noticed.lost_truncated_bytes);
+        }
+        for p in &noticed.lost_deleted {
+            tracing::warn!(stream = %name, file = %p, "a log file was deleted while the exporter was down, before it was read to its end");
+            tributary_core::metrics::exporter(name, "lost_deleted", 1);
+        }
+        if noticed != tail::Noticed::default() {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Sends one run of lines of each file (all in flight at once), waits until every record is
@@ -245,7 +323,7 @@ impl Stream {
         }
         if failed {
             // What reached the broker is counted from the broker itself.
-            self.recover().await?;
+            self.recover(false).await?;
             return Ok(false);
         }
         for (fid, end) in acked {
@@ -343,36 +421,19 @@ pub async fn run_stream(cfg: Arc<Config>, s: LogStreamConfig, shutdown: Shutdown
         instance,
         shutdown: shutdown.clone(),
     };
-    // The files of in-flight runs must be open to be read again: scan first.
-    let n = st.partitions;
-    st.tailer.scan(tributary_core::now_ms(), &|k| partition_for(k, n))?;
-    if let Err(e) = st.recover().await {
+    // The files of in-flight runs must be open to be read again: scan first. What it found (a
+    // file renamed or created while the exporter was down) is kept at once: if this process
+    // stops before its first round, the next one still knows the files and can follow a rotated
+    // one by inode even if it is renamed again to a name the globs miss.
+    st.scan()?;
+    if let Err(e) = st.recover(true).await {
         return if shutdown.is_triggered() { Ok(()) } else { Err(e) };
     }
     tracing::info!(stream = %s.name, topic = %s.topic, paths = ?s.paths, acks = %s.acks, idempotent, "log-exporter tailing");
     let max = (s.max_batch_kbytes.max(1) * 1024) as usize;
     while !shutdown.is_triggered() {
+        st.scan()?;
         let now = tributary_core::now_ms();
-        let n = st.partitions;
-        let noticed = st.tailer.scan(now, &|k| partition_for(k, n))?;
-        for (from, to) in &noticed.renamed {
-            tracing::info!(stream = %s.name, %from, %to, "log file rotated (renamed); following its inode");
-        }
-        for (copy, of) in &noticed.copies {
-            tracing::info!(stream = %s.name, %copy, %of, "log file copy-truncated; reading the rest from the copy");
-        }
-        if noticed.lost_truncated_bytes > 0 {
-            tracing::warn!(stream = %s.name, files = ?noticed.truncated, bytes = noticed.lost_truncated_bytes,
-                "a log file was truncated before it was read to its end and no copy was found");
-            tributary_core::metrics::exporter(&s.name, "lost_truncated_bytes", noticed.lost_truncated_bytes);
-        }
-        for p in &noticed.lost_deleted {
-            tracing::warn!(stream = %s.name, file = %p, "a log file was deleted while the exporter was down, before it was read to its end");
-            tributary_core::metrics::exporter(&s.name, "lost_deleted", 1);
-        }
-        if noticed != tail::Noticed::default() {
-            st.save()?;
-        }
         // Per key, a file is read only once every file before it (rotated away earlier) has been
         // read to its end: one log path's lines go out in the order they were written.
         let mut chunks = Vec::new();

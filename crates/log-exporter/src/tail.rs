@@ -52,6 +52,12 @@ pub struct Tracked {
     pub last_size: u64,
     #[serde(default)]
     pub last_change_ms: i64,
+    /// Position of the file's bytes among its key's files, oldest first: a new file at the path
+    /// takes the next number; a copy made by copytruncate takes the original's number and the
+    /// original (now holding newer lines) the next one. Inode numbers do not say this order.
+    /// 0 in checkpoints written before it existed (ordered as before: rotated, then current).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl Tracked {
@@ -74,6 +80,16 @@ pub struct StreamState {
     /// The runs of lines being sent (written before they are sent), in send order.
     #[serde(default)]
     pub inflight: Vec<Inflight>,
+    /// The last [`Tracked::generation`] handed out.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl StreamState {
+    fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
 }
 
 /// A run of lines in flight: the bytes `[start, end)` of file `id`, one record per line.
@@ -106,6 +122,9 @@ pub struct Noticed {
     pub copies: Vec<(String, String)>,
     pub lost_truncated_bytes: u64,
     pub lost_deleted: Vec<String>,
+    /// Files whose recorded first bytes grew (a file first seen nearly empty): the checkpoint must
+    /// keep them, they are what tells a later copytruncate.
+    pub heads_grown: usize,
 }
 
 /// A run of complete lines read from one file: `lines[i]` ends at byte `ends[i]`.
@@ -230,6 +249,7 @@ impl Tailer {
             if !rewritten {
                 if head_now.len() > t.head.len() {
                     self.state.files.get_mut(fid).expect("listed").head = head_now;
+                    n.heads_grown += 1;
                 }
                 continue;
             }
@@ -266,7 +286,9 @@ impl Tailer {
                 }
                 None => n.lost_truncated_bytes += t.offset.saturating_sub(size),
             }
+            let g = self.state.next_generation();
             let e = self.state.files.get_mut(fid).expect("listed");
+            e.generation = g;
             e.offset = 0;
             e.head = head_now;
             e.last_size = size;
@@ -284,6 +306,7 @@ impl Tailer {
             let head = read_head(&f, size).map_err(io(path))?;
             let key = path.to_string_lossy().into_owned();
             n.new_files.push(key.clone());
+            let generation = self.state.next_generation();
             self.state.files.insert(
                 fid.clone(),
                 Tracked {
@@ -296,6 +319,7 @@ impl Tailer {
                     head,
                     last_size: size,
                     last_change_ms: now_ms,
+                    generation,
                 },
             );
             self.open.insert(fid, f);
@@ -303,13 +327,17 @@ impl Tailer {
         Ok(n)
     }
 
-    /// Tracked files in shipping order: per key, files no longer at their path (rotated away)
-    /// before the one that is.
+    /// Tracked files in shipping order: per key, in the order their bytes were written (see
+    /// [`Tracked::generation`]); files no longer at their path (rotated away) before the one that is.
     pub fn order(&self) -> Vec<String> {
-        let mut v: Vec<(&str, bool, &str)> =
-            self.state.files.iter().map(|(fid, t)| (t.key.as_str(), t.path == t.key, fid.as_str())).collect();
+        let mut v: Vec<(&str, u64, bool, &str)> = self
+            .state
+            .files
+            .iter()
+            .map(|(fid, t)| (t.key.as_str(), t.generation, t.path == t.key, fid.as_str()))
+            .collect();
         v.sort();
-        v.into_iter().map(|x| x.2.to_string()).collect()
+        v.into_iter().map(|x| x.3.to_string()).collect()
     }
 
     /// Reads up to `max` bytes of complete lines of file `fid` from its checkpoint.
@@ -456,5 +484,34 @@ mod tests {
         let got = lines(&mut t, 5 + SETTLE_MS);
         assert_eq!(got.concat(), "x".repeat(100));
         assert_eq!(got.len(), 2);
+    }
+
+    /// Several rotations while the exporter was not scanning (down, or waiting for the broker):
+    /// a copytruncate, then a rename of the truncated file to a name the glob misses, then a new
+    /// file. All three are drained in the order their lines were written — not in inode order
+    /// (the copy is a newer inode than the file it copied, yet holds older lines).
+    #[test]
+    fn rotations_seen_at_once_drain_in_write_order() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        let mut t = Tailer::new(vec![format!("{}/*.log", d.path().display())], StreamState::default());
+        let p = |_: &str| 0;
+        append(&log, "1 first\n");
+        t.scan(0, &p).unwrap();
+        assert_eq!(lines(&mut t, 0), ["1 first"]);
+        append(&log, "2 copied\n");
+        std::fs::copy(&log, d.path().join("app.log.copy")).unwrap();
+        std::fs::OpenOptions::new().write(true).truncate(true).open(&log).unwrap();
+        append(&log, "3 after the truncate\n");
+        std::fs::rename(&log, d.path().join("app.log.old")).unwrap();
+        append(&log, "4 new file\n");
+        let n = t.scan(1, &p).unwrap();
+        assert_eq!((n.renamed.len(), n.copies.len(), n.new_files.len()), (1, 1, 1), "{n:?}");
+        assert_eq!(lines(&mut t, 1), ["2 copied", "3 after the truncate", "4 new file"]);
+        // The order survives a checkpoint restart.
+        let sp = d.path().join("state.json");
+        crate::save_json(&sp, &t.state).unwrap();
+        let t2 = Tailer::new(t.patterns.clone(), crate::load_json(&sp).unwrap());
+        assert_eq!(t2.order(), t.order());
     }
 }
