@@ -120,11 +120,7 @@ impl Stream {
             self.settle(settle).await?;
         }
         let inflight = std::mem::take(&mut self.tailer.state.inflight);
-        let mut parts: Vec<i32> =
-            inflight.iter().filter_map(|r| self.tailer.state.files.get(&r.id).map(|t| t.partition)).collect();
-        parts.sort();
-        parts.dedup();
-        for p in parts {
+        for p in self.partitions_of(&inflight) {
             let from = self.tailer.state.partitions.get(&p).copied().unwrap_or(0);
             let (cfg, topic) = (self.cfg.clone(), self.s.topic.clone());
             let (mut counts, high) = retry(&self.s.name, &self.shutdown, "reading back the log topic", move || {
@@ -135,7 +131,7 @@ impl Stream {
                 .iter()
                 .filter(|r| self.tailer.state.files.get(&r.id).is_some_and(|t| t.partition == p))
                 .collect();
-            for r in mine {
+            for r in &mine {
                 let key = self.kafka_key(&r.id);
                 let have = counts.entry(key).or_insert(0);
                 if *have == 0 {
@@ -155,7 +151,7 @@ impl Stream {
             }
             // More records of an in-flight key than the round sent: a request of an earlier
             // process landed after an earlier recovery counted (duplicates already in Kafka).
-            for r in inflight.iter().filter(|r| self.tailer.state.files.get(&r.id).is_some_and(|t| t.partition == p)) {
+            for r in mine {
                 let key = self.kafka_key(&r.id);
                 if let Some(extra) = counts.remove(&key).filter(|n| *n > 0) {
                     tracing::warn!(stream = %self.s.name, file = %self.tailer.state.files[&r.id].path, records = extra,
@@ -168,29 +164,35 @@ impl Stream {
         self.save()
     }
 
+    /// The partitions of the files of `runs`, each once.
+    fn partitions_of(&self, runs: &[tail::Inflight]) -> Vec<i32> {
+        let mut parts: Vec<i32> =
+            runs.iter().filter_map(|r| self.tailer.state.files.get(&r.id).map(|t| t.partition)).collect();
+        parts.sort();
+        parts.dedup();
+        parts
+    }
+
+    /// The end offset of partition `p`, waiting for the broker while it is unreachable.
+    async fn partition_end(&self, p: i32) -> Result<i64> {
+        let (producer, topic) = (self.producer.clone(), self.s.topic.clone());
+        retry(&self.s.name, &self.shutdown, "reading the log partition's end", move || {
+            producer
+                .client()
+                .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                .map(|w| w.1)
+                .map_err(|e| Error::external(format!("reading the end of {topic}/{p}")).with_source(e))
+        })
+        .await
+    }
+
     /// The killed process may have written a produce request to its socket that the broker has
     /// not applied yet; counted before it lands, its lines would be sent twice (out of order).
     /// Waits until the broker answers, then `settle_ms` longer — following the files meanwhile,
     /// so a rotation during the wait is not missed.
     async fn settle(&mut self, settle_ms: u64) -> Result<()> {
-        let mut parts: Vec<i32> = self
-            .tailer
-            .state
-            .inflight
-            .iter()
-            .filter_map(|r| self.tailer.state.files.get(&r.id).map(|t| t.partition))
-            .collect();
-        parts.sort();
-        parts.dedup();
-        for p in parts {
-            let (producer, topic) = (self.producer.clone(), self.s.topic.clone());
-            retry(&self.s.name, &self.shutdown, "reaching the broker before recovery", move || {
-                producer
-                    .client()
-                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                    .map_err(|e| Error::external(format!("reading the end of {topic}/{p}")).with_source(e))
-            })
-            .await?;
+        for p in self.partitions_of(&self.tailer.state.inflight) {
+            self.partition_end(p).await?;
         }
         tracing::info!(stream = %self.s.name, runs = self.tailer.state.inflight.len(), settle_ms,
             "a round was in flight when the previous process stopped; letting the broker settle before counting it");
@@ -239,15 +241,7 @@ impl Stream {
             if self.tailer.state.partitions.contains_key(&p) {
                 continue;
             }
-            let (producer, topic) = (self.producer.clone(), self.s.topic.clone());
-            let high = retry(&self.s.name, &self.shutdown, "reading the log partition's end", move || {
-                producer
-                    .client()
-                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                    .map(|w| w.1)
-                    .map_err(|e| Error::external(format!("reading the end of {topic}/{p}")).with_source(e))
-            })
-            .await?;
+            let high = self.partition_end(p).await?;
             self.tailer.state.partitions.insert(p, high);
         }
         // The write-ahead record: what is about to be in flight.

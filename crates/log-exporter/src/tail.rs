@@ -433,15 +433,21 @@ mod tests {
         out
     }
 
+    /// A folder, its `app.log` path and a tailer of `*.log` in it with no checkpoint.
+    fn tailer_on_app_log() -> (tempfile::TempDir, PathBuf, Tailer) {
+        let d = tempfile::tempdir().unwrap();
+        let t = Tailer::new(vec![format!("{}/*.log", d.path().display())], StreamState::default());
+        let log = d.path().join("app.log");
+        (d, log, t)
+    }
+
     fn append(p: &Path, s: &str) {
         std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap().write_all(s.as_bytes()).unwrap();
     }
 
     #[test]
     fn rename_and_copytruncate_rotations_lose_and_repeat_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("app.log");
-        let mut t = Tailer::new(vec![format!("{}/*.log", d.path().display())], StreamState::default());
+        let (d, log, mut t) = tailer_on_app_log();
         let p = |_: &str| 0;
         append(&log, "line-001 first\nline-002\npart");
         t.scan(0, &p).unwrap();
@@ -492,9 +498,7 @@ mod tests {
     /// (the copy is a newer inode than the file it copied, yet holds older lines).
     #[test]
     fn rotations_seen_at_once_drain_in_write_order() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("app.log");
-        let mut t = Tailer::new(vec![format!("{}/*.log", d.path().display())], StreamState::default());
+        let (d, log, mut t) = tailer_on_app_log();
         let p = |_: &str| 0;
         append(&log, "1 first\n");
         t.scan(0, &p).unwrap();
