@@ -39,15 +39,28 @@ struct Input {
     location: String,
     table: Option<Table>,
     pos: i64,
+    /// The columns read from the table (`None`: all of them).
+    columns: Option<Vec<String>>,
 }
 
 impl Input {
     async fn open(&mut self) -> Result<bool> {
         if self.table.is_none() {
-            self.table = Table::open_existing(&self.name, &self.location).await?;
+            self.table = Table::open_existing(&self.name, &self.location).await?.map(|t| match &self.columns {
+                Some(c) => t.reading_only(c),
+                None => t,
+            });
         }
         Ok(self.table.is_some())
     }
+}
+
+/// The silver columns federation reads: central's (the typed source fields, `_rescued_data` and
+/// the lineage stay in the region) and the egress policy's field when it is a column.
+fn silver_columns(cfg: &Config) -> Vec<String> {
+    let mut c: Vec<String> = schemas::central_events().fields().iter().map(|f| f.name().clone()).collect();
+    c.push(cfg.federator.egress_field.clone());
+    c
 }
 
 struct RegionFeed {
@@ -138,6 +151,7 @@ impl CentralFederator {
                                 location: catalog::silver_location(&cfg, r, s),
                                 table: None,
                                 pos: -1,
+                                columns: Some(silver_columns(&cfg)),
                             },
                         )
                     })
@@ -153,6 +167,7 @@ impl CentralFederator {
                                 location: catalog::gold_location(&cfg, r, k),
                                 table: None,
                                 pos: -1,
+                                columns: None,
                             },
                         )
                     })

@@ -1,5 +1,5 @@
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
@@ -87,6 +87,8 @@ pub struct Table {
     /// Lost races of this handle's last commit: deltalake's own retries on a taken version plus
     /// this protocol's re-checks after a conflict (benchmarks, the commit-retry metric).
     pub last_commit_retries: u64,
+    /// The columns this handle's row reads return (`None`: all) — see [`Table::reading_only`].
+    read_columns: Option<Arc<[String]>>,
 }
 
 /// commitInfo key of a commit's W3C trace context.
@@ -109,18 +111,40 @@ impl Table {
             partition_columns,
             last_traceparent: None,
             last_commit_retries: 0,
+            read_columns: None,
         }
     }
 
     /// Another handle on the same table, from the snapshot already loaded (no log read).
     pub fn handle(&self) -> Self {
-        Self::loaded(
+        let mut h = Self::loaded(
             &self.name,
             self.url.clone(),
             self.table.clone(),
             self.schema.clone(),
             self.partition_columns.clone(),
-        )
+        );
+        h.read_columns = self.read_columns.clone();
+        h
+    }
+
+    /// Makes this handle's row reads (`read_file`, `read_adds`, `read_versions*`) decode only
+    /// `columns` of the table's schema, in schema order — a reader that needs the envelope does not
+    /// decode every `payload` of the file. Named columns the table does not have are left out;
+    /// partition columns are restored from the log as usual.
+    pub fn reading_only<S: AsRef<str>>(mut self, columns: impl IntoIterator<Item = S>) -> Self {
+        self.read_columns = Some(columns.into_iter().map(|c| c.as_ref().to_string()).collect());
+        self
+    }
+
+    /// The schema a row read returns: the table's, or its `reading_only` columns.
+    fn read_schema(&self) -> SchemaRef {
+        match &self.read_columns {
+            None => self.schema.clone(),
+            Some(cols) => Arc::new(Schema::new(
+                self.schema.fields().iter().filter(|f| cols.iter().any(|c| c == f.name())).cloned().collect::<Vec<_>>(),
+            )),
+        }
     }
 
     /// Opens the table at `location`, creating it with `schema` when it does not exist yet.
@@ -758,8 +782,10 @@ impl Table {
         if let Some(size) = size.filter(|s| *s > 0) {
             reader = reader.with_file_size(size as u64);
         }
-        let batches = self.read_parquet(reader, path, None).await?;
-        batches.into_iter().map(|b| self.conform(b, partition_values)).collect()
+        let columns: Option<Vec<&str>> = self.read_columns.as_ref().map(|c| c.iter().map(String::as_str).collect());
+        let batches = self.read_parquet(reader, path, columns.as_deref()).await?;
+        let schema = self.read_schema();
+        batches.into_iter().map(|b| self.conform(&schema, b, partition_values)).collect()
     }
 
     #[allow(deprecated)]
@@ -806,10 +832,15 @@ impl Table {
         Ok(out)
     }
 
-    fn conform(&self, batch: RecordBatch, partition_values: &HashMap<String, Option<String>>) -> Result<RecordBatch> {
+    fn conform(
+        &self,
+        schema: &SchemaRef,
+        batch: RecordBatch,
+        partition_values: &HashMap<String, Option<String>>,
+    ) -> Result<RecordBatch> {
         let n = batch.num_rows();
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        for field in self.schema.fields() {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
             let col = if let Some(c) = batch.column_by_name(field.name()) {
                 if c.data_type() == field.data_type() {
                     c.clone()
@@ -832,7 +863,7 @@ impl Table {
             };
             cols.push(col);
         }
-        RecordBatch::try_new(self.schema.clone(), cols)
+        RecordBatch::try_new(schema.clone(), cols)
             .map_err(|e| Error::internal(format!("conforming a batch of {}", self.name)).with_source(e))
     }
 

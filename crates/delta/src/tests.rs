@@ -527,3 +527,48 @@ async fn versions_are_read_within_a_byte_bound_at_least_one_at_a_time() {
     // Nothing after the last version.
     assert_eq!(read(4, u64::MAX).await, (4, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_reading_only_some_columns_decodes_those_and_restores_partitions() {
+    use deltalake::arrow::array::{Array, StringArray};
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let mut t = Table::open_or_create("t", &loc, pschema(), &["p"]).await.unwrap();
+    let mv = |from, to| vec![PositionMove { app_id: "p/in".into(), from, to }];
+    t.commit_batch(Commit::new(&[pbatch(&[1, 2], "a")], mv(-1, 0), HashMap::new(), -1), &writer()).await.unwrap();
+    // Version 2 adds a column `y`; the file of version 1 does not have it.
+    let md = t.evolve(&[Field::new("y", DataType::Utf8, true)], &[]).unwrap();
+    let rows = RecordBatch::try_new(
+        t.schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![3])),
+            Arc::new(StringArray::from(vec!["b"])),
+            Arc::new(StringArray::from(vec!["big"])),
+        ],
+    )
+    .unwrap();
+    t.commit_batch(Commit::new(&[rows], mv(0, 1), HashMap::new(), -1).evolving(Some(md)), &writer()).await.unwrap();
+
+    let mut r = Table::open_or_create("t", &loc, pschema(), &["p"]).await.unwrap().reading_only(["y", "p", "nope"]);
+    r.refresh().await.unwrap();
+    r.sync_schema().unwrap();
+    let read = r.read_versions(0, 2).await.unwrap();
+    let mut got: Vec<(i64, Option<String>, String)> = Vec::new();
+    for (v, b) in &read {
+        // Schema order, only the named columns the table has: no `x`, no `nope`.
+        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["p", "y"]);
+        let p = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let y = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            got.push((*v, y.is_valid(i).then(|| y.value(i).to_string()), p.value(i).to_string()));
+        }
+    }
+    assert_eq!(
+        got,
+        [(1, None, "a".to_string()), (1, None, "a".to_string()), (2, Some("big".to_string()), "b".to_string())]
+    );
+    // Another handle of it reads the same way; the table's own schema is untouched.
+    assert_eq!(r.handle().read_all().await.unwrap().iter().map(|b| b.num_columns()).max(), Some(2));
+    assert_eq!(r.schema().fields().len(), 3);
+}

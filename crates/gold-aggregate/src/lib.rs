@@ -108,7 +108,9 @@ impl GoldAggregate {
         let mut plan: Vec<(usize, i64)> = Vec::new();
         for (ii, input) in flow.inputs.iter_mut().enumerate() {
             if input.table.is_none() {
-                input.table = Table::open_existing(&format!("silver/{}", input.source), &input.location).await?;
+                input.table = Table::open_existing(&format!("silver/{}", input.source), &input.location)
+                    .await?
+                    .map(|t| t.reading_only(window::columns(flow.kind)));
             }
             let Some(t) = input.table.as_mut() else {
                 continue;

@@ -57,14 +57,18 @@ pub struct WindowState {
 /// Gold's unit of arrival: a row's landing file ("" for rows without one: Kafka).
 const NO_FILE: &str = "";
 
-/// The columns gold reads from a silver batch (keeps the batches of one run small in memory).
-pub fn project(kind: GoldKind, b: &RecordBatch) -> Result<RecordBatch> {
-    let names: &[&str] = if kind.is_billing() {
+/// The columns gold reads from silver: its input tables decode only these.
+pub fn columns(kind: GoldKind) -> &'static [&'static str] {
+    if kind.is_billing() {
         &["event_time", "_source_file", "customer_id", "sku", "dbu"]
     } else {
         &["event_time", "_source_file", "workspace_id"]
-    };
-    let idx = names
+    }
+}
+
+/// A silver batch with just the columns gold uses, in `columns` order.
+pub fn project(kind: GoldKind, b: &RecordBatch) -> Result<RecordBatch> {
+    let idx = columns(kind)
         .iter()
         .map(|n| b.schema().index_of(n).map_err(|e| Error::internal(format!("silver batch lacks {n}")).with_source(e)))
         .collect::<Result<Vec<_>>>()?;

@@ -314,7 +314,8 @@ impl DedupIndex {
         let latest = silver.version();
         if latest > self.pos {
             let mut ids: Vec<(String, i64)> = Vec::new();
-            for (_, b) in silver.read_versions(self.pos, latest).await? {
+            let keys = silver.handle().reading_only(["event_id", "event_time"]);
+            for (_, b) in keys.read_versions(self.pos, latest).await? {
                 ids.extend(keys_of(&b)?);
             }
             if !ids.is_empty() {

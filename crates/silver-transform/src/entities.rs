@@ -277,7 +277,24 @@ impl EntityFlow {
     /// One batch: silver versions after the lagging output's position, applied to both tables.
     pub async fn run(&mut self, max_versions: i64, max_bytes: u64) -> Result<u64> {
         if self.input.is_none() {
-            self.input = Table::open_existing(&format!("silver/{}", self.spec.source), &self.input_location).await?;
+            // The entity's columns (not `payload`, `_rescued_data`, lineage), and any of those the
+            // keys, ordering or delete condition name.
+            let spec = &self.spec;
+            let named = |c: &&&str| {
+                spec.keys.iter().any(|k| k == **c)
+                    || spec.sequence_by == **c
+                    || spec.delete_when.as_deref().is_some_and(|e| e.contains(**c))
+            };
+            let columns: Vec<String> = self
+                .entity
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .chain(NOT_ENTITY.iter().filter(named).map(|c| c.to_string()))
+                .collect();
+            self.input = Table::open_existing(&format!("silver/{}", self.spec.source), &self.input_location)
+                .await?
+                .map(|t| t.reading_only(columns));
         }
         let Some(input) = self.input.as_mut() else { return Ok(0) };
         let latest = input.latest_version().await?;

@@ -218,7 +218,11 @@ impl SilverTransform {
     async fn ensure_input(&mut self, i: usize) -> Result<bool> {
         if self.flows[i].input.is_none() {
             let name = format!("bronze/{}", self.flows[i].source);
-            self.flows[i].input = Table::open_existing(&name, &self.flows[i].input_location).await?;
+            // Silver types its source fields from `payload`, so bronze's inferred typed columns (as
+            // many bytes again) are not decoded.
+            self.flows[i].input = Table::open_existing(&name, &self.flows[i].input_location)
+                .await?
+                .map(|t| t.reading_only(schemas::bronze().fields().iter().map(|f| f.name().clone())));
         }
         Ok(self.flows[i].input.is_some())
     }
