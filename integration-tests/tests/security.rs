@@ -220,6 +220,37 @@ async fn admin_calls_are_authorised_by_the_certificates_role_and_audited() {
     let (code, out) = run("ada", &["admin", "checkpoint", "--table", "../../etc"]);
     assert_eq!(code, Some(1), "{out}");
 
+    // Retention removes what is committed: first let every layer take the late file (silver,
+    // gold and the federator each wait `server.min_batch_interval_ms` before they look again),
+    // else a layer still carrying it writes its rows back after the retention ran. Settled =
+    // no table version or input position moved for 4 s.
+    let versions = || {
+        let (code, out) = run("ada", &["status", "--stats", "--json"]);
+        assert_eq!(code, Some(0), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut seen: Vec<String> = Vec::new();
+        for st in v["stages"].as_array().cloned().unwrap_or_default() {
+            for t in st["tables"].as_array().cloned().unwrap_or_default() {
+                seen.push(format!("{}={}", t["name"], t["version"]));
+            }
+            for p in st["positions"].as_array().cloned().unwrap_or_default() {
+                seen.push(format!("{}@{}={}", p["app_id"], p["output_table"], p["version"]));
+            }
+        }
+        seen.sort();
+        seen
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = versions();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        let now = versions();
+        if now == last {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pipeline never settled: {now:?}");
+        last = now;
+    }
     // Retention now, with 1 month: the generated traffic (event dates of 2025-11) is older, so
     // every event_date partition goes — from bronze too — while the audit stays.
     let (code, out) = run("ada", &["admin", "retention", "--months", "1"]);

@@ -665,6 +665,10 @@ impl Stage for KafkaIngest {
         Duration::from_millis(10)
     }
 
+    fn min_batch_interval(&self, _configured: Duration) -> Duration {
+        Duration::ZERO
+    }
+
     async fn recover(&mut self) -> Result<()> {
         // Drop what is buffered, re-read every position from the tables and seek there now (a
         // quiet partition would otherwise never be read again), after any pending rebalance.

@@ -584,6 +584,14 @@ pub struct ServerConfig {
     /// Admin HTTP listen address (/metrics, /healthz). Empty disables it.
     pub admin_addr: String,
     pub poll_interval_ms: u64,
+    /// A caught-up stage waits at least this long before it looks for input again, whatever
+    /// commit notices arrive meanwhile, so the upstream commits of that time become one batch
+    /// (one commit per table) instead of one batch each. A stage with a backlog runs its batches
+    /// back to back regardless. Trades up to this much freshness per layer for fewer commits:
+    /// per-commit costs (the Delta log replay, listings, checkpoints, gold's partition rewrites)
+    /// dominate a live pipeline's CPU. 0 = react to every upstream commit. Not applied to Kafka
+    /// bronze (it batches by `kafka.max_batch_wait_ms`).
+    pub min_batch_interval_ms: u64,
     /// Threads a stage spreads a batch's CPU work over (bronze: decoding and Parquet encoding;
     /// silver: validation), each on one contiguous chunk; the Delta commit stays one per batch.
     /// 0 = one per core.
@@ -708,6 +716,7 @@ impl Default for ServerConfig {
             grpc_addr: String::new(),
             admin_addr: String::new(),
             poll_interval_ms: 500,
+            min_batch_interval_ms: 1000,
             worker_threads: 0,
             tls: None,
             roles: Default::default(),

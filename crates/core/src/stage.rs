@@ -70,6 +70,11 @@ pub trait Stage: Send + 'static {
     fn idle_sleep(&self, poll: Duration) -> Duration {
         poll
     }
+    /// The part of an idle wait no commit notice cuts short (`server.min_batch_interval_ms`);
+    /// stages that batch by time themselves (a Kafka consumer) return zero.
+    fn min_batch_interval(&self, configured: Duration) -> Duration {
+        configured
+    }
     /// Called once when the stage's loop ends on shutdown (hand work over, say goodbye).
     async fn stopping(&mut self) {}
 }
@@ -120,6 +125,7 @@ impl Progress {
 pub async fn run_loop(
     mut stage: Box<dyn Stage>,
     poll: Duration,
+    min_batch: Duration,
     shutdown: Shutdown,
     progress: Arc<Progress>,
     status: Arc<RwLock<StageStatus>>,
@@ -174,9 +180,15 @@ pub async fn run_loop(
                 }
                 backoff = Duration::from_millis(100);
                 *status.write().unwrap_or_else(|e| e.into_inner()) = st;
-                // Sleep until the poll interval passes or a commit notice for an input arrives.
+                // First the minimum interval, which notices do not cut short (what arrives
+                // meanwhile becomes one batch), then until the poll interval passes or a commit
+                // notice for an input arrives.
+                let min = stage.min_batch_interval(min_batch);
+                if !min.is_zero() && shutdown.sleep(min).await {
+                    break;
+                }
                 let woken = tokio::select! {
-                    stop = shutdown.sleep(stage.idle_sleep(poll)) => if stop { break } else { false },
+                    stop = shutdown.sleep(stage.idle_sleep(poll).saturating_sub(min)) => if stop { break } else { false },
                     _ = wake.notified() => true,
                 };
                 if woken {
@@ -244,7 +256,7 @@ pub struct Running {
 }
 
 /// Spawns one `run_loop` per stage.
-pub fn spawn_stages(stages: Vec<Box<dyn Stage>>, poll: Duration, shutdown: &Shutdown) -> Running {
+pub fn spawn_stages(stages: Vec<Box<dyn Stage>>, poll: Duration, min_batch: Duration, shutdown: &Shutdown) -> Running {
     let progress = Arc::new(Progress::default());
     let mut running =
         Running { progress: progress.clone(), statuses: Vec::new(), tasks: Vec::new(), interest: Default::default() };
@@ -259,7 +271,7 @@ pub fn spawn_stages(stages: Vec<Box<dyn Stage>>, poll: Duration, shutdown: &Shut
         for input in s.inputs() {
             running.interest.entry(input).or_default().push(wake.clone());
         }
-        running.tasks.push(tokio::spawn(run_loop(s, poll, shutdown.clone(), progress.clone(), st, wake)));
+        running.tasks.push(tokio::spawn(run_loop(s, poll, min_batch, shutdown.clone(), progress.clone(), st, wake)));
     }
     running
 }
@@ -297,8 +309,12 @@ pub async fn serve_stages(
     shutdown: Shutdown,
     notices: Option<NoticeHook>,
 ) -> crate::Result<()> {
-    let Running { progress, statuses, tasks, interest } =
-        spawn_stages(stages, Duration::from_millis(cfg.server.poll_interval_ms), &shutdown);
+    let Running { progress, statuses, tasks, interest } = spawn_stages(
+        stages,
+        Duration::from_millis(cfg.server.poll_interval_ms),
+        Duration::from_millis(cfg.server.min_batch_interval_ms),
+        &shutdown,
+    );
     if let Some(hook) = notices
         && !interest.is_empty()
     {
@@ -450,5 +466,85 @@ mod flow_health_tests {
         h.reloaded(0);
         h.ok(0);
         assert!(h.healthy() && !h.needs_reload(0));
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// Input arrives one unit every 20 ms (an upstream committing 50 times a second) and each
+    /// arrival notifies the stage; the stage takes whatever has arrived in one batch.
+    struct Follower {
+        arrived: Arc<AtomicU64>,
+        taken: u64,
+        batches: Arc<AtomicU64>,
+    }
+
+    #[tonic::async_trait]
+    impl Stage for Follower {
+        fn stage(&self) -> &str {
+            "silver"
+        }
+        fn region(&self) -> &str {
+            "pacing-test"
+        }
+        async fn run_once(&mut self) -> crate::Result<u64> {
+            let new = self.arrived.load(Ordering::SeqCst) - self.taken;
+            if new > 0 {
+                self.taken += new;
+                self.batches.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(new)
+        }
+        async fn recover(&mut self) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn status(&mut self) -> StageStatus {
+            StageStatus::default()
+        }
+        fn inputs(&self) -> Vec<String> {
+            vec!["upstream".into()]
+        }
+    }
+
+    /// (batches, units taken) after 2 s of arrivals with this minimum interval.
+    async fn batches_with(min_batch: Duration) -> (u64, u64) {
+        let (arrived, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let stage = Follower { arrived: arrived.clone(), taken: 0, batches: batches.clone() };
+        let shutdown = Shutdown::new();
+        let running = spawn_stages(vec![Box::new(stage)], Duration::from_millis(500), min_batch, &shutdown);
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            arrived.fetch_add(1, Ordering::SeqCst);
+            for w in &running.interest["upstream"] {
+                w.notify_one();
+            }
+        }
+        // Long enough for a last pass after the last arrival.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let taken = running.progress.stages.read().unwrap()[0].units.load(Ordering::SeqCst);
+        shutdown.trigger();
+        for t in running.tasks {
+            t.await.unwrap();
+        }
+        (batches.load(Ordering::SeqCst), taken)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caught_up_stage_batches_the_commits_of_its_minimum_interval() {
+        // Every notice starts a pass: about one batch per upstream commit.
+        let (eager, taken) = batches_with(Duration::ZERO).await;
+        assert_eq!(taken, 100);
+        assert!(eager >= 50, "{eager} batches without a minimum interval");
+        // 500 ms minimum: what arrives meanwhile is one batch (2 s of arrivals: ~4-5 batches;
+        // the bound leaves room for a loaded machine stretching the 20 ms sleeps).
+        let (paced, taken) = batches_with(Duration::from_millis(500)).await;
+        assert_eq!(taken, 100, "nothing is left behind");
+        assert!(
+            (2..=12).contains(&paced) && paced * 4 < eager,
+            "{paced} batches with a 500 ms minimum, {eager} without"
+        );
     }
 }

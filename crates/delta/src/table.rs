@@ -89,7 +89,19 @@ pub struct Table {
     pub last_commit_retries: u64,
     /// The columns this handle's row reads return (`None`: all) — see [`Table::reading_only`].
     read_columns: Option<Arc<[String]>>,
+    /// The newest version `latest_version` has seen (at or above the loaded snapshot's: a reader
+    /// does not load versions that leave the schema and properties as they were).
+    head: i64,
+    /// `latest_version` calls so far (every `LIST_EVERY`th lists the log).
+    head_calls: u32,
 }
+
+/// `latest_version` reads at most this many new commits one by one; further behind, it lists
+/// the log and loads the table instead.
+const PROBE_LIMIT: i64 = 64;
+/// Every this many `latest_version` calls list the log as well (a version gap — commits removed
+/// by log cleanup under a reader that far behind — is then reported instead of looking idle).
+const LIST_EVERY: u32 = 50;
 
 /// commitInfo key of a commit's W3C trace context.
 pub const TRACEPARENT_KEY: &str = "tributary.traceparent";
@@ -112,6 +124,8 @@ impl Table {
             last_traceparent: None,
             last_commit_retries: 0,
             read_columns: None,
+            head: -1,
+            head_calls: 0,
         }
     }
 
@@ -620,18 +634,46 @@ impl Table {
         Ok(version as i64)
     }
 
-    /// The latest version in the log (without loading it).
+    /// The latest version in the log, for a reader of new versions (`changes`, `read_versions*`).
+    /// Found by reading the commits after the newest version seen, one by one (one small read
+    /// per new commit, where listing the log touches every file in it); the table is loaded only
+    /// when one of them changes its schema, protocol or properties — a fork's redirect is one, so
+    /// it is followed before the versions are read by number — or when the reader is more than
+    /// `PROBE_LIMIT` versions behind. Loading a table re-reads its checkpoint and every live
+    /// file's statistics, which is what a live pipeline's readers spent their time on.
     pub async fn latest_version(&mut self) -> Result<i64> {
-        let latest = self.log_head().await?;
-        // New versions may hold a fork's redirect: load them (and follow it) before a reader
-        // reads the versions by number.
-        if latest > self.version() {
+        let known = self.version().max(self.head);
+        self.head_calls = self.head_calls.wrapping_add(1);
+        let listed = if self.head_calls.is_multiple_of(LIST_EVERY) { Some(self.log_head().await?) } else { None };
+        let mut v = known;
+        let mut load = false;
+        while listed.is_none_or(|l| v < l) {
+            if v - known >= PROBE_LIMIT {
+                load = true;
+                break;
+            }
+            let next = v + 1;
+            let Some(bytes) = self
+                .table
+                .log_store()
+                .read_commit_entry(next as u64)
+                .await
+                .map_err(|e| delta_err(format!("reading version {next} of {}", self.name), e))?
+            else {
+                break; // versions are contiguous: nothing newer (a listed gap is reported by `changes`)
+            };
+            let actions = deltalake::logstore::get_actions(next as u64, &bytes)
+                .map_err(|e| delta_err(format!("parsing version {next} of {}", self.name), e))?;
+            load |= actions.iter().any(|a| matches!(a, Action::Metadata(_) | Action::Protocol(_)));
+            v = next;
+        }
+        let mut latest = v.max(listed.unwrap_or(v));
+        if load {
             let at = self.url.clone();
             self.refresh().await?;
-            if self.url != at {
-                return self.log_head().await;
-            }
+            latest = if self.url != at { self.log_head().await? } else { latest.max(self.version()) };
         }
+        self.head = latest;
         Ok(latest)
     }
 

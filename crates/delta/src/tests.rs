@@ -572,3 +572,40 @@ async fn a_handle_reading_only_some_columns_decodes_those_and_restores_partition
     assert_eq!(r.handle().read_all().await.unwrap().iter().map(|b| b.num_columns()).max(), Some(2));
     assert_eq!(r.schema().fields().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_finds_new_versions_without_loading_the_table_until_its_schema_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let mut w = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    let mut r = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+    let start = r.version();
+    let mv = |from, to| vec![PositionMove { app_id: "p/in".into(), from, to }];
+    for k in 0..3i64 {
+        w.commit_batch(Commit::new(&[batch(&[k])], mv(k - 1, k), HashMap::new(), -1), &writer()).await.unwrap();
+    }
+    // The reader sees the three appends by number and reads them, its snapshot left where it was.
+    assert_eq!(r.latest_version().await.unwrap(), w.version());
+    assert_eq!(r.version(), start, "appends alone do not load the table");
+    let got: Vec<i64> = r
+        .read_versions(start, w.version())
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|(_, b)| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+        .collect();
+    assert_eq!(got, [0, 1, 2]);
+    assert_eq!(r.latest_version().await.unwrap(), w.version(), "nothing new");
+    // A schema change is loaded.
+    let md = w.evolve(&[Field::new("y", DataType::Int64, true)], &[]).unwrap();
+    let rows = RecordBatch::try_new(
+        w.schema(),
+        vec![Arc::new(Int64Array::from(vec![3])), Arc::new(Int64Array::from(vec![30]))],
+    )
+    .unwrap();
+    w.commit_batch(Commit::new(&[rows], mv(2, 3), HashMap::new(), -1).evolving(Some(md)), &writer()).await.unwrap();
+    assert_eq!(r.latest_version().await.unwrap(), w.version());
+    assert_eq!(r.version(), w.version(), "a metadata change loads the table");
+    r.sync_schema().unwrap();
+    assert_eq!(r.schema().fields().len(), 2, "the loaded snapshot has the new column");
+}

@@ -174,7 +174,12 @@ pub async fn run(cfg: Arc<Config>, which: &[String], exit_when_idle: bool, timeo
         }
     };
     // Standalone has no broker: no commit notices, a short poll instead.
-    let running = spawn_stages(stages, Duration::from_millis(cfg.server.poll_interval_ms.min(200)), &shutdown);
+    let running = spawn_stages(
+        stages,
+        Duration::from_millis(cfg.server.poll_interval_ms.min(200)),
+        Duration::from_millis(cfg.server.min_batch_interval_ms),
+        &shutdown,
+    );
     tributary_delta::forget::spawn_deadline_gauge(&cfg, Duration::from_secs(5), shutdown.clone());
     let (progress, statuses, tasks) = (running.progress, running.statuses, running.tasks);
     if let Err(e) = start_servers("standalone", &cfg, statuses.clone(), &shutdown).await {

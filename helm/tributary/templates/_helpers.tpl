@@ -85,6 +85,11 @@ logExporter: {name: log-exporter, scope: any, stage: log-exporter}
 - name: TRIBUTARY__METRICS__INSTANCE
   valueFrom:
     fieldRef: {fieldPath: metadata.name}
+{{- if hasKey .svc "minBatchIntervalMs" }}
+{{- /* A caught-up service waits this long before it looks for input again (server.min_batch_interval_ms). */}}
+- name: TRIBUTARY__SERVER__MIN_BATCH_INTERVAL_MS
+  value: {{ .svc.minBatchIntervalMs | quote }}
+{{- end }}
 {{- if .staticMembership }}
 - name: TRIBUTARY__KAFKA__INSTANCE_ID
   valueFrom:
