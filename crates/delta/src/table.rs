@@ -653,17 +653,9 @@ impl Table {
                 break;
             }
             let next = v + 1;
-            let Some(bytes) = self
-                .table
-                .log_store()
-                .read_commit_entry(next as u64)
-                .await
-                .map_err(|e| delta_err(format!("reading version {next} of {}", self.name), e))?
-            else {
+            let Some(actions) = self.commit_actions(next).await? else {
                 break; // versions are contiguous: nothing newer (a listed gap is reported by `changes`)
             };
-            let actions = deltalake::logstore::get_actions(next as u64, &bytes)
-                .map_err(|e| delta_err(format!("parsing version {next} of {}", self.name), e))?;
             load |= actions.iter().any(|a| matches!(a, Action::Metadata(_) | Action::Protocol(_)));
             v = next;
         }
@@ -695,22 +687,15 @@ impl Table {
     /// by the bytes it will decode, not only by a count of versions (a backlog of large
     /// versions — a catch-up after an outage — would otherwise be read in one go).
     pub async fn changes_within(&self, after: i64, up_to: i64, max_bytes: u64) -> Result<Vec<(i64, Vec<Add>)>> {
-        let log_store = self.table.log_store();
         let mut out = Vec::new();
         let mut bytes_so_far = 0u64;
         for v in (after + 1)..=up_to {
-            let bytes = log_store
-                .read_commit_entry(v as u64)
-                .await
-                .map_err(|e| delta_err(format!("reading version {v} of {}", self.name), e))?
-                .ok_or_else(|| {
-                    Error::user(format!(
-                        "version {v} of {} is no longer in the Delta log (log retention); a backfill is needed",
-                        self.name
-                    ))
-                })?;
-            let actions = deltalake::logstore::get_actions(v as u64, &bytes)
-                .map_err(|e| delta_err(format!("parsing version {v} of {}", self.name), e))?;
+            let actions = self.commit_actions(v).await?.ok_or_else(|| {
+                Error::user(format!(
+                    "version {v} of {} is no longer in the Delta log (log retention); a backfill is needed",
+                    self.name
+                ))
+            })?;
             let adds: Vec<Add> = actions
                 .into_iter()
                 .filter_map(|a| match a {
@@ -735,11 +720,8 @@ impl Table {
         Ok(out)
     }
 
-    /// The application metadata `key` of the commitInfo of `version`, if any.
-    pub async fn commit_metadata(&self, version: i64, key: &str) -> Result<Option<Value>> {
-        if version < 0 {
-            return Ok(None);
-        }
+    /// The actions of commit `version`, read from its log file (`None`: no such file).
+    async fn commit_actions(&self, version: i64) -> Result<Option<Vec<Action>>> {
         let bytes = self
             .table
             .log_store()
@@ -747,8 +729,17 @@ impl Table {
             .await
             .map_err(|e| delta_err(format!("reading version {version} of {}", self.name), e))?;
         let Some(bytes) = bytes else { return Ok(None) };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-            .map_err(|e| delta_err(format!("parsing version {version} of {}", self.name), e))?;
+        deltalake::logstore::get_actions(version as u64, &bytes)
+            .map(Some)
+            .map_err(|e| delta_err(format!("parsing version {version} of {}", self.name), e))
+    }
+
+    /// The application metadata `key` of the commitInfo of `version`, if any.
+    pub async fn commit_metadata(&self, version: i64, key: &str) -> Result<Option<Value>> {
+        if version < 0 {
+            return Ok(None);
+        }
+        let Some(actions) = self.commit_actions(version).await? else { return Ok(None) };
         Ok(actions.into_iter().find_map(|a| match a {
             Action::CommitInfo(ci) => ci.info.get(key).cloned(),
             _ => None,
