@@ -125,6 +125,7 @@ bench: test-deps tansu-memory ## Release load harness: files vs polars baseline,
 	$(PYTHON) scripts/freshness.py --bin ./target/release/tributary --rate $${FRESHNESS_RATE:-10000} --secs $${FRESHNESS_SECS:-120}
 	./target/release/tributary bench-dedup --dir .cache/bench-dedup --keys $${DEDUP_KEYS:-10000000}
 	./target/release/tributary bench-discovery --dir .cache/bench-discovery --files $${DISCOVERY_FILES:-1000000}
+	./target/release/tributary bench-commits --dir .cache/bench-commits --versions $${COMMIT_VERSIONS:-1000}
 	./target/release/tributary bench-bloom --keys $${BLOOM_KEYS:-100000000} --mb 32
 	rm -rf .cache/bench-central && ./target/release/tributary bench-central --data .cache/bench-central --bench-regions $${CENTRAL_REGIONS:-50} --commits 4 --rows $${CENTRAL_ROWS:-2000}
 	@if ! command -v prometheus-pushgateway >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -622,7 +622,13 @@ impl Table {
         let mut all = actions;
         all.extend(txns.into_iter().map(Action::Txn));
         let snapshot = self.table.snapshot().map_err(|e| delta_err("snapshot", e))?;
-        let props = CommitProperties::default().with_metadata(app_metadata).with_max_retries(max_retries);
+        // deltalake's post-commit hook would look for expired log files after *every* commit,
+        // listing the whole `_delta_log` (30 days of commits by default) each time; only a new
+        // checkpoint can make more of them deletable, so that is when we clean up.
+        let props = CommitProperties::default()
+            .with_metadata(app_metadata)
+            .with_max_retries(max_retries)
+            .with_cleanup_expired_logs(Some(false));
         let finalized = CommitBuilder::from(props)
             .with_actions(all)
             .build(Some(snapshot), self.table.log_store(), operation)
@@ -630,8 +636,28 @@ impl Table {
             .map_err(|e| delta_err(format!("committing to {}", self.name), e))?;
         let version = finalized.version();
         self.last_commit_retries = finalized.metrics.num_retries;
+        let checkpointed = finalized.metrics.new_checkpoint_created;
         self.table.state = Some(finalized.snapshot());
+        if checkpointed {
+            self.cleanup_expired_logs().await;
+        }
         Ok(version as i64)
+    }
+
+    /// Deletes the log files that are older than the table's `delta.logRetentionDuration` and
+    /// before its newest checkpoint that is (what deltalake's post-commit hook does), when
+    /// `delta.enableExpiredLogCleanup` allows it. Runs after a commit that wrote a checkpoint;
+    /// the commit has succeeded by then, so a failure here is logged, not returned — the next
+    /// checkpoint tries again.
+    async fn cleanup_expired_logs(&self) {
+        let Ok(snapshot) = self.table.snapshot() else { return };
+        use deltalake::table::config::TablePropertiesExt;
+        if !snapshot.table_config().enable_expired_log_cleanup() {
+            return;
+        }
+        if let Err(e) = deltalake::checkpoints::cleanup_metadata(&self.table, None).await {
+            tracing::warn!(table = %self.name, error = %e, "could not clean up expired log files; the next checkpoint retries");
+        }
     }
 
     /// The latest version in the log, for a reader of new versions (`changes`, `read_versions*`).

@@ -609,3 +609,48 @@ async fn a_reader_finds_new_versions_without_loading_the_table_until_its_schema_
     r.sync_schema().unwrap();
     assert_eq!(r.schema().fields().len(), 2, "the loaded snapshot has the new column");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_log_files_are_deleted_when_a_checkpoint_is_written() {
+    // Our commits skip deltalake's per-commit search for expired log files (it lists the whole
+    // `_delta_log`) and run it after a commit that wrote a checkpoint instead: the log must
+    // still shrink at each checkpoint, and a table that disables the cleanup keeps its log.
+    async fn log_after_commits(cleanup: &str) -> (tempfile::TempDir, Vec<String>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().join("t").display().to_string();
+        let mut t = Table::open_or_create("t", &loc, schema(), &[]).await.unwrap();
+        let props = HashMap::from([
+            ("delta.checkpointInterval".to_string(), "5".to_string()),
+            ("delta.logRetentionDuration".to_string(), "interval 0 seconds".to_string()),
+            ("delta.enableExpiredLogCleanup".to_string(), cleanup.to_string()),
+        ]);
+        let table = t.table.clone().set_tbl_properties().with_properties(props).await.unwrap();
+        assert_eq!(table.version(), Some(1));
+        t.refresh().await.unwrap();
+        for i in 0..10 {
+            let adds = t.write_files(&[batch(&[i])]).await.unwrap();
+            t.commit(adds.into_iter().map(crate::Action::Add).collect(), vec![], HashMap::new(), 3).await.unwrap();
+        }
+        assert_eq!(t.version(), 11);
+        let mut log: Vec<String> = std::fs::read_dir(dir.path().join("t/_delta_log"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.starts_with("000"))
+            .collect();
+        log.sort();
+        let mut reader = Table::open_existing("t", &loc).await.unwrap().unwrap();
+        let n = rows(&mut reader).await;
+        (dir, log, n)
+    }
+    let (_d, log, n) = log_after_commits("true").await;
+    assert_eq!(n, 10, "the table reads whole from its checkpoint");
+    let kept = |v: u32| format!("{v:020}.json");
+    assert_eq!(
+        log,
+        vec![format!("{:020}.checkpoint.parquet", 9), kept(9), kept(10), kept(11)],
+        "commits before the newest checkpoint are gone, the ones after it are kept"
+    );
+    let (_d, log, n) = log_after_commits("false").await;
+    assert_eq!(n, 10);
+    assert!(log.contains(&kept(0)) && log.contains(&kept(8)), "cleanup disabled: {log:?}");
+}

@@ -477,6 +477,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         files: u64,
     },
+    /// Benchmark: one commit's latency as a table grows (appends with deltalake's default
+    /// post-commit hook, appends with ours, commits that replace the previous file).
+    BenchCommits {
+        #[arg(long, default_value = "./.cache/bench-commits")]
+        dir: String,
+        #[arg(long, default_value_t = 1_000)]
+        versions: u64,
+    },
     /// Benchmark: `--bench-regions` simulated regions' federators committing to one central table
     /// at once (the federators' commit protocol) while a reader scans it; prints commit latency
     /// p50/p99, lost races per commit, rows/s, and fails unless nothing is lost or duplicated.
@@ -895,6 +903,10 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::BenchDiscovery { dir, files } => match runtime().block_on(crate::report::bench_discovery(&dir, files)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Cmd::BenchCommits { dir, versions } => match runtime().block_on(crate::report::bench_commits(&dir, versions)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },

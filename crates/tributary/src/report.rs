@@ -547,3 +547,68 @@ pub async fn bench_bridge_produce(
         t0.elapsed().as_secs_f64()
     ))
 }
+
+/// `tributary bench-commits`: what one commit costs as a table grows. Three tables get `versions`
+/// one-row commits each, one after the other: appends committed the way deltalake's post-commit
+/// hook does by default (after every commit, list the whole log for expired files — reproduced by
+/// calling its `cleanup_metadata` after each commit); appends through `Table::commit` (that
+/// search only after a commit that wrote a checkpoint); and commits through `Table::commit` that
+/// each replace the previous file (the log grows, the table stays one file). Prints commit
+/// latency p50/p99 over the first and the last 10% of the versions, and CPU-seconds.
+pub async fn bench_commits(dir: &str, versions: u64) -> Result<()> {
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    let _ = std::fs::remove_dir_all(dir);
+    let pct = |v: &[f64], p: f64| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[((s.len() - 1) as f64 * p).round() as usize] * 1e3
+    };
+    let tenth = (versions / 10).max(1) as usize;
+    let phases = [
+        ("appends, deltalake's default (expired-log search after every commit)", "per-commit", true, false),
+        ("appends, Table::commit (that search after a checkpoint only)", "ours", false, false),
+        ("each commit replaces the previous file (1 live file), Table::commit", "replace", false, true),
+    ];
+    for (name, sub, per_commit_cleanup, replace) in phases {
+        let loc = format!("{dir}/{sub}");
+        let mut t = Table::open_or_create("bench", &loc, schema.clone(), &[]).await?;
+        let cpu0 = tributary_core::process_usage().0;
+        let mut times = Vec::with_capacity(versions as usize);
+        let mut previous: Option<String> = None;
+        for i in 0..versions {
+            let b = deltalake::arrow::array::RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(vec![i as i64]))],
+            )
+            .map_err(|e| tributary_core::Error::internal("bench batch").with_source(e))?;
+            let adds = t.write_files(&[b]).await?;
+            let path = adds.first().map(|a| a.path.clone());
+            let mut actions: Vec<tributary_delta::Action> = match previous.take() {
+                Some(p) if replace => t.remove_actions(&std::collections::HashSet::from([p]))?,
+                _ => Vec::new(),
+            };
+            actions.extend(adds.into_iter().map(tributary_delta::Action::Add));
+            let started = std::time::Instant::now();
+            t.commit(actions, vec![], Default::default(), 3).await?;
+            if per_commit_cleanup {
+                deltalake::checkpoints::cleanup_metadata(&t.table, None)
+                    .await
+                    .map_err(|e| tributary_core::Error::external("cleanup_metadata").with_source(e))?;
+            }
+            times.push(started.elapsed().as_secs_f64());
+            previous = path;
+        }
+        let cpu = tributary_core::process_usage().0 - cpu0;
+        let (first, last) = (&times[..tenth], &times[times.len() - tenth..]);
+        println!(
+            "{name}: {versions} commits, {cpu:.1} CPU-s; commit latency first {tenth}: p50 {:.2} ms p99 {:.2} ms; last {tenth}: p50 {:.2} ms p99 {:.2} ms",
+            pct(first, 0.5),
+            pct(first, 0.99),
+            pct(last, 0.5),
+            pct(last, 0.99)
+        );
+    }
+    Ok(())
+}
