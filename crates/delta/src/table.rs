@@ -644,9 +644,9 @@ impl Table {
         Ok(version as i64)
     }
 
-    /// Deletes the log files that are older than the table's `delta.logRetentionDuration` and
-    /// before its newest checkpoint that is (what deltalake's post-commit hook does), when
-    /// `delta.enableExpiredLogCleanup` allows it. Runs after a commit that wrote a checkpoint;
+    /// Deletes the log files older than the table's `delta.logRetentionDuration` that precede a
+    /// checkpoint (what deltalake's post-commit hook does), when `delta.enableExpiredLogCleanup`
+    /// allows it. Runs after a commit that wrote a checkpoint;
     /// the commit has succeeded by then, so a failure here is logged, not returned — the next
     /// checkpoint tries again.
     async fn cleanup_expired_logs(&self) {

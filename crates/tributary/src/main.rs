@@ -14,7 +14,9 @@ mod standalone;
 /// times the live heap — a bronze batch peaked at ~230 MiB of live allocations and 610–690 MiB
 /// of RSS, every stage in one process at 1.8–2.0 GiB during a live soak: freed batch memory
 /// held beside the live heap instead of being reused. With as many arenas as cores: bronze
-/// 310–370 MiB, the soak ~470 MiB, the same CPU. `MALLOC_ARENA_MAX` (or
+/// 310–370 MiB, the soak 405–473 MiB; bronze's CPU the same or lower, silver's and the
+/// federator's 10–35% higher in the measured pairs (glibc gives large freed buffers back to the
+/// OS, so they are faulted in again). `MALLOC_ARENA_MAX` (or
 /// `GLIBC_TUNABLES=glibc.malloc.arena_max=N`) still overrides.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
