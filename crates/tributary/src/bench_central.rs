@@ -22,7 +22,8 @@ pub struct Spec {
     pub attempts: u32,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0..=1) of already sorted values; 0 when there are none.
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -482,7 +482,7 @@ enum Cmd {
     BenchCommits {
         #[arg(long, default_value = "./.cache/bench-commits")]
         dir: String,
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
         versions: u64,
     },
     /// Benchmark: `--bench-regions` simulated regions' federators committing to one central table

@@ -560,11 +560,6 @@ pub async fn bench_commits(dir: &str, versions: u64) -> Result<()> {
     use std::sync::Arc;
     let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
     let _ = std::fs::remove_dir_all(dir);
-    let pct = |v: &[f64], p: f64| {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        s[((s.len() - 1) as f64 * p).round() as usize] * 1e3
-    };
     let tenth = (versions / 10).max(1) as usize;
     let phases = [
         ("appends, deltalake's default (expired-log search after every commit)", "per-commit", true, false),
@@ -601,13 +596,14 @@ pub async fn bench_commits(dir: &str, versions: u64) -> Result<()> {
             previous = path;
         }
         let cpu = tributary_core::process_usage().0 - cpu0;
-        let (first, last) = (&times[..tenth], &times[times.len() - tenth..]);
+        let ms = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (crate::bench_central::pct(&v, 0.5) * 1e3, crate::bench_central::pct(&v, 0.99) * 1e3)
+        };
+        let (first, last) = (ms(times[..tenth].to_vec()), ms(times[times.len() - tenth..].to_vec()));
         println!(
             "{name}: {versions} commits, {cpu:.1} CPU-s; commit latency first {tenth}: p50 {:.2} ms p99 {:.2} ms; last {tenth}: p50 {:.2} ms p99 {:.2} ms",
-            pct(first, 0.5),
-            pct(first, 0.99),
-            pct(last, 0.5),
-            pct(last, 0.99)
+            first.0, first.1, last.0, last.1
         );
     }
     Ok(())
